@@ -1,0 +1,215 @@
+"""Run configuration: typed sections, TOML files in configs/, `--set key=value` overrides.
+
+Every value is validated here, so a bad config fails with one line before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from deft_jax.errors import UserError
+
+
+@dataclasses.dataclass
+class DataConfig:
+    source: dict = dataclasses.field(default_factory=lambda: {"kind": "digits", "max_per_class": 60})
+    fractions: list = dataclasses.field(default_factory=lambda: [0.6, 0.2, 0.2])
+    split_seed: int = 0
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name: str = "efficientnet_lite0"
+    weights: str = "default"  # "default" (the model's known source), "none", or a file path
+    input_size: int = 32
+    granularity: str = "block"  # EfficientNet-Lite0 only: "block" or "stage"
+
+
+@dataclasses.dataclass
+class FineTuneConfig:
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    epochs: int = 1
+    flip: bool = False  # random horizontal + vertical flips (same for every member)
+    rotate90: bool = False  # random multiples of 90 degrees
+
+    @property
+    def augment(self) -> bool:
+        return self.flip or self.rotate90
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    population_size: int = 8
+    generations: int = 4  # after the initial population
+    differential_weight: float = 0.5  # F
+    crossover_rate: float = 0.7  # CR
+    elitism: bool = True  # base vector: best member (True) or a random one (False)
+    threshold: float = 0.5  # gene > threshold -> group trains
+    metric: str = "accuracy"  # accuracy | macro_f1
+    max_trainable_fraction: float = 1.0  # masks above it are penalised, never trained
+    strategy: str = "sequential"
+
+
+@dataclasses.dataclass
+class FinalConfig:
+    epochs: int = 5
+    learning_rate: float | None = None  # None: the fine-tune learning rate
+
+
+@dataclasses.dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    finetune: FineTuneConfig = dataclasses.field(default_factory=FineTuneConfig)
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    final: FinalConfig = dataclasses.field(default_factory=FinalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    name = getattr(typ, "__name__", str(typ))
+    if typ is float or name == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config {where} must be a number, got {value!r}")
+        return float(value)
+    if typ is int or name == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config {where} must be an integer, got {value!r}")
+        return value
+    if typ is bool or name == "bool":
+        if not isinstance(value, bool):
+            raise UserError(f"config {where} must be true or false, got {value!r}")
+        return value
+    if typ is str or name == "str":
+        if not isinstance(value, str):
+            raise UserError(f"config {where} must be a string, got {value!r}")
+        return value
+    if str(typ) == "float | None":
+        return None if value is None else _coerce(value, float, where)
+    if typ is dict or name == "dict":
+        if not isinstance(value, dict):
+            raise UserError(f"config {where} must be a table, got {value!r}")
+        return value
+    if typ is list or name == "list":
+        if not isinstance(value, list):
+            raise UserError(f"config {where} must be a list, got {value!r}")
+        return value
+    return value
+
+
+def _from_dict(cls, raw: dict, where: str):
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise UserError(f"unknown config key {prefix}{sorted(unknown)[0]} "
+                        f"(known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in raw.items():
+        typ = hints[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise UserError(f"config {key} must be a table")
+            kwargs[name] = _from_dict(typ, value, key)
+        else:
+            kwargs[name] = _coerce(value, typ, key)
+    return cls(**kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`a.b.c=value` (value parsed as JSON, else taken as a string) into nested dict `raw`."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: {part} is not a table")
+        node[parts[-1]] = _parse_value(text)
+    return raw
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "source" else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                seed: int | None = None) -> Config:
+    raw = Config().to_dict()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            text = path.read_text()
+            loaded = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(f"cannot parse config {path}: {err}") from None
+        raw = merge(raw, loaded)
+    raw = apply_overrides(raw, list(overrides or []))
+    if seed is not None:
+        raw["seed"] = seed
+    cfg = _from_dict(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(raw: dict) -> Config:
+    cfg = _from_dict(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    def need(ok: bool, message: str):
+        if not ok:
+            raise UserError(f"invalid config: {message}")
+
+    s, f = cfg.search, cfg.finetune
+    need(s.population_size >= 4, f"search.population_size must be >= 4 (DE needs 4), got {s.population_size}")
+    need(s.generations >= 0, f"search.generations must be >= 0, got {s.generations}")
+    need(0.0 <= s.differential_weight <= 2.0, f"search.differential_weight must be in [0, 2], got {s.differential_weight}")
+    need(0.0 <= s.crossover_rate <= 1.0, f"search.crossover_rate must be in [0, 1], got {s.crossover_rate}")
+    need(0.0 < s.threshold < 1.0, f"search.threshold must be in (0, 1), got {s.threshold}")
+    need(s.metric in ("accuracy", "macro_f1"), f"search.metric must be accuracy or macro_f1, got {s.metric!r}")
+    need(0.0 < s.max_trainable_fraction <= 1.0, f"search.max_trainable_fraction must be in (0, 1], got {s.max_trainable_fraction}")
+    need(s.strategy in ("sequential", "vmap", "sharded", "auto"), f"search.strategy must be sequential, vmap, sharded or auto, got {s.strategy!r}")
+    need(f.optimizer in ("sgd", "adam", "adamw"), f"finetune.optimizer must be sgd, adam or adamw, got {f.optimizer!r}")
+    need(f.learning_rate > 0, f"finetune.learning_rate must be > 0, got {f.learning_rate}")
+    need(f.batch_size >= 1, f"finetune.batch_size must be >= 1, got {f.batch_size}")
+    need(f.epochs >= 1, f"finetune.epochs must be >= 1, got {f.epochs}")
+    need(f.weight_decay >= 0, f"finetune.weight_decay must be >= 0, got {f.weight_decay}")
+    need(0 <= f.momentum < 1, f"finetune.momentum must be in [0, 1), got {f.momentum}")
+    need(cfg.final.epochs >= 1, f"final.epochs must be >= 1, got {cfg.final.epochs}")
+    need(cfg.final.learning_rate is None or cfg.final.learning_rate > 0, "final.learning_rate must be > 0")
+    need(cfg.model.input_size >= 8, f"model.input_size must be >= 8, got {cfg.model.input_size}")
+    fr = cfg.data.fractions
+    need(len(fr) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in fr) and abs(sum(fr) - 1) < 1e-6,
+         f"data.fractions must be three positive numbers summing to 1, got {fr}")
+    need(isinstance(cfg.data.source.get("kind"), str), "data.source.kind must be set")

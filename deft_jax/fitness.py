@@ -1,0 +1,159 @@
+"""Fitness of a layer-group mask: 1 - validation metric after a short fine-tune.
+
+- `MemoTable`: identical masks are evaluated once per search (hits are counted).
+- `PrefixFeatureCache`: with augmentation off, the activations entering the lowest
+  trainable stage depend only on the pretrained weights and the data, so they are
+  computed once per distinct prefix and the short fine-tune trains the suffix only.
+- `SequentialEvaluator`: one member after another with a static mask (compiled once per
+  distinct mask) - the fastest strategy on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from deft_jax.config import FineTuneConfig
+from deft_jax.finetune import FineTuner, first_trainable_stage, forward
+from deft_jax.masks import GroupMask, mask_key, trainable_fraction
+from deft_jax.metrics import metric_from_logits
+from deft_jax.models.base import ModelSpec
+
+
+@dataclasses.dataclass
+class SplitArrays:
+    """Preprocessed inputs (float32 NHWC) and labels of the train and val splits."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    num_classes: int
+
+
+class MemoTable:
+    """mask key -> fitness, shared by all strategies; persisted with the search state."""
+
+    def __init__(self, entries: Mapping[str, float] | None = None):
+        self.entries: dict[str, float] = dict(entries or {})
+        self.hits = 0
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def get(self, key: str) -> float:
+        self.hits += 1
+        return self.entries[key]
+
+    def put(self, key: str, fitness: float) -> None:
+        self.entries[key] = float(fitness)
+
+
+class PrefixFeatureCache:
+    """Features entering stage k for train and val, per k, LRU-bounded in bytes."""
+
+    def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays,
+                 max_bytes: int = 2 << 30):
+        self.spec, self.variables, self.data = spec, variables, data
+        self.max_bytes = max_bytes
+        self._store: OrderedDict[int, tuple[np.ndarray, np.ndarray, float]] = OrderedDict()
+        self._fns: dict = {}
+        self.hits = self.misses = 0
+        self.seconds_computing = 0.0
+        self.seconds_saved = 0.0
+
+    def features(self, start: int) -> tuple[np.ndarray, np.ndarray]:
+        if start == 0:
+            return self.data.x_train, self.data.x_val
+        if start in self._store:
+            self._store.move_to_end(start)
+            train, val, cost = self._store[start]
+            self.hits += 1
+            self.seconds_saved += cost
+            return train, val
+        self.misses += 1
+        t0 = time.perf_counter()
+        train = forward(self.spec, self.variables, self.data.x_train, stop=start, cache=self._fns)
+        val = forward(self.spec, self.variables, self.data.x_val, stop=start, cache=self._fns)
+        cost = time.perf_counter() - t0
+        self.seconds_computing += cost
+        self._store[start] = (train, val, cost)
+        while sum(t.nbytes + v.nbytes for t, v, _ in self._store.values()) > self.max_bytes \
+                and len(self._store) > 1:
+            self._store.popitem(last=False)
+        return train, val
+
+    def stats(self) -> dict:
+        total = self.hits + self.misses
+        return {"prefix_hits": self.hits, "prefix_misses": self.misses,
+                "prefix_hit_rate": self.hits / total if total else 0.0,
+                "prefix_seconds_saved": round(self.seconds_saved, 3)}
+
+
+def infeasible_fitness(fraction: float, limit: float) -> float:
+    """Masks training more than the allowed parameter fraction are never trained: their
+    fitness is 1 + the excess, worse than any real fitness and pointing back to feasibility."""
+    return 1.0 + (fraction - limit)
+
+
+class SequentialEvaluator:
+    """Evaluates masks one after another with static masks (compile cache per mask)."""
+
+    name = "sequential"
+
+    def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, cfg: FineTuneConfig,
+                 metric: str = "accuracy", seed: int = 0, cache_prefix: bool = True):
+        self.spec, self.variables, self.data = spec, variables, data
+        self.cfg, self.metric, self.seed = cfg, metric, seed
+        self.tuner = FineTuner(spec, cfg)
+        self.cache_prefix = cache_prefix and not cfg.augment
+        self.prefix = PrefixFeatureCache(spec, variables, data)
+
+    def evaluate_one(self, mask: GroupMask) -> float:
+        start = first_trainable_stage(self.spec, mask) if self.cache_prefix else 0
+        x_train, x_val = self.prefix.features(start)
+        variables, _ = self.tuner.fine_tune(self.variables, mask, x_train, self.data.y_train,
+                                            seed=self.seed, start=start)
+        logits = self.tuner.logits(variables, x_val, start=start)
+        return 1.0 - metric_from_logits(self.metric, logits, self.data.y_val, self.data.num_classes)
+
+    def evaluate(self, masks: Sequence[GroupMask]) -> list[float]:
+        return [self.evaluate_one(m) for m in masks]
+
+    def stats(self) -> dict:
+        return {"compiles": self.tuner.compiles, **(self.prefix.stats() if self.cache_prefix else {})}
+
+
+def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
+                        params: Mapping, rules, max_fraction: float = 1.0) -> tuple[list[float], dict]:
+    """Fitness per mask: memo hits and infeasible masks cost nothing; the distinct new
+    feasible masks go to the evaluator in one call (one population program for vmap)."""
+    keys = [mask_key(m) for m in masks]
+    fitness: dict[str, float] = {}
+    hits = infeasible = 0
+    todo: dict[str, GroupMask] = {}
+    for key, mask in zip(keys, masks):
+        if key in fitness or key in todo:
+            hits += 1
+            continue
+        if key in memo:
+            fitness[key] = memo.get(key)
+            hits += 1
+            continue
+        fraction = trainable_fraction(params, rules, mask)
+        if fraction > max_fraction + 1e-12:
+            fitness[key] = infeasible_fitness(fraction, max_fraction)
+            infeasible += 1
+            continue
+        todo[key] = mask
+    if todo:
+        values = evaluator.evaluate(list(todo.values()))
+        for key, value in zip(todo, values):
+            memo.put(key, value)
+            fitness[key] = value
+    return [fitness[k] for k in keys], {"evaluated": len(todo), "memo_hits": hits,
+                                         "infeasible": infeasible}

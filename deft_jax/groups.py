@@ -1,0 +1,70 @@
+"""Layer groups: ordered regex rules over parameter paths, with a coverage check.
+
+Every parameter leaf (and every BatchNorm statistic) belongs to exactly one group: the
+first rule whose regex matches its '/'-joined path. A leaf no rule matches, or a rule
+group that matches nothing, is a bug in the model definition and fails loudly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from flax import traverse_util
+
+Rules = Sequence[tuple[str, str]]
+
+
+def leaf_paths(tree: Mapping) -> list[str]:
+    """'/'-joined paths of all leaves of a nested dict, in a stable order."""
+    return ["/".join(k) for k in traverse_util.flatten_dict(dict(tree))]
+
+
+def group_of(path: str, rules: Rules) -> str | None:
+    for pattern, group in rules:
+        if re.search(pattern, path):
+            return group
+    return None
+
+
+def assign_groups(tree: Mapping, rules: Rules, groups: Sequence[str] | None = None) -> dict[str, str]:
+    """path -> group for every leaf; raises ValueError unless coverage is exact.
+
+    `groups`, when given, are the groups that must each own at least one leaf.
+    """
+    assignment: dict[str, str] = {}
+    unmatched = []
+    for path in leaf_paths(tree):
+        group = group_of(path, rules)
+        if group is None:
+            unmatched.append(path)
+        else:
+            assignment[path] = group
+    if unmatched:
+        raise ValueError(f"layer-group rules leave {len(unmatched)} parameters without a group, "
+                         f"e.g. {unmatched[0]}")
+    if groups is not None:
+        unknown = set(assignment.values()) - set(groups)
+        empty = [g for g in groups if g not in set(assignment.values())]
+        if unknown:
+            raise ValueError(f"rules produce groups the model does not declare: {sorted(unknown)}")
+        if empty:
+            raise ValueError(f"layer groups without parameters: {empty}")
+    return assignment
+
+
+def group_tree(tree: Mapping, rules: Rules) -> dict:
+    """Same structure as `tree`, each leaf replaced by its group name."""
+    flat = traverse_util.flatten_dict(dict(tree))
+    return traverse_util.unflatten_dict({k: group_of("/".join(k), rules) for k in flat})
+
+
+def group_sizes(params: Mapping, rules: Rules) -> dict[str, int]:
+    """Number of parameters per group, in rule order."""
+    sizes: dict[str, int] = {}
+    flat = traverse_util.flatten_dict(dict(params))
+    for k, leaf in flat.items():
+        g = group_of("/".join(k), rules)
+        sizes[g] = sizes.get(g, 0) + int(np.prod(np.shape(leaf)))
+    return sizes

@@ -1,0 +1,56 @@
+"""Classification metrics from logits: accuracy, macro-F1, per-class recall, confusion."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """[true, predicted] counts."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(labels, int), np.asarray(predictions, int)), 1)
+    return cm
+
+
+def accuracy(labels, predictions) -> float:
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    return float(np.mean(labels == predictions)) if labels.size else 0.0
+
+
+def macro_f1(labels, predictions, num_classes: int) -> float:
+    """Mean F1 over the classes present in labels or predictions (sklearn's convention)."""
+    cm = confusion_matrix(labels, predictions, num_classes)
+    tp = np.diag(cm).astype(float)
+    support, predicted = cm.sum(1), cm.sum(0)
+    present = (support + predicted) > 0
+    denom = support + predicted
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return float(f1[present].mean()) if present.any() else 0.0
+
+
+def per_class_recall(labels, predictions, num_classes: int) -> list[float | None]:
+    cm = confusion_matrix(labels, predictions, num_classes)
+    support = cm.sum(1)
+    return [float(cm[c, c] / support[c]) if support[c] else None for c in range(num_classes)]
+
+
+def metric_from_logits(name: str, logits: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    predictions = np.argmax(logits, axis=-1)
+    if name == "accuracy":
+        return accuracy(labels, predictions)
+    if name == "macro_f1":
+        return macro_f1(labels, predictions, num_classes)
+    raise ValueError(f"unknown metric {name!r}")
+
+
+def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
+    """Everything metrics.json records for one split."""
+    c = len(class_names)
+    predictions = np.argmax(logits, axis=-1)
+    return {
+        "n": int(len(labels)),
+        "accuracy": accuracy(labels, predictions),
+        "macro_f1": macro_f1(labels, predictions, c),
+        "per_class_recall": dict(zip(class_names, per_class_recall(labels, predictions, c))),
+        "confusion_matrix": confusion_matrix(labels, predictions, c).tolist(),
+    }

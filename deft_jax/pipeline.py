@@ -1,0 +1,109 @@
+"""One DEFT run end to end: data -> model -> search -> final model -> checkpoint -> report."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from deft_jax import rundir
+from deft_jax.checkpoint import save_checkpoint
+from deft_jax.config import Config
+from deft_jax.data import load_dataset
+from deft_jax.errors import UserError
+from deft_jax.final import train_final
+from deft_jax.groups import assign_groups, group_sizes
+from deft_jax.inputs import prepare_data
+from deft_jax.masks import searchable_groups
+from deft_jax.models import build_model
+from deft_jax.report import render_report
+from deft_jax.search import run_search
+from deft_jax.splits import save_splits
+from deft_jax.strategies import make_evaluator
+
+
+def resolve_run_dir(out: str | None, cfg: Config) -> Path:
+    if out:
+        return Path(out)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{cfg.model.name}-seed{cfg.seed}"
+
+
+def _create_run_dir(path: Path) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(f"run directory {path} already exists; use --resume {path} or another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create run directory {path}: {err.strerror}") from None
+
+
+def inference_meta(cfg: Config, spec, class_names, mask, pretrained) -> dict:
+    return {"model": cfg.model.name, "num_classes": len(class_names), "class_names": class_names,
+            "input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
+            "granularity": cfg.model.granularity, "mask": mask, "pretrained": pretrained}
+
+
+def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) -> dict:
+    """Runs (or resumes) a whole DEFT search; returns metrics. Everything that can fail on
+    user input fails before the run directory is created."""
+    t_start = time.perf_counter()
+    dataset = load_dataset(cfg.data.source)
+    spec = build_model(cfg.model.name, len(dataset.class_names), cfg.model.weights,
+                       cfg.model.input_size, cfg.model.granularity)
+    data = prepare_data(cfg, spec, dataset, run_dir / rundir.SPLITS if resume else None)
+    variables = spec.init(jax.random.key(cfg.seed))
+    assign_groups(variables["params"], spec.group_rules, spec.group_names)  # coverage check
+    assign_groups(variables["batch_stats"], spec.group_rules)
+    sizes = group_sizes(variables["params"], spec.group_rules)
+    t_ready = time.perf_counter()
+
+    if not resume:
+        _create_run_dir(run_dir)
+        rundir.write_json(run_dir / rundir.CONFIG, cfg.to_dict())
+        save_splits(run_dir / rundir.SPLITS, data.splits, dataset.groups,
+                    seed=cfg.data.split_seed, fractions=list(cfg.data.fractions))
+    for stale in (rundir.METRICS, rundir.REPORT):  # a resumed run is complete only at the end
+        (run_dir / stale).unlink(missing_ok=True)
+
+    evaluator, strategy, reason = make_evaluator(cfg, spec, variables, data.arrays)
+    n = {k: len(v) for k, v in data.splits.items()}
+    log(f"data: {dataset.description}; train/val/test {n['train']}/{n['val']}/{n['test']}")
+    log(f"model: {spec.name} ({spec.pretrained or 'random init'}), {len(searchable_groups(spec.group_names))} "
+        f"searchable layer groups + head, {sum(sizes.values()):,} parameters")
+    log(f"strategy: {strategy} ({reason}); run directory: {run_dir}")
+
+    result = run_search(cfg, evaluator, variables["params"], spec.group_rules, spec.group_names,
+                        state_path=run_dir / rundir.STATE, log=log)
+    rundir.write_jsonl(run_dir / rundir.HISTORY, result.history)
+    rundir.write_json(run_dir / rundir.BEST, {"fitness": result.best_fitness, "mask": result.best_mask})
+    t_search = time.perf_counter()
+    chosen = [g for g, on in result.best_mask.items() if on]
+    log(f"best mask (fitness {result.best_fitness:.4f}): fine-tune {', '.join(chosen)}")
+
+    trained, metrics = train_final(cfg, spec, variables, result.best_mask, data)
+    meta = inference_meta(cfg, spec, data.class_names, result.best_mask, spec.pretrained)
+    ckpt = run_dir / rundir.CHECKPOINT
+    if ckpt.exists():
+        shutil.rmtree(ckpt)
+    save_checkpoint(ckpt, trained, meta)
+    t_end = time.perf_counter()
+    seconds = {"setup (data, model)": t_ready - t_start, "search": t_search - t_ready,
+               "final training + checkpoint": t_end - t_search, "total": t_end - t_start}
+    metrics.update({"search": {"best_fitness": result.best_fitness,
+                               "distinct_masks_evaluated": len(result.memo),
+                               "strategy": strategy, **evaluator.stats()},
+                    "seconds": {k: round(v, 2) for k, v in seconds.items()}})
+    rundir.write_json(run_dir / rundir.METRICS, metrics)
+    report = render_report(cfg=cfg.to_dict(), description=dataset.description, model=spec.name,
+                           pretrained=spec.pretrained, group_sizes=sizes, best_mask=result.best_mask,
+                           best_fitness=result.best_fitness, history=result.history, metrics=metrics,
+                           class_names=data.class_names, split_sizes=n, seconds=seconds)
+    rundir.write_text_atomic(run_dir / rundir.REPORT, report)
+    t = metrics["test"]
+    log(f"test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f} (n={t['n']}); "
+        f"total {seconds['total']:.0f} s; report: {run_dir / rundir.REPORT}")
+    return metrics

