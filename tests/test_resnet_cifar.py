@@ -27,10 +27,24 @@ def _torch_model(depth):
                                   find_cifar_resnet_weights(depth, CIFAR_RESNET_WEIGHTS))
 
 
+def _zeros_like_init(spec):
+    """Variables of the right structure without running random init.
+
+    Eager random init compiles one PRNG kernel per parameter shape (~1 s each on a small
+    CPU box); with `cifar_head=True` every variable comes from the file anyway.
+    """
+    x = jnp.zeros((1, spec.input_size, spec.input_size, 3))
+    shapes = jax.eval_shape(lambda key: spec.net.init(key, x, train=False),
+                            jax.random.PRNGKey(0))
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    return {"params": zeros["params"], "batch_stats": zeros["batch_stats"]}
+
+
 def _ours(depth):
+    """Pretrained spec with the checkpoint's CIFAR head, and its variables."""
     spec = resnet_cifar(depth, 10, find_cifar_resnet_weights(depth, CIFAR_RESNET_WEIGHTS),
                         cifar_head=True)
-    return spec, spec.init(jax.random.PRNGKey(0))
+    return spec, spec.load_pretrained(_zeros_like_init(spec))
 
 
 def _nchw(x):
@@ -88,9 +102,8 @@ def test_train_mode_outputs_and_updated_running_stats_match_pytorch():
 def test_pretrained_tensors_land_in_the_right_place_with_hwio_kernels():
     path = find_cifar_resnet_weights(20, CIFAR_RESNET_WEIGHTS)
     tensors = read_torch_state_dict(path)
-    spec = resnet_cifar(20, 7, path)
+    spec, variables = _ours(20)
     assert spec.pretrained == str(path)
-    variables = spec.init(jax.random.PRNGKey(0))
     params, stats = variables["params"], variables["batch_stats"]
     np.testing.assert_array_equal(params["stem"]["conv1"]["kernel"],
                                   tensors["conv1.weight"].transpose(2, 3, 1, 0))
@@ -98,9 +111,27 @@ def test_pretrained_tensors_land_in_the_right_place_with_hwio_kernels():
                                   tensors["layer3.2.conv2.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(params["layer2_0"]["bn1"]["scale"],
                                   tensors["layer2.0.bn1.weight"])
+    np.testing.assert_array_equal(params["layer2_0"]["bn1"]["bias"],
+                                  tensors["layer2.0.bn1.bias"])
+    np.testing.assert_array_equal(stats["layer2_0"]["bn1"]["mean"],
+                                  tensors["layer2.0.bn1.running_mean"])
     np.testing.assert_array_equal(stats["layer2_0"]["bn1"]["var"],
                                   tensors["layer2.0.bn1.running_var"])
-    assert params["head"]["fc"]["kernel"].shape == (64, 7)  # fresh head, not the CIFAR one
+    np.testing.assert_array_equal(params["head"]["fc"]["kernel"], tensors["linear.weight"].T)
+    np.testing.assert_array_equal(params["head"]["fc"]["bias"], tensors["linear.bias"])
+
+
+@needs_cifar_resnet
+def test_without_cifar_head_the_backbone_loads_and_the_fresh_head_is_left_alone():
+    spec = resnet_cifar(20, 7, find_cifar_resnet_weights(20, CIFAR_RESNET_WEIGHTS))
+    loaded = spec.load_pretrained(_zeros_like_init(spec))
+    assert not np.any(loaded["params"]["head"]["fc"]["kernel"])  # untouched zeros
+    assert loaded["params"]["head"]["fc"]["kernel"].shape == (64, 7)
+    # every backbone leaf was overwritten (BN variances are never exactly zero)
+    for stage, modules in loaded["batch_stats"].items():
+        for bn, stat in modules.items():
+            assert np.all(stat["var"] > 0), (stage, bn)
+    assert np.any(loaded["params"]["layer1_0"]["conv1"]["kernel"])
 
 
 def test_parameters_are_grouped_by_stage_in_forward_order():
@@ -111,19 +142,21 @@ def test_parameters_are_grouped_by_stage_in_forward_order():
         assert list(spec.stage_names) == expected
         assert list(spec.group_names) == expected
         variables = jax.eval_shape(spec.init, jax.random.PRNGKey(0))
-        assert list(variables["params"]) == expected
-        assert list(variables["batch_stats"]) == expected[:-1]
+        assert set(variables["params"]) == set(expected)  # pytrees sort dict keys
+        assert set(variables["batch_stats"]) == set(expected[:-1])
         for path, _ in jax.tree_util.tree_flatten_with_path(variables["params"])[0]:
             name = "/".join(p.key for p in path)
             groups = [g for rule, g in spec.group_rules if re.search(rule, name)]
             assert groups == [name.split("/")[0]], name
 
 
-def test_random_init_forward_has_the_right_shape_for_other_input_sizes():
+def test_other_input_sizes_give_logits_of_the_right_shape():
     spec = resnet_cifar(20, 3, input_size=64)
-    variables = spec.init(jax.random.PRNGKey(1))
-    out = spec.net.apply(variables, jnp.zeros((2, 64, 64, 3)), train=False)
+    variables = _zeros_like_init(spec)
+    x = jnp.zeros((2, 64, 64, 3))
+    out = jax.eval_shape(lambda v: spec.net.apply(v, x, train=False), variables)
     assert out.shape == (2, 3) and spec.pretrained is None and spec.name == "resnet20"
+    assert spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)
 
 
 @needs_cifar_resnet

@@ -15,7 +15,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import flax.linen as nn
+from flax import traverse_util
 
 from deft_jax.models.layers import TrainFlag
 
@@ -75,15 +77,47 @@ class ModelSpec:
             seen.setdefault(self.net.group_of_stage(i), None)
         return tuple(seen)
 
-    def init(self, key: jax.Array) -> dict:
-        """Variables {'params', 'batch_stats'}: random init, then pretrained weights if any."""
-        x = jnp.zeros((1, self.input_size, self.input_size, 3), jnp.float32)
-        variables = self.net.init(key, x, train=False)
-        variables = {"params": variables["params"],
-                     "batch_stats": variables.get("batch_stats", {})}
+    def variable_shapes(self) -> dict:
+        """{'params', 'batch_stats'} as ShapeDtypeStructs (tracing only, no compute)."""
+        x = jax.ShapeDtypeStruct((1, self.input_size, self.input_size, 3), jnp.float32)
+        shapes = jax.eval_shape(lambda k, xb: self.net.init(k, xb, train=False),
+                                jax.random.key(0), x)
+        return {"params": dict(shapes["params"]), "batch_stats": dict(shapes.get("batch_stats", {}))}
+
+    def init(self, key: jax.Array | int) -> dict:
+        """Variables {'params', 'batch_stats'}: random init, then pretrained weights if any.
+
+        Random init is done on the host with numpy (He-normal conv kernels, LeCun-normal
+        dense kernels, zero biases, unit BN scales): op-by-op JAX init compiles one kernel
+        per parameter shape, which costs seconds per model on a small CPU.
+        """
+        seed = int(jax.random.randint(key, (), 0, 2**31 - 1)) if not isinstance(key, int) else key
+        rng = np.random.default_rng(seed)
+        flat = traverse_util.flatten_dict(self.variable_shapes())
+        values = {}
+        for path, leaf in sorted(flat.items()):
+            values[path] = _init_leaf(path, leaf.shape, rng)
+        variables = traverse_util.unflatten_dict(values)
+        variables.setdefault("batch_stats", {})
         if self.load_pretrained is not None:
             variables = self.load_pretrained(variables)
         return jax.tree.map(jnp.asarray, variables)
+
+
+def _init_leaf(path: tuple[str, ...], shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    name = path[-1]
+    if path[0] == "batch_stats":
+        return (np.ones if name == "var" else np.zeros)(shape, np.float32)
+    if name == "scale":
+        return np.ones(shape, np.float32)
+    if name == "bias":
+        return np.zeros(shape, np.float32)
+    if name == "kernel":
+        fan_in = int(np.prod(shape[:-1]))
+        # conv (rank 4): He-normal (ReLU nets); dense: LeCun-normal
+        gain = 2.0 if len(shape) == 4 else 1.0
+        return (rng.standard_normal(shape) * np.sqrt(gain / max(fan_in, 1))).astype(np.float32)
+    return (rng.standard_normal(shape) * 0.01).astype(np.float32)
 
 
 def stage_rules(stage_names: Sequence[str]) -> tuple[tuple[str, str], ...]:

@@ -1,0 +1,77 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from deft_jax.groups import assign_groups, group_sizes
+from deft_jax.masks import (decode_genome, gate_updates, mask_from_names, mask_key,
+                            param_mask, trainable_fraction)
+from deft_jax.models.small_cnn import small_cnn
+
+
+def test_genome_decodes_to_group_mask_with_the_head_always_trained():
+    groups = ("conv1", "conv2", "conv3", "head")
+    mask = decode_genome([0.9, 0.1, 0.51], groups, threshold=0.5)
+    assert mask == {"conv1": True, "conv2": False, "conv3": True, "head": True}
+    assert mask_key(mask) == "1011"
+
+
+def test_genome_of_the_wrong_length_is_rejected():
+    with pytest.raises(ValueError):
+        decode_genome([0.9], ("a", "b", "head"))
+
+
+def test_every_small_cnn_parameter_belongs_to_exactly_one_group():
+    spec = small_cnn(3)
+    v = spec.init(jax.random.key(0))
+    assignment = assign_groups(v["params"], spec.group_rules, spec.group_names)
+    assert set(assignment.values()) == set(spec.group_names)
+    assert sum(group_sizes(v["params"], spec.group_rules).values()) == sum(
+        x.size for x in jax.tree.leaves(v["params"]))
+
+
+def test_coverage_check_fails_when_a_parameter_has_no_group():
+    spec = small_cnn(3)
+    v = spec.init(jax.random.key(0))
+    with pytest.raises(ValueError, match="without a group"):
+        assign_groups(v["params"], spec.group_rules[:-1])
+
+
+def test_coverage_check_fails_when_a_declared_group_owns_nothing():
+    spec = small_cnn(3)
+    v = spec.init(jax.random.key(0))
+    with pytest.raises(ValueError, match="without parameters"):
+        assign_groups(v["params"], spec.group_rules, spec.group_names + ("ghost",))
+
+
+def test_trainable_fraction_counts_parameters_of_trained_groups():
+    spec = small_cnn(3)
+    v = spec.init(jax.random.key(0))
+    sizes = group_sizes(v["params"], spec.group_rules)
+    mask = mask_from_names(["conv2"], spec.group_names)
+    expected = (sizes["conv2"] + sizes["head"]) / sum(sizes.values())
+    assert trainable_fraction(v["params"], spec.group_rules, mask) == pytest.approx(expected)
+
+
+def test_gate_as_last_transform_keeps_frozen_leaves_bit_identical_under_momentum_and_weight_decay():
+    params = {"a": jnp.arange(4.0), "b": jnp.ones(3)}
+    gates = {"a": jnp.float32(0.0), "b": jnp.float32(1.0)}
+    tx = optax.chain(optax.add_decayed_weights(0.1), optax.sgd(0.1, momentum=0.9), gate_updates(gates))
+    state = tx.init(params)
+    p = params
+    for _ in range(5):
+        grads = jax.tree.map(lambda x: jnp.full_like(x, 3.0), p)
+        updates, state = tx.update(grads, state, p)
+        p = optax.apply_updates(p, updates)
+    assert np.array_equal(np.asarray(p["a"]), np.asarray(params["a"]))
+    assert not np.allclose(np.asarray(p["b"]), np.asarray(params["b"]))
+
+
+def test_param_mask_follows_the_group_mask():
+    spec = small_cnn(3)
+    v = spec.init(jax.random.key(0))
+    mask = mask_from_names(["conv1"], spec.group_names)
+    pm = param_mask(v["params"], spec.group_rules, mask)
+    assert pm["conv1"]["conv"]["kernel"] is True and pm["conv2"]["conv"]["kernel"] is False
+    assert pm["head"]["fc"]["kernel"] is True

@@ -1,0 +1,166 @@
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from deft_jax import rundir
+from deft_jax.config import load_config
+from deft_jax.data import load_dataset, preprocess
+from deft_jax.fitness import MemoTable, evaluate_population
+from deft_jax.masks import mask_key
+from deft_jax.predict import Predictor
+from deft_jax.search import main, run_search
+from deft_jax.splits import load_splits
+
+from helpers import tiny_overrides
+
+GROUPS = ("g0", "g1", "g2", "g3", "g4", "head")
+PARAMS = {g: {"w": np.zeros(10 * (i + 1))} for i, g in enumerate(GROUPS)}
+RULES = tuple((rf"^{g}/", g) for g in GROUPS)
+
+
+class CountingEvaluator:
+    """Deterministic fake fitness: prefers training g1 and g3 only."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.calls, self.masks_seen, self.fail_after = 0, [], fail_after
+
+    def evaluate(self, masks):
+        out = []
+        for m in masks:
+            if self.fail_after is not None and len(self.masks_seen) >= self.fail_after:
+                raise KeyboardInterrupt
+            self.masks_seen.append(mask_key(m))
+            target = {"g0": False, "g1": True, "g2": False, "g3": True, "g4": False}
+            out.append(sum(m[g] != t for g, t in target.items()) / 5 + 0.01 * sum(m.values()))
+        self.calls += 1
+        return out
+
+    def stats(self):
+        return {}
+
+
+def fake_config(**extra):
+    over = [f"search.{k}={v}" for k, v in {"population_size": 8, "generations": 6, **extra}.items()]
+    return load_config(None, over)
+
+
+def test_identical_masks_are_evaluated_once_and_counted_as_memo_hits():
+    ev, memo = CountingEvaluator(), MemoTable()
+    masks = [dict(zip(GROUPS, bits)) for bits in
+             [(1, 0, 0, 0, 0, 1), (1, 0, 0, 0, 0, 1), (0, 1, 0, 0, 0, 1)]]
+    f1, info1 = evaluate_population(ev, masks, memo, PARAMS, RULES)
+    f2, info2 = evaluate_population(ev, masks[:1], memo, PARAMS, RULES)
+    assert ev.masks_seen == ["100001", "010001"]
+    assert f1[0] == f1[1] == f2[0]
+    assert (info1["evaluated"], info1["memo_hits"], info2["memo_hits"]) == (2, 1, 1)
+
+
+def test_masks_over_the_trainable_fraction_limit_are_penalised_and_never_trained():
+    ev, memo = CountingEvaluator(), MemoTable()
+    big = dict(zip(GROUPS, (1, 1, 1, 1, 1, 1)))
+    small = dict(zip(GROUPS, (1, 0, 0, 0, 0, 1)))
+    f, info = evaluate_population(ev, [big, small], memo, PARAMS, RULES, max_fraction=0.5)
+    assert ev.masks_seen == ["100001"] and info["infeasible"] == 1
+    assert f[0] > 1.0 > f[1]
+
+
+def test_search_finds_the_best_mask_of_a_known_fitness_landscape():
+    result = run_search(fake_config(generations=10), CountingEvaluator(), PARAMS, RULES, GROUPS, log=lambda s: None)
+    assert mask_key(result.best_mask) == "010101"
+    assert [h["generation"] for h in result.history] == list(range(11))
+    assert all(a["best_fitness"] >= b["best_fitness"] for a, b in zip(result.history, result.history[1:]))
+
+
+def test_resume_after_an_interruption_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+    cfg = fake_config()
+    straight = run_search(cfg, CountingEvaluator(), PARAMS, RULES, GROUPS, log=lambda s: None)
+    state = tmp_path / "state.msgpack"
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, CountingEvaluator(fail_after=12), PARAMS, RULES, GROUPS, state_path=state,
+                   log=lambda s: None)
+    from flax import serialization
+    saved = serialization.msgpack_restore(state.read_bytes())
+    memo_at_interrupt = set(json.loads(saved["memo"]))
+    assert 0 < int(saved["generation"]) < cfg.search.generations
+    resumed_eval = CountingEvaluator()
+    resumed = run_search(cfg, resumed_eval, PARAMS, RULES, GROUPS, state_path=state, log=lambda s: None)
+    assert resumed.best_mask == straight.best_mask and resumed.best_fitness == straight.best_fitness
+    assert resumed.memo == straight.memo
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]
+    assert strip(resumed.history) == strip(straight.history)
+    assert not set(resumed_eval.masks_seen) & memo_at_interrupt  # nothing computed is redone
+
+
+def test_tiny_end_to_end_search_writes_a_complete_run_whose_checkpoint_predicts_the_same_logits(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["--out", str(run), "--set", *tiny_overrides()]) == 0
+    out = capsys.readouterr().out
+    assert "best mask" in out and "test accuracy" in out
+    for name in ("config.json", "splits.json", "history.jsonl", "best.json", "metrics.json", "report.md"):
+        assert (run / name).is_file(), name
+    best = rundir.read_json(run / "best.json")
+    assert set(best["mask"]) == {"conv1", "conv2", "conv3", "conv4", "head"} and best["mask"]["head"]
+    metrics = rundir.read_json(run / "metrics.json")
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and "macro_f1" in metrics["test"]
+    history = [json.loads(l) for l in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["generation"] for h in history] == [0, 1, 2]
+    assert {"best_fitness", "mean_fitness", "masks_evaluated", "memo_hits", "seconds"} <= set(history[0])
+
+    # restore without the training data; logits equal the in-memory model's on the test split
+    cfg = load_config(None, tiny_overrides())
+    dataset = load_dataset(cfg.data.source)
+    test_idx = load_splits(run / "splits.json")["test"]
+    predictor = Predictor(run)
+    logits = predictor.logits(dataset.images[test_idx])
+    predictions = logits.argmax(-1)
+    acc = float(np.mean(predictions == dataset.labels[test_idx]))
+    assert acc == pytest.approx(metrics["test"]["accuracy"])
+    np.testing.assert_array_equal(np.asarray(metrics["test"]["confusion_matrix"]).sum(), len(test_idx))
+
+    # the predict CLI prints path, class, probability per image
+    from PIL import Image
+    from deft_jax.predict import main as predict_main
+    paths = []
+    for i in test_idx[:3]:
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(dataset.images[i]).save(p)
+        paths.append(str(p))
+    assert predict_main(["--run", str(run), *paths]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    for line, i in zip(lines, test_idx[:3]):
+        path, name, prob = line.split("\t")
+        assert name == predictor.class_names[int(logits[list(test_idx).index(i)].argmax())]
+        assert 0.0 < float(prob) <= 1.0
+
+
+def test_resume_of_the_real_pipeline_after_an_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    over = tiny_overrides(**{"search.generations": 2})
+    straight = tmp_path / "straight"
+    assert main(["--out", str(straight), "--set", *over]) == 0
+
+    from deft_jax import fitness
+    original = fitness.SequentialEvaluator.evaluate
+    calls = {"n": 0}
+
+    def flaky(self, masks):
+        calls["n"] += 1
+        if calls["n"] == 2:  # interrupt in the first generation after the initial one that trains
+            raise KeyboardInterrupt
+        return original(self, masks)
+
+    interrupted = tmp_path / "interrupted"
+    monkeypatch.setattr(fitness.SequentialEvaluator, "evaluate", flaky)
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(interrupted), "--set", *over])
+    assert exc.value.code == 130
+    assert not (interrupted / "metrics.json").exists() and not (interrupted / "report.md").exists()
+    monkeypatch.setattr(fitness.SequentialEvaluator, "evaluate", original)
+    assert main(["--resume", str(interrupted)]) == 0
+    for name in ("best.json",):
+        assert rundir.read_json(interrupted / name) == rundir.read_json(straight / name)
+    a, b = (rundir.read_json(d / "metrics.json")["test"] for d in (straight, interrupted))
+    assert a["accuracy"] == b["accuracy"] and a["confusion_matrix"] == b["confusion_matrix"]
