@@ -33,7 +33,8 @@ def split_dataset(cfg: Config, dataset: Dataset, saved_splits: Path | None = Non
         return load_splits(saved_splits)
     if dataset.predefined_splits is not None:
         return {k: np.asarray(v) for k, v in dataset.predefined_splits.items()}
-    return make_splits(dataset.labels, dataset.groups, tuple(cfg.data.fractions), cfg.data.split_seed)
+    return make_splits(dataset.labels, dataset.groups, tuple(cfg.data.fractions), cfg.data.split_seed,
+                       class_names=dataset.class_names)
 
 
 def prepare_data(cfg: Config, spec: ModelSpec, dataset: Dataset | None = None,
