@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from deft_jax import rundir
+from deft_jax import distributed, rundir
 from deft_jax.checkpoint import save_checkpoint
 from deft_jax.config import Config
 from deft_jax.data import load_dataset
@@ -49,8 +49,14 @@ def inference_meta(cfg: Config, spec, class_names, mask, pretrained) -> dict:
 
 def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) -> dict:
     """Runs (or resumes) a whole DEFT search; returns metrics. Everything that can fail on
-    user input fails before the run directory is created."""
+    user input fails before the run directory is created.
+
+    Multi-process runs: every process runs all of this (same search, same final model);
+    only process 0 creates and writes the run directory and logs."""
     t_start = time.perf_counter()
+    writer = distributed.is_writer()
+    if not writer:
+        log = lambda *_: None  # noqa: E731
     dataset = load_dataset(cfg.data.source)
     spec = build_model(cfg.model.name, len(dataset.class_names), cfg.model.weights,
                        cfg.model.input_size, cfg.model.granularity)
@@ -61,13 +67,14 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     sizes = group_sizes(variables["params"], spec.group_rules)
     t_ready = time.perf_counter()
 
-    if not resume:
+    if writer and not resume:
         _create_run_dir(run_dir)
         rundir.write_json(run_dir / rundir.CONFIG, cfg.to_dict())
         save_splits(run_dir / rundir.SPLITS, data.splits, dataset.groups,
                     seed=cfg.data.split_seed, fractions=list(cfg.data.fractions))
-    for stale in (rundir.METRICS, rundir.REPORT):  # a resumed run is complete only at the end
-        (run_dir / stale).unlink(missing_ok=True)
+    if writer:
+        for stale in (rundir.METRICS, rundir.REPORT):  # a resumed run is complete only at the end
+            (run_dir / stale).unlink(missing_ok=True)
 
     evaluator, strategy, reason = make_evaluator(cfg, spec, variables, data.arrays)
     n = {k: len(v) for k, v in data.splits.items()}
@@ -76,10 +83,13 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
         f"searchable layer groups + head, {sum(sizes.values()):,} parameters")
     log(f"strategy: {strategy} ({reason}); run directory: {run_dir}")
 
+    # other processes read a resumed run's state (shared file system) but never write it
     result = run_search(cfg, evaluator, variables["params"], spec.group_rules, spec.group_names,
-                        state_path=run_dir / rundir.STATE, log=log)
-    rundir.write_jsonl(run_dir / rundir.HISTORY, result.history)
-    rundir.write_json(run_dir / rundir.BEST, {"fitness": result.best_fitness, "mask": result.best_mask})
+                        state_path=run_dir / rundir.STATE if writer or resume else None, log=log,
+                        save_state=writer)
+    if writer:
+        rundir.write_jsonl(run_dir / rundir.HISTORY, result.history)
+        rundir.write_json(run_dir / rundir.BEST, {"fitness": result.best_fitness, "mask": result.best_mask})
     t_search = time.perf_counter()
     chosen = [g for g, on in result.best_mask.items() if on]
     log(f"best mask (fitness {result.best_fitness:.4f}): fine-tune {', '.join(chosen)}")
@@ -87,9 +97,10 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     trained, metrics = train_final(cfg, spec, variables, result.best_mask, data)
     meta = inference_meta(cfg, spec, data.class_names, result.best_mask, spec.pretrained)
     ckpt = run_dir / rundir.CHECKPOINT
-    if ckpt.exists():
-        shutil.rmtree(ckpt)
-    save_checkpoint(ckpt, trained, meta)
+    if writer:
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        save_checkpoint(ckpt, trained, meta)
     t_end = time.perf_counter()
     seconds = {"setup (data, model)": t_ready - t_start, "search": t_search - t_ready,
                "final training + checkpoint": t_end - t_search, "total": t_end - t_start}
@@ -97,6 +108,8 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
                                "distinct_masks_evaluated": len(result.memo),
                                "strategy": strategy, **evaluator.stats()},
                     "seconds": {k: round(v, 2) for k, v in seconds.items()}})
+    if not writer:
+        return metrics
     rundir.write_json(run_dir / rundir.METRICS, metrics)
     report = render_report(cfg=cfg.to_dict(), description=dataset.description, model=spec.name,
                            pretrained=spec.pretrained, group_sizes=sizes, best_mask=result.best_mask,

@@ -22,7 +22,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from evosax.algorithms import DifferentialEvolution
 from flax import serialization
 
 from deft_jax import rundir
@@ -41,6 +40,9 @@ class SearchResult:
 
 
 def make_strategy(cfg: SearchConfig, num_genes: int):
+    # imported here: importing evosax starts the XLA backend, which must wait until a
+    # multi-process run has called jax.distributed.initialize (see main)
+    from evosax.algorithms import DifferentialEvolution
     strategy = DifferentialEvolution(population_size=cfg.population_size,
                                      solution=jnp.zeros((num_genes,), jnp.float32))
     params = strategy.default_params.replace(
@@ -70,10 +72,11 @@ def _load_state(path: Path, template):
 
 def run_search(cfg: Config, evaluator, params, group_rules, group_names: tuple[str, ...],
                state_path: Path | None = None, log: Callable[[str], None] = print,
-               stop_after: int | None = None) -> SearchResult:
+               stop_after: int | None = None, save_state: bool = True) -> SearchResult:
     """The DE loop. `evaluator.evaluate(masks) -> fitnesses`; `params` and `group_rules` are
     used for the trainable-fraction constraint. `stop_after` ends the loop after that many
-    completed generations (used to test resumption)."""
+    completed generations (used to test resumption). `save_state=False` only reads an
+    existing state (processes other than 0 of a multi-process run)."""
     s = cfg.search
     genes = searchable_groups(group_names)
     strategy, de_params = make_strategy(s, len(genes))
@@ -115,7 +118,7 @@ def run_search(cfg: Config, evaluator, params, group_rules, group_names: tuple[s
         fitness = evaluate(init_population, 0, t0, history, memo)
         de_state = strategy.init(jax.random.fold_in(base_key, 0), init_population, fitness, de_params)
         generation = 0
-        if state_path is not None:
+        if state_path is not None and save_state:
             _save_state(state_path, generation, de_state, memo, history)
 
     while generation < s.generations and (stop_after is None or generation < stop_after):
@@ -126,7 +129,7 @@ def run_search(cfg: Config, evaluator, params, group_rules, group_names: tuple[s
         population = jnp.clip(population, 0.0, 1.0)  # genomes live in [0,1]^G
         fitness = evaluate(population, generation, t0, history, memo)
         de_state, _ = strategy.tell(key_tell, population, fitness, de_state, de_params)
-        if state_path is not None:
+        if state_path is not None and save_state:
             _save_state(state_path, generation, de_state, memo, history)
 
     best = min(memo.entries.items(), key=lambda kv: (kv[1], kv[0])) if memo.entries else None
@@ -163,12 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE", help="override config values")
     p.add_argument("--strategy", choices=["sequential", "vmap", "sharded", "auto"],
                    help="fitness-evaluation strategy (same as --set search.strategy=...)")
+    dist = p.add_argument_group("multi-process runs (all three, or none; every process runs the "
+                                "same command, process 0 writes the run directory)")
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator")
+    dist.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    dist.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
     return p
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from deft_jax import distributed
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any JAX work
     from deft_jax.pipeline import run_pipeline, resolve_run_dir
     overrides = list(args.overrides)
     if args.strategy:

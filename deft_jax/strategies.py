@@ -15,7 +15,10 @@ def pick_strategy(requested: str) -> tuple[str, str]:
     the population program on accelerators."""
     backend = jax.default_backend()
     if requested != "auto":
-        return requested, "requested"
+        where = f"{jax.device_count()} {backend} device(s)"
+        if jax.process_count() > 1:
+            where += f" in {jax.process_count()} processes"
+        return requested, f"requested; {where}"
     if backend == "cpu":
         return "sequential", "CPU backend: static masks skip frozen-weight gradients"
     if jax.device_count() > 1:

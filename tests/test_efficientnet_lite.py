@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from deft_jax.errors import UserError
-from deft_jax.models.efficientnet_lite import efficientnet_lite0
+from deft_jax.models.efficientnet_lite import DepthwiseConv, default_lite0_weights, efficientnet_lite0
 from conftest import CIFAR_RESNET_WEIGHTS, lite0_weights_path, needs_lite0
 
 STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
@@ -44,13 +44,12 @@ def _abstract_variables(spec, size=32):
 def imagenet():
     """Lite0 with the ImageNet head and weights; one init shared by the module's tests."""
     spec = efficientnet_lite0(1000, lite0_weights_path(), input_size=224, imagenet_head=True)
-    # `spec.init` would spend ~15 s of this CPU compiling random initialisers for tensors that
-    # the weights overwrite anyway; load into a NaN template instead, which also proves that
-    # every variable (ImageNet head included) comes from the file.
-    template = jax.tree.map(lambda s: np.full(s.shape, np.nan, s.dtype), _abstract_variables(spec))
+    variables = spec.init(jax.random.key(0))
+    # Loading into a NaN template proves every variable (ImageNet head included) is copied.
+    template = jax.tree.map(lambda s: np.full(s.shape, np.nan, s.dtype), spec.variable_shapes())
     loaded = spec.load_pretrained(template)
     assert not any(np.isnan(np.asarray(leaf)).any() for leaf in jax.tree.leaves(loaded))
-    variables = jax.tree.map(jnp.asarray, loaded)
+    jax.tree.map(np.testing.assert_array_equal, loaded, variables)
     forward = jax.jit(lambda v, x: spec.net.apply(v, x, train=False))
     return spec, variables, forward
 
@@ -195,6 +194,32 @@ def test_weight_files_that_do_not_fit_lite0_are_refused_naming_the_file_and_tens
     for resnet in sorted(CIFAR_RESNET_WEIGHTS.glob("resnet20-*.th"))[:1]:
         with pytest.raises(UserError, match=re.escape(resnet.name)):
             efficientnet_lite0(10, resnet)
+
+
+@pytest.mark.parametrize("kernel,stride,size", [(3, 2, 15), (5, 1, 7)])
+def test_shifted_sum_depthwise_conv_equals_the_grouped_convolution_with_gradients(kernel, stride, size):
+    x = jax.random.normal(jax.random.key(1), (2, size, size, 8))
+    variables = {"params": {"kernel": jax.random.normal(jax.random.key(2), (kernel, kernel, 1, 8))}}
+
+    def run(impl):
+        def loss(v, x):
+            y = DepthwiseConv(kernel, stride, impl=impl).apply(v, x)
+            return jnp.sum(jnp.sin(y)), y
+        step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+        (_, y), grads = step(variables, x)
+        return y, grads
+
+    with jax.default_matmul_precision("float32"):
+        (y_shift, g_shift), (y_group, g_group) = run("shifted"), run("grouped")
+    assert y_shift.shape == y_group.shape == (2, -(-size // stride), -(-size // stride), 8)
+    np.testing.assert_allclose(y_shift, y_group, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_shift), jax.tree.leaves(g_group)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@needs_lite0
+def test_default_lite0_weights_is_the_installed_package_file():
+    assert default_lite0_weights() == lite0_weights_path()
 
 
 def test_unknown_granularity_is_a_user_error():

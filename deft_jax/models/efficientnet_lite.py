@@ -7,7 +7,9 @@ all BatchNorms use epsilon 1e-3 and all convolutions use TensorFlow "SAME" paddi
 (output size ceil(in / stride), the odd pixel of padding after), which is computed here from
 the static input shape, so any input size gives the same result as the torch model built
 with `image_size` equal to that size. Dropout and drop-connect are inactive in eval mode
-and are not implemented.
+and are not implemented. Depthwise convolutions run as a fused sum of shifted slices on CPU
+(XLA's grouped convolution is several times slower there) and as grouped convolutions
+elsewhere; parameters are the same either way.
 
 Stages: `stem`, `block0` ... `block15`, `final_conv`, `head`. With granularity "block" each
 stage is its own layer group; with granularity "stage" the blocks are grouped by the
@@ -76,8 +78,9 @@ def _conv(x, features: int, kernel: int, stride: int = 1, *, name: str):
 def _depthwise_shifted_sum(x, kernel, stride: int, padding):
     """Depthwise conv as a sum of k*k strided slices times per-channel weights.
 
-    The same arithmetic as a grouped convolution, written as elementwise ops that XLA fuses;
-    on CPU it is 10-70x faster than XLA's grouped convolution, forward and backward.
+    The same arithmetic as a grouped convolution, written as elementwise ops that XLA fuses.
+    On CPU it is 10-70x faster per layer than XLA's grouped convolution (forward and
+    backward) and makes a whole Lite0 train step ~4x faster, at ~1.7x the compile time.
     """
     k = kernel.shape[0]
     x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))

@@ -1,0 +1,270 @@
+"""PyTorch reference of DEFT's fitness evaluation, written the way a PyTorch user would.
+
+For every layer-group mask, one after another:
+
+1. a fresh copy of the pretrained model (`copy.deepcopy`), the same initial head as the
+   JAX side (copied from its variables, see `deft_jax.interop.torch_models.torch_twin`);
+2. frozen groups: `requires_grad_(False)`; `model.train()` and then the frozen groups'
+   BatchNorms back to `.eval()`, so they normalise with, and never update, their running
+   statistics (BN momentum 0.1 in both frameworks);
+3. `torch.optim.SGD(trainable, lr, momentum, weight_decay, dampening=0)` - the same update
+   as deft_jax's `optax.chain(add_decayed_weights(wd), sgd(lr, momentum))`: both add wd * p
+   to the gradient, then buf = momentum * buf + g (first buf = g), p -= lr * buf. (Adam and
+   AdamW map to torch's Adam(weight_decay) and AdamW the same way.);
+4. the same batches in the same order (`deft_jax.finetune.batch_plan`, full batches only,
+   passed in as `plan`) and the same augmentation (`deft_jax.finetune.augment_batch`, only
+   imported when augmentation is on);
+5. `model.eval()`, logits of the validation split in batches of 256 under
+   `torch.inference_mode()`; fitness = 1 - metric (deft_jax.metrics, numpy only).
+
+No JAX is imported on this side unless augmentation is on, so the process's peak memory
+is PyTorch's own. Command line (used by `benchmarks/vs_pytorch.py` in its own process):
+
+    python benchmarks/torch_reference.py --inputs DIR --out result.json
+
+where DIR holds `meta.json` (config, model, masks in order), `arrays.npz` (splits, batch
+plan) and `variables.npz` (the JAX side's initial variables, '/'-joined keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if __package__ in (None, ""):  # run as a script: make `deft_jax` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deft_jax.interop.torch_models import TorchTwin, torch_twin  # noqa: E402
+from deft_jax.metrics import metric_from_logits  # noqa: E402
+
+VAL_BATCH = 256  # as deft_jax.finetune.forward
+
+
+def set_threads(threads: int | None = None) -> int:
+    """torch.set_num_threads to the machine's cores (or `threads`)."""
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def freeze(twin: TorchTwin, mask: Mapping[str, bool]) -> list[nn.Parameter]:
+    """requires_grad per group; returns the trainable parameters in model order."""
+    unknown = set(mask) ^ set(twin.groups)
+    if unknown:
+        raise ValueError(f"mask and model groups differ: {sorted(unknown)}")
+    for group, modules in twin.groups.items():
+        for module in modules:
+            module.requires_grad_(bool(mask[group]))
+    return [p for p in twin.model.parameters() if p.requires_grad]
+
+
+def set_train_modes(twin: TorchTwin, mask: Mapping[str, bool]) -> None:
+    """model.train(), then every frozen group's BatchNorms .eval()."""
+    twin.model.train()
+    for group, modules in twin.groups.items():
+        if not mask[group]:
+            for module in modules:
+                for sub in module.modules():
+                    if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                        sub.eval()
+
+
+def make_optimizer(params: Sequence[nn.Parameter], cfg) -> torch.optim.Optimizer:
+    """The torch equivalent of deft_jax.finetune.make_optimizer (cfg: a FineTuneConfig or
+    anything with the same attributes)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum,
+                               dampening=0.0, weight_decay=cfg.weight_decay, nesterov=False)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def _nchw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+class TorchReference:
+    """Fitness of layer-group masks, one member after another, in idiomatic PyTorch.
+
+    `twin`: the pretrained model (never modified; each member trains a deep copy) and its
+    layer groups. Arrays are deft_jax's preprocessed float32 NHWC splits; `plan` is
+    `deft_jax.finetune.batch_plan(len(x_train), batch_size, epochs, seed)`.
+    """
+
+    def __init__(self, twin: TorchTwin, x_train: np.ndarray, y_train: np.ndarray,
+                 x_val: np.ndarray, y_val: np.ndarray, num_classes: int, cfg,
+                 plan: Sequence[np.ndarray], seed: int = 0, metric: str = "accuracy"):
+        self.twin, self.cfg, self.seed, self.metric = twin, cfg, seed, metric
+        self.num_classes = num_classes
+        self.x_train_nhwc = x_train
+        self.x_train = _nchw(x_train)
+        self.y_train = torch.from_numpy(np.asarray(y_train, np.int64))
+        self.x_val = _nchw(x_val)
+        self.y_val = np.asarray(y_val)
+        self.plan = [torch.from_numpy(np.asarray(idx, np.int64)) for idx in plan]
+        self.augment = bool(getattr(cfg, "flip", False) or getattr(cfg, "rotate90", False))
+        self.records: list[dict] = []  # per evaluated mask: seconds (train, val), steps
+
+    def member(self, mask: Mapping[str, bool]) -> tuple[TorchTwin, list[nn.Parameter]]:
+        """A fresh copy of the pretrained model, frozen per `mask`."""
+        model = copy.deepcopy(self.twin.model)
+        # the deep copy's modules, group by group
+        lookup = dict(self.twin.model.named_modules())
+        names = {id(m): n for n, m in lookup.items()}
+        copied = dict(model.named_modules())
+        groups = {g: [copied[names[id(m)]] for m in mods] for g, mods in self.twin.groups.items()}
+        twin = TorchTwin(model, groups)
+        return twin, freeze(twin, mask)
+
+    def fine_tune(self, mask: Mapping[str, bool]) -> tuple[nn.Module, list[float]]:
+        """Short fine-tune of a fresh copy under `mask`; returns the model and the losses."""
+        twin, params = self.member(mask)
+        set_train_modes(twin, mask)
+        optimizer = make_optimizer(params, self.cfg)
+        model = twin.model
+        rng = np.random.default_rng([self.seed, 7])  # deft_jax's augmentation stream
+        losses = []
+        for idx in self.plan:
+            if self.augment:
+                from deft_jax.finetune import augment_batch
+                xb = _nchw(augment_batch(self.x_train_nhwc[idx.numpy()], self.cfg, rng))
+            else:
+                xb = self.x_train[idx]
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb), self.y_train[idx])
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        return model, [float(v) for v in losses]
+
+    def logits(self, model: nn.Module) -> np.ndarray:
+        model.eval()
+        with torch.inference_mode():
+            return torch.cat([model(self.x_val[i:i + VAL_BATCH])
+                              for i in range(0, len(self.x_val), VAL_BATCH)]).numpy()
+
+    def evaluate_one(self, mask: Mapping[str, bool]) -> float:
+        t0 = time.perf_counter()
+        model, _ = self.fine_tune(mask)
+        t1 = time.perf_counter()
+        logits = self.logits(model)
+        fitness = 1.0 - metric_from_logits(self.metric, logits, self.y_val, self.num_classes)
+        t2 = time.perf_counter()
+        self.records.append({"train_s": t1 - t0, "val_s": t2 - t1, "steps": len(self.plan)})
+        return fitness
+
+    def evaluate(self, masks: Sequence[Mapping[str, bool]]) -> list[float]:
+        return [self.evaluate_one(m) for m in masks]
+
+    def time_steps(self, mask: Mapping[str, bool], steps: int = 10, warmup: int = 2) -> list[float]:
+        """Seconds per train step (forward, backward, optimizer) under `mask`."""
+        twin, params = self.member(mask)
+        set_train_modes(twin, mask)
+        optimizer = make_optimizer(params, self.cfg)
+        times = []
+        for i in range(warmup + steps):
+            idx = self.plan[i % len(self.plan)]
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(twin.model(self.x_train[idx]), self.y_train[idx])
+            loss.backward()
+            optimizer.step()
+            loss.item()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        return times
+
+
+# ------------------------------------------------------------------------------------------
+# the torch side of benchmarks/vs_pytorch.py, in its own process
+
+
+def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split("/")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+class _Cfg:
+    def __init__(self, raw: Mapping):
+        self.__dict__.update(raw)
+
+
+def run_worker(inputs: Path, out: Path, threads: int | None = None) -> dict:
+    t_start = time.perf_counter()
+    threads = set_threads(threads)
+    meta = json.loads((inputs / "meta.json").read_text())
+    arrays = np.load(inputs / "arrays.npz")
+    with np.load(inputs / "variables.npz") as f:
+        variables = _unflatten({k: f[k] for k in f.files})
+    m = meta["model"]
+    twin = torch_twin(m["name"], meta["num_classes"], variables, m["input_size"], m["granularity"],
+                      meta["pretrained"])
+    if tuple(twin.group_names) != tuple(meta["group_names"]):
+        raise SystemExit(f"torch groups {twin.group_names} != deft_jax groups {meta['group_names']}")
+    plan = list(arrays["plan"])
+    cfg = _Cfg(meta["finetune"])
+    ref = TorchReference(twin, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
+                         meta["num_classes"], cfg, plan, seed=meta["seed"], metric=meta["metric"])
+    group_names = meta["group_names"]
+    masks = [{g: c == "1" for g, c in zip(group_names, key)} for key in meta["masks"]]
+    setup_s = time.perf_counter() - t_start
+
+    t0 = time.perf_counter()
+    fitness, finished = [], []
+    for mask in masks:
+        fitness.append(ref.evaluate_one(mask))
+        finished.append(time.perf_counter() - t0)
+    search_s = time.perf_counter() - t0
+
+    step_profile = {}
+    for label, key in meta.get("profile_masks", {}).items():
+        times = ref.time_steps({g: c == "1" for g, c in zip(group_names, key)})
+        step_profile[label] = {"mask": key, "median_step_s": float(np.median(times)),
+                               "min_step_s": float(np.min(times))}
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    result = {
+        "side": "pytorch", "torch": torch.__version__, "threads": threads,
+        "setup_s": setup_s, "search_s": search_s, "evaluation_s": search_s,
+        "first_result_s": finished[0] if finished else None,
+        "masks": meta["masks"], "fitness": fitness, "finished_s": finished,
+        "records": ref.records, "step_profile": step_profile,
+        "cpu_s": cpu.ru_utime + cpu.ru_stime,
+        "peak_rss_mb": cpu.ru_maxrss / 1024,
+    }
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--inputs", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: all cores)")
+    args = p.parse_args(argv)
+    run_worker(args.inputs, args.out, args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

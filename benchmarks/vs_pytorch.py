@@ -1,0 +1,592 @@
+"""Side-by-side benchmark of the whole DEFT search: deft_jax vs an idiomatic PyTorch reference.
+
+    python benchmarks/vs_pytorch.py --config configs/bench_resnet20_digits.toml \
+        [--strategies auto,sequential,vmap] [--out benchmarks/results/DATE-MACHINE.json]
+
+What runs, each side in its own process (so peak RSS is per side, not mixed):
+
+1. deft_jax, once per strategy: the real search (`deft_jax.search.run_search`, DE from
+   evosax) with the strategy's evaluator, recording every distinct mask it evaluates, in
+   order. The first strategy's mask list (`auto` by default) is the reference list.
+2. PyTorch (`benchmarks/torch_reference.py`): replays exactly that mask list, one member
+   after another, from the same pretrained weights, the same initial head (copied from
+   the JAX variables), the same data, batch order and recipe.
+
+Reported per side: whole-search wall time (JAX: the DE loop including evosax's ask/tell;
+PyTorch: the replay of the same masks, i.e. evaluations only, which favours PyTorch),
+setup time, time to first result, compile seconds (JAX, from jax.monitoring's trace /
+lowering / backend-compile events), seconds per fitness evaluation, evaluations/s, peak
+RSS, and per mask both fitnesses (mean |difference|, Spearman and Kendall tau-b of the
+masks' fitness ranks). `speedup_vs_pytorch` = PyTorch wall time / deft_jax wall time over
+the same masks, for the first strategy. A step profile compares one fine-tune train step
+on both sides, with FLOPs from XLA's cost analysis and the machine's estimated peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+NO_PREFIX = "sequential-noprefix"  # sequential without the frozen-prefix feature cache
+KNOWN_STRATEGIES = ("auto", "sequential", "vmap", "sharded", NO_PREFIX)
+
+
+# ------------------------------------------------------------------------------------------
+# machine
+
+
+def cpu_info() -> dict:
+    """CPU model, cores, clock, SIMD flags and an estimated fp32 peak (assumption stated)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+
+    def field(name):
+        m = re.search(rf"^{name}\s*:\s*(.*)$", text, re.M)
+        return m.group(1).strip() if m else None
+
+    flags = set((field("flags") or "").split())
+    vendor, family = field("vendor_id") or "", int(field("cpu family") or 0)
+    mhz = float(field("cpu MHz") or 0.0)
+    cores = os.cpu_count() or 1
+    # fp32 FLOPs per cycle per core, assuming two FMA pipes:
+    if "avx512f" in flags and vendor == "AuthenticAMD" and family == 25:
+        per_cycle, why = 32, "AVX-512 on AMD Zen 4 (family 25) runs on 2x256-bit FMA pipes: 2 x 8 lanes x 2"
+    elif "avx512f" in flags:
+        per_cycle, why = 64, "AVX-512 with 2 FMA units: 2 x 16 lanes x 2"
+    elif "avx2" in flags and "fma" in flags:
+        per_cycle, why = 32, "AVX2 + FMA with 2 FMA units: 2 x 8 lanes x 2"
+    elif "avx" in flags:
+        per_cycle, why = 16, "AVX without FMA: 8-lane add + 8-lane mul"
+    else:
+        per_cycle, why = 8, "SSE: 4-lane add + 4-lane mul"
+    peak = cores * mhz * 1e6 * per_cycle
+    return {
+        "model": field("model name") or platform.processor(), "vendor": vendor,
+        "family": family, "model_id": field("model"), "logical_cores": cores,
+        "threads_per_core": _lscpu("Thread(s) per core"), "mhz": mhz,
+        "simd": sorted(f for f in flags if f in ("avx", "avx2", "fma", "avx512f", "avx512_bf16")),
+        "peak_fp32_gflops": round(peak / 1e9, 1),
+        "peak_assumption": (f"{cores} logical cores x {mhz:.0f} MHz (/proc/cpuinfo, no turbo) x "
+                            f"{per_cycle} fp32 FLOPs/cycle ({why}); a theoretical upper bound"),
+    }
+
+
+def _lscpu(key: str):
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(rf"^{re.escape(key)}:\s*(.*)$", out, re.M)
+    return m.group(1).strip() if m else None
+
+
+def gpu_name() -> str | None:
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20).stdout.strip()
+            return out or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return None
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"python": platform.python_version()}
+    for name in ("jax", "jaxlib", "flax", "optax", "evosax", "numpy", "torch",
+                 "efficientnet-lite-pytorch"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# ------------------------------------------------------------------------------------------
+# the deft_jax side (its own process)
+
+
+class CompileClock:
+    """Sums jax.monitoring's compile events (tracing, lowering to MLIR, XLA compile)."""
+
+    EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+              "/jax/core/compile/jaxpr_to_mlir_module_duration",
+              "/jax/core/compile/backend_compile_duration")
+
+    def __init__(self):
+        import jax.monitoring
+        self.total = 0.0
+        self.backend_compiles = 0
+        self.by_function: dict[str, float] = {}
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event, duration, **kwargs):
+        if event in self.EVENTS:
+            self.total += duration
+            name = str(kwargs.get("fun_name", "?"))
+            self.by_function[name] = self.by_function.get(name, 0.0) + duration
+            if event == self.EVENTS[2]:
+                self.backend_compiles += 1
+
+
+class RecordingEvaluator:
+    """Wraps a strategy's evaluator: records each distinct mask in evaluation order, with
+    the wall time its result was ready and the compile seconds spent while evaluating it."""
+
+    def __init__(self, inner, clock: CompileClock):
+        self.inner, self.clock = inner, clock
+        self.name = getattr(inner, "name", type(inner).__name__)
+        self.masks: list[str] = []
+        self.records: list[dict] = []
+        self.t0 = time.perf_counter()
+
+    def _one(self, evaluate, masks):
+        from deft_jax.masks import mask_key
+        c0, t0 = self.clock.total, time.perf_counter()
+        values = evaluate(masks)
+        c1, t1 = self.clock.total, time.perf_counter()
+        for m in masks:
+            self.masks.append(mask_key(m))
+            self.records.append({"eval_s": (t1 - t0) / len(masks), "compile_s": (c1 - c0) / len(masks),
+                                 "done_s": t1 - self.t0, "batch": len(masks)})
+        return values
+
+    def evaluate(self, masks):
+        one = getattr(self.inner, "evaluate_one", None)
+        if one is not None:  # one member at a time: time each
+            return [self._one(lambda ms: [one(ms[0])], [m])[0] for m in masks]
+        return self._one(self.inner.evaluate, list(masks))
+
+    def stats(self):
+        return self.inner.stats()
+
+
+def _flatten(tree, prefix=()) -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        if hasattr(v, "items"):
+            out.update(_flatten(v, (*prefix, k)))
+        else:
+            out["/".join((*prefix, k))] = np.asarray(v)
+    return out
+
+
+def _profile_masks(group_names) -> dict[str, str]:
+    """Masks whose single train step both sides time: every group (the heaviest step), and
+    only the last searchable group + head (where deft_jax's prefix cache matters most)."""
+    n = len(group_names)
+    return {"all groups": "1" * n, "last group + head": "0" * (n - 2) + "11"}
+
+
+def jax_step_profile(evaluator, spec, variables, data, masks: dict[str, str], steps: int = 10) -> dict:
+    """Per-step time and XLA FLOPs of the sequential evaluator's compiled train step."""
+    import jax
+    import jax.numpy as jnp
+    from deft_jax.finetune import first_trainable_stage
+    from deft_jax.masks import mask_from_key, param_mask, split_by_mask
+
+    tuner = evaluator.tuner
+    bs = min(tuner.cfg.batch_size, len(data.x_train))
+    out = {}
+    for label, key in masks.items():
+        mask = mask_from_key(key, spec.group_names)
+        start = first_trainable_stage(spec, mask) if evaluator.cache_prefix else 0
+        x_train, _ = evaluator.prefix.features(start)
+        leaf_mask = param_mask(variables["params"], spec.group_rules, mask)
+        trainable, frozen = split_by_mask(variables["params"], leaf_mask)
+        step = tuner._step(key, {g: bool(v) for g, v in mask.items()}, start)
+        args = (trainable, frozen, variables["batch_stats"], tuner.tx.init(trainable),
+                jnp.asarray(x_train[:bs]), jnp.asarray(data.y_train[:bs]))
+        compiled = step.lower(*args).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+        times = []
+        for i in range(steps + 2):
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+        out[label] = {"mask": key, "start_stage": start, "median_step_s": float(np.median(times)),
+                      "min_step_s": float(np.min(times)), "xla_flops": flops}
+    return out
+
+
+def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> dict:
+    t_start = time.perf_counter()
+    clock = CompileClock()
+    import jax
+
+    from deft_jax.config import load_config
+    from deft_jax.data import load_dataset
+    from deft_jax.fitness import SequentialEvaluator
+    from deft_jax.inputs import prepare_data
+    from deft_jax.models import build_model
+    from deft_jax.search import run_search
+    from deft_jax.strategies import make_evaluator
+
+    cfg = load_config(config)
+    requested = "sequential" if strategy == NO_PREFIX else strategy
+    cfg.search.strategy = requested
+    dataset = load_dataset(cfg.data.source)
+    spec = build_model(cfg.model.name, len(dataset.class_names), cfg.model.weights,
+                       cfg.model.input_size, cfg.model.granularity)
+    data = prepare_data(cfg, spec, dataset)
+    variables = spec.init(jax.random.key(cfg.seed))
+    if strategy == NO_PREFIX:
+        inner = SequentialEvaluator(spec, variables, data.arrays, cfg.finetune,
+                                    metric=cfg.search.metric, seed=cfg.seed, cache_prefix=False)
+        resolved, reason = "sequential", "frozen-prefix feature cache off"
+    else:
+        inner, resolved, reason = make_evaluator(cfg, spec, variables, data.arrays)
+    setup_s = time.perf_counter() - t_start
+    setup_compile_s = clock.total
+    load0 = loadavg()
+
+    recorder = RecordingEvaluator(inner, clock)
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    recorder.t0 = t0
+    log = lambda s: print(f"  [{strategy}] {s}", file=sys.stderr, flush=True)  # noqa: E731
+    result = run_search(cfg, recorder, variables["params"], spec.group_rules, spec.group_names,
+                        state_path=None, log=log)
+    search_s = time.perf_counter() - t0
+    search_cpu_s = cpu_seconds() - cpu0
+    search_compile_s = clock.total - setup_compile_s
+    load1 = loadavg()
+
+    fitness = [result.memo[k] for k in recorder.masks]
+    step_profile = {}
+    if hasattr(inner, "tuner"):
+        step_profile = jax_step_profile(inner, spec, variables, data.arrays,
+                                        _profile_masks(spec.group_names))
+    out = {
+        "side": "deft_jax", "strategy": strategy, "resolved": resolved, "reason": reason,
+        "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+        "setup_s": setup_s, "search_s": search_s, "search_cpu_s": search_cpu_s,
+        "evaluation_s": sum(r["eval_s"] for r in recorder.records),
+        "compile_s": search_compile_s, "setup_compile_s": setup_compile_s,
+        "backend_compiles": clock.backend_compiles,
+        "compile_by_function": {k: round(v, 3) for k, v in sorted(
+            clock.by_function.items(), key=lambda kv: -kv[1])[:8]},
+        "first_result_s": recorder.records[0]["done_s"] if recorder.records else None,
+        "first_result_compile_s": recorder.records[0]["compile_s"] if recorder.records else None,
+        "masks": recorder.masks, "fitness": fitness, "records": recorder.records,
+        "best_mask": "".join("1" if result.best_mask[g] else "0" for g in spec.group_names),
+        "best_fitness": result.best_fitness, "evaluator_stats": inner.stats(),
+        "step_profile": step_profile, "loadavg": [load0, load1],
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if export:  # everything the PyTorch side needs, so it never imports JAX
+        from deft_jax.finetune import batch_plan
+        a = data.arrays
+        plan = np.stack(batch_plan(len(a.x_train), cfg.finetune.batch_size, cfg.finetune.epochs, cfg.seed))
+        np.savez(workdir / "arrays.npz", x_train=a.x_train, y_train=a.y_train, x_val=a.x_val,
+                 y_val=a.y_val, plan=plan)
+        np.savez(workdir / "variables.npz", **_flatten(jax.tree.map(np.asarray, variables)))
+        meta = {"model": dataclasses.asdict(cfg.model), "pretrained": spec.pretrained,
+                "num_classes": a.num_classes, "group_names": list(spec.group_names),
+                "finetune": dataclasses.asdict(cfg.finetune), "seed": cfg.seed,
+                "metric": cfg.search.metric, "masks": recorder.masks,
+                "profile_masks": _profile_masks(spec.group_names)}
+        (workdir / "meta.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# comparison
+
+
+def _ranks(values) -> np.ndarray:
+    """Ranks 1..n, ties get their average rank."""
+    v = np.asarray(values, float)
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(len(v))
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(a, b) -> float | None:
+    ra, rb = _ranks(a), _ranks(b)
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def kendall_tau_b(a, b) -> float | None:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    concordant = discordant = ties_a = ties_b = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif da == db:
+                concordant += 1
+            else:
+                discordant += 1
+    denom = np.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
+    return float((concordant - discordant) / denom) if denom else None
+
+
+def compare_fitness(ours: dict, theirs: dict) -> dict:
+    """Per-mask fitness agreement on the masks both sides evaluated."""
+    a = dict(zip(ours["masks"], ours["fitness"]))
+    b = dict(zip(theirs["masks"], theirs["fitness"]))
+    common = [k for k in theirs["masks"] if k in a]
+    fa = np.array([a[k] for k in common])
+    fb = np.array([b[k] for k in common])
+    diff = np.abs(fa - fb)
+    return {
+        "masks_compared": len(common),
+        "same_mask_sequence": ours["masks"] == theirs["masks"],
+        "mean_abs_diff": float(diff.mean()) if len(common) else None,
+        "max_abs_diff": float(diff.max()) if len(common) else None,
+        "fraction_equal": float(np.mean(diff < 1e-9)) if len(common) else None,
+        "spearman": spearman(fa, fb), "kendall_tau_b": kendall_tau_b(fa, fb),
+        "best_mask_ours": common[int(np.argmin(fa))] if len(common) else None,
+        "best_mask_theirs": common[int(np.argmin(fb))] if len(common) else None,
+    }
+
+
+def side_row(r: dict) -> dict:
+    n = len(r["masks"])
+    recs = r.get("records", [])
+    steady = [x["eval_s"] - x.get("compile_s", 0.0) for x in recs]
+    return {
+        "masks": n, "setup_s": r["setup_s"], "search_s": r["search_s"],
+        "evaluation_s": r["evaluation_s"], "compile_s": r.get("compile_s"),
+        "first_result_s": r["first_result_s"],
+        "s_per_eval": r["evaluation_s"] / n if n else None,
+        "evals_per_s": n / r["search_s"] if r["search_s"] else None,
+        "s_per_eval_without_compile": float(np.mean(steady)) if steady else None,
+        "peak_rss_mb": r["peak_rss_mb"],
+    }
+
+
+def _f(v, spec=".2f"):
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(summary: dict) -> str:
+    lines = ["| side | strategy | masks | setup s | whole search s | compile s | first result s "
+             "| s/eval | evals/s | s/eval excl. compile | peak RSS MB | fitness vs PyTorch: mean abs diff / Spearman / Kendall |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for row in summary["rows"]:
+        cmp_ = row.get("fitness_vs_pytorch") or {}
+        agree = "-" if not cmp_ else (f"{_f(cmp_['mean_abs_diff'], '.4f')} / {_f(cmp_['spearman'], '.3f')} / "
+                                      f"{_f(cmp_['kendall_tau_b'], '.3f')}"
+                                      + ("" if cmp_["same_mask_sequence"] else f" ({cmp_['masks_compared']} shared masks)"))
+        lines.append(
+            f"| {row['side']} | {row['strategy']} | {row['masks']} | {_f(row['setup_s'], '.1f')} | "
+            f"{_f(row['search_s'], '.1f')} | {_f(row['compile_s'], '.1f')} | {_f(row['first_result_s'], '.1f')} | "
+            f"{_f(row['s_per_eval'])} | {_f(row['evals_per_s'], '.3f')} | {_f(row['s_per_eval_without_compile'])} | "
+            f"{_f(row['peak_rss_mb'], '.0f')} | {agree} |")
+    for note in summary["notes"]:
+        lines.append(f"\n- {note}")
+    if summary.get("step_profile"):
+        lines += ["", "| train step (batch) | side | mask | first stage run | s/step | XLA GFLOP/step | GFLOP/s | % of est. peak |",
+                  "|---|---|---|---:|---:|---:|---:|---:|"]
+        for p in summary["step_profile"]:
+            lines.append(f"| {p['label']} | {p['side']} | {p['mask']} | {p.get('start_stage', 0)} | "
+                         f"{_f(p['median_step_s'], '.4f')} | {_f(p.get('gflop'), '.2f')} | "
+                         f"{_f(p.get('gflops'), '.1f')} | {_f(p.get('pct_peak'), '.1f')} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# orchestration
+
+
+def _population_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("deft_jax.population") is not None
+
+
+def _run(cmd: list[str], label: str) -> None:
+    print(f"== {label}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{label} failed with exit code {proc.returncode}")
+
+
+def orchestrate(args) -> dict:
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    bad = [s for s in strategies if s not in KNOWN_STRATEGIES]
+    if bad:
+        raise SystemExit(f"unknown strategies {bad}; known: {', '.join(KNOWN_STRATEGIES)}")
+    notes, skipped = [], []
+    if not _population_available():
+        for s in ("vmap", "sharded"):
+            if s in strategies:
+                strategies.remove(s)
+                skipped.append(s)
+        if skipped:
+            notes.append(f"skipped {', '.join(skipped)}: deft_jax.population is not present in this tree")
+    workdir = Path(tempfile.mkdtemp(prefix="vs_pytorch-"))
+    me = str(Path(__file__).resolve())
+    t_all = time.perf_counter()
+    jax_results = []
+    for i, strategy in enumerate(strategies):
+        out = workdir / f"jax-{strategy}.json"
+        cmd = [sys.executable, me, "--config", args.config, "--worker", "jax", "--strategy", strategy,
+               "--workdir", str(workdir), "--result", str(out)] + (["--export"] if i == 0 else [])
+        try:
+            _run(cmd, f"deft_jax {strategy}")
+        except RuntimeError as err:
+            if i == 0:
+                raise
+            notes.append(f"{strategy}: {err}")
+            continue
+        jax_results.append(json.loads(out.read_text()))
+    torch_out = workdir / "torch.json"
+    env_threads = [] if args.torch_threads is None else ["--threads", str(args.torch_threads)]
+    load0 = loadavg()
+    _run([sys.executable, str(REPO / "benchmarks" / "torch_reference.py"), "--inputs", str(workdir),
+          "--out", str(torch_out)] + env_threads, "pytorch reference")
+    torch_result = json.loads(torch_out.read_text())
+    torch_result["loadavg"] = [load0, loadavg()]
+    total_s = time.perf_counter() - t_all
+
+    cpu = cpu_info()
+    rows, step_profile = [], []
+    reference = jax_results[0]
+    for r in jax_results:
+        row = {"side": "deft_jax", "strategy": r["strategy"] + (f" -> {r['resolved']}" if r["strategy"] != r["resolved"] else ""),
+               **side_row(r), "fitness_vs_pytorch": compare_fitness(r, torch_result)}
+        rows.append(row)
+    rows.append({"side": "pytorch", "strategy": "sequential, requires_grad=False", **side_row(torch_result)})
+
+    def add_profile(side, prof, flops_of):
+        for label, p in prof.items():
+            flops = flops_of.get(label)
+            entry = {"label": label, "side": side, **p}
+            if flops and flops == flops:
+                entry["gflop"] = flops / 1e9
+                entry["gflops"] = flops / p["median_step_s"] / 1e9
+                entry["pct_peak"] = 100 * entry["gflops"] / cpu["peak_fp32_gflops"] if cpu["peak_fp32_gflops"] else None
+            step_profile.append(entry)
+
+    seq = next((r for r in jax_results if r["step_profile"]), None)
+    if seq is not None:
+        flops = {k: v["xla_flops"] for k, v in seq["step_profile"].items()}
+        add_profile(f"deft_jax ({seq['strategy']})", seq["step_profile"], flops)
+        # the torch step of the all-groups mask does the same work; with a frozen prefix it
+        # still runs the prefix's forward, so XLA's count of our suffix step is a lower bound
+        add_profile("pytorch", torch_result.get("step_profile", {}), flops)
+    speedup = torch_result["search_s"] / reference["search_s"]
+    speedup_eval = torch_result["evaluation_s"] / reference["evaluation_s"]
+    notes += [
+        f"speedup_vs_pytorch = PyTorch whole-search wall / deft_jax ({reference['strategy']}) whole-search wall "
+        f"= {torch_result['search_s']:.1f} / {reference['search_s']:.1f} = {speedup:.2f}x "
+        f"(evaluations only: {speedup_eval:.2f}x); both sides evaluate the same {len(torch_result['masks'])} masks "
+        "in the same order.",
+        "deft_jax's whole-search time includes the DE loop (evosax ask/tell, its compiles); the PyTorch side "
+        "only replays the masks, so its time has no search overhead at all.",
+        "first result = wall time from the start of the search to the first fitness (deft_jax: includes "
+        "compiling the first mask's train step and the prefix/eval forward); setup (data, model, weights) "
+        "is reported apart.",
+        f"PyTorch threads: {torch_result['threads']} (torch.set_num_threads); JAX/XLA uses its default CPU "
+        "thread pool. Load average before/after each side is in the JSON: the machine may be shared.",
+        f"peak: {cpu['peak_assumption']}.",
+    ]
+    summary = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"), "config": args.config,
+        "config_text": Path(args.config).read_text(),
+        "machine": {"hostname": socket.gethostname(), "cpu": cpu, "gpu": gpu_name(),
+                    "versions": versions(), "platform": platform.platform()},
+        "speedup_vs_pytorch": round(speedup, 3),
+        "speedup_vs_pytorch_evaluations_only": round(speedup_eval, 3),
+        "reference_strategy": reference["strategy"], "skipped_strategies": skipped,
+        "rows": rows, "step_profile": step_profile, "notes": notes,
+        "benchmark_wall_s": round(total_s, 1),
+        "raw": {"deft_jax": jax_results, "pytorch": torch_result},
+    }
+    summary["markdown"] = markdown(summary)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return summary
+
+
+def default_out() -> Path:
+    machine = re.sub(r"[^A-Za-z0-9]+", "-", f"{cpu_info()['model']}-{os.cpu_count()}cpu").strip("-").lower()
+    gpu = gpu_name()
+    if gpu:
+        machine += "-" + re.sub(r"[^A-Za-z0-9]+", "-", gpu.splitlines()[0]).strip("-").lower()
+    return REPO / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-{machine}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="deft_jax vs an idiomatic PyTorch DEFT: the whole search, same masks.")
+    p.add_argument("--config", required=True, help="TOML config (e.g. configs/bench_resnet20_digits.toml)")
+    p.add_argument("--strategies", default="auto,sequential,vmap",
+                   help=f"comma-separated, first is the reference ({', '.join(KNOWN_STRATEGIES)})")
+    p.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/<date>-<machine>.json)")
+    p.add_argument("--torch-threads", type=int, help="torch.set_num_threads (default: all cores)")
+    # internal: one side in its own process
+    p.add_argument("--worker", choices=["jax"], help=argparse.SUPPRESS)
+    p.add_argument("--strategy", help=argparse.SUPPRESS)
+    p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--export", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker == "jax":
+        result = run_jax_worker(args.config, args.strategy, args.workdir, args.export)
+        args.result.write_text(json.dumps(result, indent=1))
+        return 0
+
+    summary = orchestrate(args)
+    out = args.out or default_out()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    print(summary["markdown"])
+    print(f"\nspeedup_vs_pytorch: {summary['speedup_vs_pytorch']:.2f}x  -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from deft_jax import rundir
+from deft_jax.config import FineTuneConfig
+from deft_jax.fitness import SequentialEvaluator, SplitArrays
+from deft_jax.finetune import first_trainable_stage
+from deft_jax.masks import mask_from_names
+from deft_jax.models.small_cnn import small_cnn
+from deft_jax.population import PopulationEvaluator
+from deft_jax.search import main
+
+from helpers import random_arrays, tiny_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+# six members (padded to 8 on 4 devices), conv1 trains in one of them: the program runs
+# from stage 0; the second population starts at conv3 (frozen prefix cached)
+POPULATION = [["conv3", "conv4"], ["conv4"], [], ["conv2"], ["conv1", "conv3"], ["conv2", "conv4"]]
+SUFFIX_POPULATION = [["conv4"], [], ["conv3"]]
+
+
+def tiny_problem():
+    spec = small_cnn(3, input_size=16)
+    variables = spec.init(jax.random.key(1))
+    x, y = random_arrays(96)
+    data = SplitArrays(x[:64], y[:64], x[64:], y[64:], 3)
+    cfg = FineTuneConfig(batch_size=16, learning_rate=0.1, momentum=0.9, weight_decay=0.01, epochs=1)
+    return spec, variables, data, cfg
+
+
+def sequential_logits(ev: SequentialEvaluator, mask) -> np.ndarray:
+    """SequentialEvaluator.evaluate_one, returning the validation logits."""
+    start = first_trainable_stage(ev.spec, mask)
+    x_train, x_val = ev.prefix.features(start)
+    variables, _ = ev.tuner.fine_tune(ev.variables, mask, x_train, ev.data.y_train, seed=ev.seed, start=start)
+    return ev.tuner.logits(variables, x_val, start=start)
+
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]), **extra)
+    return env
+
+
+SHARDED_CHILD = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    from deft_jax.masks import mask_from_names
+    from deft_jax.population import PopulationEvaluator
+    from test_population import POPULATION, SUFFIX_POPULATION, tiny_problem
+    spec, variables, data, cfg = tiny_problem()
+    ev = PopulationEvaluator(spec, variables, data, cfg, sharded=True)
+    logits = [ev.evaluate_logits([mask_from_names(n, spec.group_names) for n in pop])
+              for pop in (POPULATION, SUFFIX_POPULATION)]
+    fitness = ev.evaluate([mask_from_names(n, spec.group_names) for n in POPULATION])
+    np.savez(sys.argv[1], full=logits[0], suffix=logits[1])
+    print(json.dumps({"devices": jax.device_count(), "fitness": fitness, **ev.stats()}))
+""")
+
+
+def test_sequential_vmap_and_sharded_give_the_same_fitness_for_the_same_masks(tmp_path):
+    spec, variables, data, cfg = tiny_problem()
+    populations = [[mask_from_names(n, spec.group_names) for n in pop]
+                   for pop in (POPULATION, SUFFIX_POPULATION)]
+    seq = SequentialEvaluator(spec, variables, data, cfg)
+    reference = [np.stack([sequential_logits(seq, m) for m in pop]) for pop in populations]
+    seq_fitness = seq.evaluate(populations[0])
+
+    vmap = PopulationEvaluator(spec, variables, data, cfg)
+    assert vmap.name == "vmap"
+    for pop, ref in zip(populations, reference):
+        np.testing.assert_allclose(vmap.evaluate_logits(pop), ref, atol=1e-4)
+    assert vmap.evaluate(populations[0]) == pytest.approx(seq_fitness, abs=1e-9)
+    stats = vmap.stats()
+    assert stats["members_padded"] == 3  # the 3-member population ran in the 6-member program
+    assert stats["prefix_misses"] == 1  # the second population trained from conv3 on cached features
+
+    out = tmp_path / "sharded.npz"
+    proc = subprocess.run([sys.executable, "-c", SHARDED_CHILD, str(out)], capture_output=True, text=True,
+                          timeout=300, cwd=REPO,
+                          env=clean_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert child["devices"] == 4
+    assert child["members_padded"] == 2 + 5 + 2  # 6 -> 8, 3 -> 8, 6 -> 8
+    sharded = np.load(out)
+    np.testing.assert_allclose(sharded["full"], reference[0], atol=1e-4)
+    np.testing.assert_allclose(sharded["suffix"], reference[1], atol=1e-4)
+    assert child["fitness"] == pytest.approx(seq_fitness, abs=1e-9)
+
+
+def test_frozen_leaves_are_bit_identical_after_a_vmapped_fine_tune():
+    spec = small_cnn(3, input_size=16)
+    v0 = spec.init(jax.random.key(0))
+    x, y = random_arrays()
+    data = SplitArrays(x[:48], y[:48], x[48:], y[48:], 3)
+    cfg = FineTuneConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.05,
+                         batch_size=16, epochs=2)
+    masks = [mask_from_names(n, spec.group_names)
+             for n in (["conv1", "conv3"], ["conv2", "conv4"], [], ["conv1", "conv2", "conv3", "conv4"])]
+    members = PopulationEvaluator(spec, v0, data, cfg).fine_tune(masks)
+    assert len(members) == len(masks)
+    for mask, v1 in zip(masks, members):
+        for collection in ("params", "batch_stats"):
+            for group, sub in v0[collection].items():
+                before = jax.tree_util.tree_leaves_with_path(sub)
+                after = jax.tree_util.tree_leaves(v1[collection][group])
+                assert len(before) == len(after)
+                for (path, b), a in zip(before, after):
+                    same = np.array_equal(np.asarray(b), np.asarray(a))
+                    assert same == (not mask[group]), (mask, collection, group, path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_search_picks_the_same_best_mask_as_one_process(tmp_path):
+    overrides = tiny_overrides()
+    single = tmp_path / "single"
+    assert main(["--out", str(single), "--strategy", "sequential", "--set", *overrides]) == 0
+
+    port = free_port()
+    outs = [tmp_path / f"proc{i}" for i in range(2)]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "deft_jax.search", "--out", str(outs[i]), "--strategy", "sharded",
+         "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+         "--set", *overrides],
+        cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=420)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for i, p in enumerate(procs):
+        assert p.returncode == 0, f"process {i}:\n{logs[i][-3000:]}"
+    assert "strategy: sharded (requested; 2 cpu device(s) in 2 processes)" in logs[0]
+    assert "best mask" not in logs[1]  # only process 0 logs
+    assert not outs[1].exists()  # only process 0 writes
+
+    one, two = (rundir.read_json(d / rundir.BEST) for d in (single, outs[0]))
+    assert two["mask"] == one["mask"]
+    assert two["fitness"] == pytest.approx(one["fitness"], abs=1e-6)
+    history = [[json.loads(line) for line in (d / rundir.HISTORY).read_text().splitlines()]
+               for d in (single, outs[0])]
+    assert [h["best_fitness"] for h in history[1]] == pytest.approx([h["best_fitness"] for h in history[0]])
+    assert history[1][0]["devices"] == 2
+    for name in ("config.json", "splits.json", "metrics.json", "report.md", "checkpoint"):
+        assert (outs[0] / name).exists(), name
