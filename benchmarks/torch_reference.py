@@ -165,7 +165,8 @@ class TorchReference:
         logits = self.logits(model)
         fitness = 1.0 - metric_from_logits(self.metric, logits, self.y_val, self.num_classes)
         t2 = time.perf_counter()
-        self.records.append({"train_s": t1 - t0, "val_s": t2 - t1, "steps": len(self.plan)})
+        self.records.append({"eval_s": t2 - t0, "train_s": t1 - t0, "val_s": t2 - t1,
+                             "steps": len(self.plan)})
         return fitness
 
     def evaluate(self, masks: Sequence[Mapping[str, bool]]) -> list[float]:

@@ -284,6 +284,26 @@ def _folder_samples(root: Path, source: dict) -> tuple[list[Path], list[str]]:
     return files, names
 
 
+def image_to_samples(arr: np.ndarray, crop: int | None, stride: int | None,
+                     image_size: int | None, name: str = "image") -> list[np.ndarray]:
+    """One image -> its samples: non-overlapping (or `stride`-spaced) crop x crop tiles in
+    row-major order (edge remainders dropped), each resized to image_size. Used for
+    training data and, identically, at predict time."""
+    if crop is None:
+        tiles = [arr]
+    else:
+        stride = stride or crop
+        h, w = arr.shape[:2]
+        if crop > h or crop > w:
+            raise UserError(f"crop {crop} is larger than image '{name}' ({w}x{h})")
+        tiles = [arr[y:y + crop, x:x + crop]
+                 for y in range(0, h - crop + 1, stride)
+                 for x in range(0, w - crop + 1, stride)]
+    if image_size is not None:
+        tiles = [_resize(np.ascontiguousarray(t), image_size) for t in tiles]
+    return tiles
+
+
 def _load_folder(source: dict) -> Dataset:
     path = source.get("path")
     if not path:
@@ -328,19 +348,7 @@ def _load_folder(source: dict) -> Dataset:
                             f"{group_regex!r}, e.g. '{bad[0].name}'")
 
     def read(i: int) -> list[np.ndarray]:
-        arr = load_image_file(files[i])
-        if crop is None:
-            tiles = [arr]
-        else:
-            h, w = arr.shape[:2]
-            if crop > h or crop > w:
-                raise UserError(f"crop {crop} is larger than image '{rel[i]}' ({w}x{h})")
-            tiles = [arr[y:y + crop, x:x + crop]
-                     for y in range(0, h - crop + 1, stride)
-                     for x in range(0, w - crop + 1, stride)]
-        if image_size is not None:
-            tiles = [_resize(np.ascontiguousarray(t), image_size) for t in tiles]
-        return tiles
+        return image_to_samples(load_image_file(files[i]), crop, stride, image_size, rel[i])
 
     workers = max(1, min(8, os.cpu_count() or 1, len(files)))
     if workers > 1:

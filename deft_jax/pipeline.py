@@ -44,7 +44,9 @@ def _create_run_dir(path: Path) -> None:
 def inference_meta(cfg: Config, spec, class_names, mask, pretrained) -> dict:
     return {"model": cfg.model.name, "num_classes": len(class_names), "class_names": class_names,
             "input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
-            "granularity": cfg.model.granularity, "mask": mask, "pretrained": pretrained}
+            "granularity": cfg.model.granularity, "mask": mask, "pretrained": pretrained,
+            # how one input image becomes samples (crops), as at training time
+            "sampling": {k: cfg.data.source.get(k) for k in ("crop", "crop_stride", "image_size")}}
 
 
 def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 
 from deft_jax import rundir
 from deft_jax.checkpoint import load_checkpoint
-from deft_jax.data import load_image_file, preprocess
+from deft_jax.data import image_to_samples, load_image_file, preprocess
 from deft_jax.errors import UserError, exit_on_user_error
 from deft_jax.finetune import forward
 from deft_jax.models import build_model
@@ -41,21 +41,22 @@ class Predictor:
         x = preprocess(images_uint8, self.meta["input_size"], self.meta["mean"], self.meta["std"])
         return forward(self.spec, self.variables, x, cache=self._cache)
 
+    def probabilities(self, path: str) -> np.ndarray:
+        """Class probabilities for one image file: its samples (crops, as at training time)
+        are classified and their probabilities averaged."""
+        s = self.meta.get("sampling") or {}
+        samples = image_to_samples(load_image_file(path), s.get("crop"), s.get("crop_stride"),
+                                   s.get("image_size") or self.meta["input_size"], str(path))
+        probs = np.asarray(jax.nn.softmax(self.logits(np.stack(samples)), axis=-1))
+        return probs.mean(axis=0)
+
     def predict_files(self, paths: list[str]) -> list[tuple[str, str, float]]:
-        size = self.meta["input_size"]
-        images = np.stack([preprocess_file(p, size) for p in paths])
-        probs = np.asarray(jax.nn.softmax(self.logits(images), axis=-1))
-        idx = probs.argmax(-1)
-        return [(p, self.class_names[i], float(probs[k, i])) for k, (p, i) in enumerate(zip(paths, idx))]
-
-
-def preprocess_file(path: str, size: int) -> np.ndarray:
-    """uint8 image resized to size x size (so images of any size can be stacked)."""
-    from PIL import Image
-    image = load_image_file(path)
-    if image.shape[:2] != (size, size):
-        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-    return image
+        results = []
+        for path in paths:
+            probs = self.probabilities(path)
+            i = int(probs.argmax())
+            results.append((path, self.class_names[i], float(probs[i])))
+        return results
 
 
 @exit_on_user_error
