@@ -231,12 +231,15 @@ def run_worker(inputs: Path, out: Path, threads: int | None = None) -> dict:
     masks = [{g: c == "1" for g, c in zip(group_names, key)} for key in meta["masks"]]
     setup_s = time.perf_counter() - t_start
 
+    from benchmarks.vs_pytorch import OtherLoad  # numpy-only helpers (no JAX)
+    other = OtherLoad()
     t0 = time.perf_counter()
     fitness, finished = [], []
     for mask in masks:
         fitness.append(ref.evaluate_one(mask))
         finished.append(time.perf_counter() - t0)
     search_s = time.perf_counter() - t0
+    other_cores = other.cores()
 
     step_profile = {}
     for label, key in meta.get("profile_masks", {}).items():
@@ -250,7 +253,7 @@ def run_worker(inputs: Path, out: Path, threads: int | None = None) -> dict:
         "first_result_s": finished[0] if finished else None,
         "masks": meta["masks"], "fitness": fitness, "finished_s": finished,
         "records": ref.records, "step_profile": step_profile,
-        "cpu_s": cpu.ru_utime + cpu.ru_stime,
+        "cpu_s": cpu.ru_utime + cpu.ru_stime, "other_cores": other_cores,
         "peak_rss_mb": cpu.ru_maxrss / 1024,
     }
     out.write_text(json.dumps(result, indent=1))

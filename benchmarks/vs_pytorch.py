@@ -128,6 +128,35 @@ def loadavg() -> list[float] | None:
         return None
 
 
+class OtherLoad:
+    """CPU time used by *other* processes while a side runs: busy time of the whole machine
+    (/proc/stat) minus this process's own (and its children's) CPU time, in cores."""
+
+    def __init__(self):
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except OSError:
+            return None
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own() -> float:
+        s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+    def cores(self) -> float | None:
+        busy = self._busy()
+        if busy is None or self.busy0 is None:
+            return None
+        wall = time.perf_counter() - self.t0
+        return round(max(busy - self.busy0 - (self._own() - self.own0), 0.0) / max(wall, 1e-9), 2)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -233,9 +262,12 @@ def jax_step_profile(evaluator, spec, variables, data, masks: dict[str, str], st
         args = (trainable, frozen, variables["batch_stats"], tuner.tx.init(trainable),
                 jnp.asarray(x_train[:bs]), jnp.asarray(data.y_train[:bs]))
         compiled = step.lower(*args).compile()
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+        flops = _xla_flops(compiled)
+        full_flops = flops
+        if start > 0:  # the same mask's step run from the input (what the PyTorch step does)
+            full = tuner._step(key, {g: bool(v) for g, v in mask.items()}, 0)
+            full_flops = _xla_flops(full.lower(*args[:4], jnp.asarray(data.x_train[:bs]),
+                                               args[5]).compile())
         times = []
         for i in range(steps + 2):
             t0 = time.perf_counter()
@@ -243,8 +275,15 @@ def jax_step_profile(evaluator, spec, variables, data, masks: dict[str, str], st
             if i >= 2:
                 times.append(time.perf_counter() - t0)
         out[label] = {"mask": key, "start_stage": start, "median_step_s": float(np.median(times)),
-                      "min_step_s": float(np.min(times)), "xla_flops": flops}
+                      "min_step_s": float(np.min(times)), "xla_flops": flops,
+                      "xla_flops_from_input": full_flops}
     return out
+
+
+def _xla_flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
 def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> dict:
@@ -279,6 +318,7 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
     load0 = loadavg()
 
     recorder = RecordingEvaluator(inner, clock)
+    other = OtherLoad()
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     recorder.t0 = t0
     log = lambda s: print(f"  [{strategy}] {s}", file=sys.stderr, flush=True)  # noqa: E731
@@ -288,6 +328,7 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
     search_cpu_s = cpu_seconds() - cpu0
     search_compile_s = clock.total - setup_compile_s
     load1 = loadavg()
+    other_cores = other.cores()
 
     fitness = [result.memo[k] for k in recorder.masks]
     step_profile = {}
@@ -308,7 +349,7 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
         "masks": recorder.masks, "fitness": fitness, "records": recorder.records,
         "best_mask": "".join("1" if result.best_mask[g] else "0" for g in spec.group_names),
         "best_fitness": result.best_fitness, "evaluator_stats": inner.stats(),
-        "step_profile": step_profile, "loadavg": [load0, load1],
+        "step_profile": step_profile, "loadavg": [load0, load1], "other_cores": other_cores,
         "peak_rss_mb": peak_rss_mb(),
     }
     if export:  # everything the PyTorch side needs, so it never imports JAX
@@ -404,7 +445,7 @@ def side_row(r: dict) -> dict:
         "s_per_eval": r["evaluation_s"] / n if n else None,
         "evals_per_s": n / r["search_s"] if r["search_s"] else None,
         "s_per_eval_without_compile": float(np.mean(steady)) if steady else None,
-        "peak_rss_mb": r["peak_rss_mb"],
+        "peak_rss_mb": r["peak_rss_mb"], "other_cores": r.get("other_cores"),
     }
 
 
@@ -414,8 +455,9 @@ def _f(v, spec=".2f"):
 
 def markdown(summary: dict) -> str:
     lines = ["| side | strategy | masks | setup s | whole search s | compile s | first result s "
-             "| s/eval | evals/s | s/eval excl. compile | peak RSS MB | fitness vs PyTorch: mean abs diff / Spearman / Kendall |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| s/eval | evals/s | s/eval excl. compile | peak RSS MB | other procs' load (cores) "
+             "| fitness vs PyTorch: mean abs diff / Spearman / Kendall |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in summary["rows"]:
         cmp_ = row.get("fitness_vs_pytorch") or {}
         agree = "-" if not cmp_ else (f"{_f(cmp_['mean_abs_diff'], '.4f')} / {_f(cmp_['spearman'], '.3f')} / "
@@ -425,16 +467,25 @@ def markdown(summary: dict) -> str:
             f"| {row['side']} | {row['strategy']} | {row['masks']} | {_f(row['setup_s'], '.1f')} | "
             f"{_f(row['search_s'], '.1f')} | {_f(row['compile_s'], '.1f')} | {_f(row['first_result_s'], '.1f')} | "
             f"{_f(row['s_per_eval'])} | {_f(row['evals_per_s'], '.3f')} | {_f(row['s_per_eval_without_compile'])} | "
-            f"{_f(row['peak_rss_mb'], '.0f')} | {agree} |")
+            f"{_f(row['peak_rss_mb'], '.0f')} | {_f(row.get('other_cores'))} | {agree} |")
+    if summary.get("where_time_goes"):
+        lines += ["", "Where the time goes (seconds):", ""]
+        for side, parts in summary["where_time_goes"].items():
+            shown = ", ".join(f"{k} {v}" for k, v in parts.items() if not isinstance(v, dict))
+            lines.append(f"- {side}: {shown}")
+            for k, v in parts.items():
+                if isinstance(v, dict):
+                    lines.append(f"  - {k}: " + ", ".join(f"{n} {t}" for n, t in v.items()))
     for note in summary["notes"]:
         lines.append(f"\n- {note}")
     if summary.get("step_profile"):
-        lines += ["", "| train step (batch) | side | mask | first stage run | s/step | XLA GFLOP/step | GFLOP/s | % of est. peak |",
+        lines += ["", "| train step | side | mask | first stage run | s/step median (min) "
+                  "| XLA GFLOP/step | GFLOP/s at median | % of est. peak |",
                   "|---|---|---|---:|---:|---:|---:|---:|"]
         for p in summary["step_profile"]:
             lines.append(f"| {p['label']} | {p['side']} | {p['mask']} | {p.get('start_stage', 0)} | "
-                         f"{_f(p['median_step_s'], '.4f')} | {_f(p.get('gflop'), '.2f')} | "
-                         f"{_f(p.get('gflops'), '.1f')} | {_f(p.get('pct_peak'), '.1f')} |")
+                         f"{_f(p['median_step_s'], '.4f')} ({_f(p['min_step_s'], '.4f')}) | "
+                         f"{_f(p.get('gflop'), '.2f')} | {_f(p.get('gflops'), '.1f')} | {_f(p.get('pct_peak'), '.1f')} |")
     return "\n".join(lines)
 
 
@@ -515,9 +566,10 @@ def orchestrate(args) -> dict:
     if seq is not None:
         flops = {k: v["xla_flops"] for k, v in seq["step_profile"].items()}
         add_profile(f"deft_jax ({seq['strategy']})", seq["step_profile"], flops)
-        # the torch step of the all-groups mask does the same work; with a frozen prefix it
-        # still runs the prefix's forward, so XLA's count of our suffix step is a lower bound
-        add_profile("pytorch", torch_result.get("step_profile", {}), flops)
+        # the PyTorch step runs the frozen prefix's forward too: its work is XLA's count of
+        # the same mask's step run from the input (no prefix cache)
+        add_profile("pytorch", torch_result.get("step_profile", {}),
+                    {k: v["xla_flops_from_input"] for k, v in seq["step_profile"].items()})
     speedup = torch_result["search_s"] / reference["search_s"]
     speedup_eval = torch_result["evaluation_s"] / reference["evaluation_s"]
     notes += [
@@ -534,6 +586,24 @@ def orchestrate(args) -> dict:
         "thread pool. Load average before/after each side is in the JSON: the machine may be shared.",
         f"peak: {cpu['peak_assumption']}.",
     ]
+    breakdown = {}
+    for r in jax_results:
+        breakdown[f"deft_jax {r['strategy']}"] = {
+            "search": round(r["search_s"], 2),
+            "compile (trace + lower + XLA, all functions)": round(r["compile_s"], 2),
+            "evaluations excl. compile": round(r["evaluation_s"] - sum(x["compile_s"] for x in r["records"]), 2),
+            "DE loop outside evaluations (ask/tell, memo, log)": round(r["search_s"] - r["evaluation_s"], 2),
+            "compile by function": r["compile_by_function"]}
+    recs = torch_result["records"]
+    breakdown["pytorch"] = {
+        "search": round(torch_result["search_s"], 2),
+        "fine-tune (deepcopy + steps)": round(sum(x["train_s"] for x in recs), 2),
+        "validation forward": round(sum(x["val_s"] for x in recs), 2)}
+    busy = [(r["side"] + " " + r["strategy"], r.get("other_cores")) for r in rows]
+    if any(v is not None and v > 0.25 for _, v in busy):
+        notes.append("WARNING: other processes used CPU while sides ran (" + ", ".join(
+            f"{k}: {v} cores" for k, v in busy) + "); timings are contended and PyTorch's OpenMP "
+            "threads suffer most from it: rerun on a quiet machine for clean numbers.")
     summary = {
         "date": dt.datetime.now().isoformat(timespec="seconds"), "config": args.config,
         "config_text": Path(args.config).read_text(),
@@ -542,7 +612,7 @@ def orchestrate(args) -> dict:
         "speedup_vs_pytorch": round(speedup, 3),
         "speedup_vs_pytorch_evaluations_only": round(speedup_eval, 3),
         "reference_strategy": reference["strategy"], "skipped_strategies": skipped,
-        "rows": rows, "step_profile": step_profile, "notes": notes,
+        "rows": rows, "step_profile": step_profile, "where_time_goes": breakdown, "notes": notes,
         "benchmark_wall_s": round(total_s, 1),
         "raw": {"deft_jax": jax_results, "pytorch": torch_result},
     }

@@ -17,7 +17,15 @@ def save_checkpoint(path: Path, variables: dict, meta: dict) -> None:
     path = Path(path).absolute()
     state = jax.tree.map(np.asarray, {"params": variables["params"],
                                       "batch_stats": variables["batch_stats"]})
-    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    # a save is this process's own business: in a multi-process run only process 0 saves,
+    # and orbax must not wait at barriers for processes that never call it
+    local = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                               active_processes={jax.process_index()})
+    handler = ocp.CompositeCheckpointHandler(
+        state=ocp.StandardCheckpointHandler(multiprocessing_options=local),
+        meta=ocp.JsonCheckpointHandler(multiprocessing_options=local),
+        composite_options=ocp.CompositeOptions(multiprocessing_options=local))
+    checkpointer = ocp.Checkpointer(handler, multiprocessing_options=local)
     checkpointer.save(path, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 

@@ -64,6 +64,21 @@ class FinalConfig:
     learning_rate: float | None = None  # None: the fine-tune learning rate
 
 
+DEFAULT_EXPERIMENT_METHODS = ("scratch", "linear-probe", "handpicked", "full", "auto-rgn", "deft",
+                      "random-search")
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """`python -m deft_jax.experiment`: methods compared on `seeds` repeated splits."""
+
+    methods: list = dataclasses.field(default_factory=lambda: list(DEFAULT_EXPERIMENT_METHODS))
+    seeds: int = 5  # seed s: split_seed + s, seed + s
+    handpicked: list = dataclasses.field(default_factory=list)  # groups the `handpicked` method trains
+    folds: str = "repeated"  # repeated grouped stratified splits (the only strategy so far)
+    scratch_model: str = ""  # architecture of `scratch`; "" = model.name
+
+
 @dataclasses.dataclass
 class Config:
     seed: int = 0
@@ -72,6 +87,7 @@ class Config:
     finetune: FineTuneConfig = dataclasses.field(default_factory=FineTuneConfig)
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     final: FinalConfig = dataclasses.field(default_factory=FinalConfig)
+    experiment: ExperimentConfig = dataclasses.field(default_factory=ExperimentConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -213,3 +229,9 @@ def validate(cfg: Config) -> None:
     need(len(fr) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in fr) and abs(sum(fr) - 1) < 1e-6,
          f"data.fractions must be three positive numbers summing to 1, got {fr}")
     need(isinstance(cfg.data.source.get("kind"), str), "data.source.kind must be set")
+    e = cfg.experiment
+    need(e.seeds >= 1, f"experiment.seeds must be >= 1, got {e.seeds}")
+    need(e.folds == "repeated", f"experiment.folds must be repeated, got {e.folds!r}")
+    need(all(isinstance(g, str) for g in e.handpicked), "experiment.handpicked must be a list of layer-group names")
+    need(len(e.methods) > 0 and all(isinstance(m, str) for m in e.methods),
+         "experiment.methods must be a non-empty list of method names")

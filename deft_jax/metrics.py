@@ -54,3 +54,51 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: l
         "per_class_recall": dict(zip(class_names, per_class_recall(labels, predictions, c))),
         "confusion_matrix": confusion_matrix(labels, predictions, c).tolist(),
     }
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks; tied values share the mean of the ranks they span."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first position of each tie block
+    ends = np.r_[starts[1:], values.size]                                # one past its last position
+    ranks = np.empty(values.size, dtype=np.float64)
+    ranks[order] = np.repeat((starts + 1 + ends) / 2.0, ends - starts)   # mean of ranks starts+1..ends
+    return ranks
+
+
+def roc_auc_ovr(labels, probabilities, num_classes: int | None = None) -> float:
+    """Macro one-vs-rest ROC AUC from class probabilities [N, C].
+
+    Per class c, AUC_c = P(score of a random positive > score of a random negative), ties
+    counting 1/2: the Mann-Whitney U statistic from tie-averaged ranks of column c,
+    (sum of the positives' ranks - P (P + 1) / 2) / (P * N). The result is the mean over the
+    classes that have both positives and negatives in `labels` (a class absent from the
+    labels has no AUC); nan if there is none. Equal to scikit-learn's
+    roc_auc_score(multi_class="ovr", average="macro") when every class is present.
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    scores = np.asarray(probabilities, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[0] != labels.size:
+        raise ValueError(f"probabilities must be [N, C] with N = {labels.size}, got {list(scores.shape)}")
+    num_classes = scores.shape[1] if num_classes is None else num_classes
+    aucs = []
+    for c in range(num_classes):
+        positive = labels == c
+        n_pos = int(positive.sum())
+        n_neg = labels.size - n_pos
+        if n_pos == 0 or n_neg == 0:
+            continue
+        ranks = _average_ranks(scores[:, c])
+        u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
+        aucs.append(u / (n_pos * n_neg))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def softmax(logits) -> np.ndarray:
+    """Row-wise softmax in float64 (stable: the row maximum is subtracted first)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)

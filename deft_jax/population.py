@@ -19,6 +19,10 @@ gets every member's fitness. Populations are padded (with copies of a real mask)
 fixed size that divides the device count, so one program serves every generation; the
 padding is never reported.
 
+`members_per_program=k` runs the padded population as consecutive programs of k members
+per device instead (one compile for every population size; k=1 avoids XLA:CPU's slow
+batched-kernel convolutions while still compiling once for all masks).
+
 Frozen prefix: when augmentation is off, the stages below the lowest trainable stage of
 *all* members are run once (`PrefixFeatureCache`) and the program trains the suffix only;
 programs are compiled per (padded population size, first stage run).
@@ -52,7 +56,7 @@ class PopulationEvaluator:
     def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, cfg: FineTuneConfig,
                  metric: str = "accuracy", seed: int = 0, sharded: bool = False,
                  cache_prefix: bool = True, pad_to: int | None = None,
-                 eval_images_per_call: int = 2048):
+                 eval_images_per_call: int = 2048, members_per_program: int | None = None):
         self.spec, self.data, self.cfg = spec, data, cfg
         self.metric, self.seed, self.sharded = metric, seed, sharded
         self.name = "sharded" if sharded else "vmap"
@@ -63,6 +67,9 @@ class PopulationEvaluator:
         self.base_tx = make_optimizer(cfg)
         self.groups = spec.group_names
         self.eval_images_per_call = eval_images_per_call
+        # None: the whole (padded) population in one program; k: programs of k members per
+        # device, run one after another (one compile serves every population size)
+        self.members_per_program = members_per_program
         if sharded:
             self.mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
             self.num_devices = self.mesh.size
@@ -87,24 +94,28 @@ class PopulationEvaluator:
         if not masks:
             return np.zeros((0, len(self.data.y_val), self.data.num_classes), np.float32)
         t0 = time.perf_counter()
-        start, state = self._train(masks)
+        padded = self._pad(masks)
+        start = self._start(padded)
         _, x_val = self.prefix.features(start)
-        logits = self._val_logits(start, state, x_val)[:len(masks)]
+        logits = [self._val_logits(start, self._train(chunk, start), x_val)
+                  for chunk in self._chunks(padded)]
         self.seconds += time.perf_counter() - t0
-        return logits
+        return np.concatenate(logits)[:len(masks)]
 
     def fine_tune(self, masks: Sequence[GroupMask]) -> list[dict]:
         """Fine-tuned variables {'params', 'batch_stats'} (numpy) per mask, in order."""
-        start, (params, stats, _) = self._train(masks)
-        params, stats = (self._to_host(t) for t in (params, stats))
+        padded = self._pad(masks)
+        start = self._start(padded)
         out = []
-        for i in range(len(masks)):
-            member = {"params": dict(self.variables["params"]),
-                      "batch_stats": dict(self.variables["batch_stats"])}
-            member["params"].update(jax.tree.map(lambda a: a[i], params))
-            member["batch_stats"].update(jax.tree.map(lambda a: a[i], stats))
-            out.append(member)
-        return out
+        for chunk in self._chunks(padded):
+            params, stats, _ = (self._to_host(t) for t in self._train(chunk, start))
+            for i in range(len(chunk)):
+                member = {"params": dict(self.variables["params"]),
+                          "batch_stats": dict(self.variables["batch_stats"])}
+                member["params"].update(jax.tree.map(lambda a: a[i], params))
+                member["batch_stats"].update(jax.tree.map(lambda a: a[i], stats))
+                out.append(member)
+        return out[:len(masks)]
 
     def stats(self) -> dict:
         out = {"compiles": self.compiles, "population_calls": self.calls,
@@ -113,17 +124,30 @@ class PopulationEvaluator:
 
     # --- the population program -----------------------------------------------------------
 
+    def _unit(self) -> int:
+        """Program sizes are multiples of this: the device count (x members per program)."""
+        return self.num_devices * (self.members_per_program or 1)
+
     def _round_up(self, n: int) -> int:
-        d = self.num_devices
-        return -(-n // d) * d
+        return -(-n // self._unit()) * self._unit()
 
     def _pad(self, masks: Sequence[GroupMask]) -> list[GroupMask]:
-        self.pad_to = max(self.pad_to, self._round_up(len(masks)))
-        padded = list(masks) + [masks[0]] * (self.pad_to - len(masks))
+        """Pad with copies of the first mask: to the largest population seen so far (one
+        program for every generation), or to whole programs of `members_per_program`."""
+        size = self._round_up(len(masks))
+        if not self.members_per_program:
+            self.pad_to = size = max(self.pad_to, size)
+        padded = list(masks) + [masks[0]] * (size - len(masks))
         self.calls += 1
         self.members += len(masks)
         self.padded += len(padded) - len(masks)
         return padded
+
+    def _chunks(self, masks: list[GroupMask]) -> list[list[GroupMask]]:
+        if not self.members_per_program:
+            return [masks]
+        unit = self._unit()
+        return [masks[i:i + unit] for i in range(0, len(masks), unit)]
 
     def _start(self, masks: Sequence[GroupMask]) -> int:
         if not self.cache_prefix:
@@ -141,7 +165,7 @@ class PopulationEvaluator:
             return jnp.asarray(x)
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, NamedSharding(self.mesh, spec),
-                                            lambda index: np.ascontiguousarray(x[index]))
+                                            lambda index: np.array(x[index]))
 
     def _to_host(self, tree):
         if not self.sharded or jax.process_count() == 1:
@@ -200,12 +224,10 @@ class PopulationEvaluator:
         self._programs[key] = fn
         return fn
 
-    def _train(self, masks: Sequence[GroupMask]):
-        """Fine-tune the (padded) population; returns (start, (params, stats, opt_state))
-        with a leading population axis on every leaf."""
-        masks = self._pad(list(masks))
+    def _train(self, masks: Sequence[GroupMask], start: int):
+        """Fine-tune `masks` (one program's worth) on the features entering stage `start`;
+        returns (params, stats, opt_state), each leaf with a leading member axis."""
         size = len(masks)
-        start = self._start(masks)
         x_train, _ = self.prefix.features(start)
         y_train = self.data.y_train
 
@@ -230,7 +252,7 @@ class PopulationEvaluator:
             params_, stats_, opt_, _ = step(*state, gates, self._put(xb, P()),
                                             self._put(y_train[idx], P()))
             state = (params_, stats_, opt_)
-        return start, state
+        return state
 
     def _val_logits(self, start: int, state, x_val: np.ndarray) -> np.ndarray:
         params, stats, _ = state

@@ -1,0 +1,54 @@
+"""Methods compared by `python -m deft_jax.experiment`.
+
+A method is a module with `run(ctx: MethodContext) -> MethodResult` (see
+`deft_jax.methods.common`) and, optionally, `AFTER = ("other-method", ...)`: methods it
+must follow on the same seed when both are requested (random-search reads deft's
+evaluation count). Adding a method = one small module + one line here.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from deft_jax.errors import UserError
+from deft_jax.methods import auto_rgn, deft, full, handpicked, linear_probe, random_search, scratch
+from deft_jax.methods.common import MethodContext, MethodResult, ProgramCache
+
+METHODS: dict[str, ModuleType] = {
+    "scratch": scratch,
+    "linear-probe": linear_probe,
+    "handpicked": handpicked,
+    "full": full,
+    "auto-rgn": auto_rgn,
+    "deft": deft,
+    "random-search": random_search,
+}
+
+
+def get_method(name: str) -> ModuleType:
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def run_order(names: list[str]) -> list[str]:
+    """The requested methods, deduplicated, each moved after the methods in its AFTER."""
+    names = list(dict.fromkeys(names))
+    for n in names:
+        get_method(n)
+    ordered: list[str] = []
+
+    def place(n: str, seen: tuple[str, ...] = ()) -> None:
+        if n in ordered or n in seen:
+            return
+        for dep in getattr(METHODS[n], "AFTER", ()):
+            if dep in names:
+                place(dep, seen + (n,))
+        ordered.append(n)
+
+    for n in names:
+        place(n)
+    return ordered
+
+
+__all__ = ["METHODS", "MethodContext", "MethodResult", "ProgramCache", "get_method", "run_order"]

@@ -1,0 +1,133 @@
+"""What every method gets (MethodContext) and returns (MethodResult), plus the shared
+final-training recipe.
+
+All methods train with the core's recipe: `FineTuner` with the `[finetune]` optimizer
+settings, `final.epochs` epochs and `final.learning_rate`, the seed's batch plan, and
+score val and test once at the end. `final_fit` is `deft_jax.final.train_final` plus the
+softmax probabilities needed for AUC (same tuner construction, same seed, same batches;
+tests check the two agree).
+
+Compiled programs are kept in a `ProgramCache` that lives as long as the experiment: the
+model, optimizer and batch shapes are the same for every seed, so a mask compiled once
+(for one seed or one method) is never compiled again. Wall times of later seeds and
+methods therefore exclude compiles that an earlier one already paid for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from deft_jax.config import Config, FineTuneConfig
+from deft_jax.errors import UserError
+from deft_jax.finetune import FineTuner
+from deft_jax.inputs import PreparedData, prepare_data
+from deft_jax.masks import GroupMask, mask_from_names, trainable_fraction
+from deft_jax.metrics import classification_report, roc_auc_ovr, softmax
+from deft_jax.models import build_model
+from deft_jax.models.base import ModelSpec
+
+
+class ProgramCache:
+    """Models and compiled fine-tune programs shared by all seeds and methods of one run."""
+
+    def __init__(self):
+        self._models: dict = {}
+        self._tuners: dict = {}
+        self.programs: dict = {}  # free-form: methods key their own jitted functions here
+
+    def model(self, cfg: Config, num_classes: int, name: str | None = None,
+              weights: str | None = None) -> ModelSpec:
+        name = cfg.model.name if name is None else name
+        weights = cfg.model.weights if weights is None else weights
+        key = (name, weights, num_classes, cfg.model.input_size, cfg.model.granularity)
+        if key not in self._models:
+            self._models[key] = build_model(name, num_classes, weights, cfg.model.input_size,
+                                            cfg.model.granularity)
+        return self._models[key]
+
+    def tuner(self, spec: ModelSpec, cfg: FineTuneConfig, learning_rate: float | None = None,
+              epochs: int | None = None) -> FineTuner:
+        key = (id(spec), repr(cfg), learning_rate, epochs)
+        if key not in self._tuners:
+            self._tuners[key] = FineTuner(spec, cfg, learning_rate=learning_rate, epochs=epochs)
+        return self._tuners[key]
+
+    def compiles(self) -> int:
+        return sum(t.compiles for t in self._tuners.values())
+
+
+@dataclasses.dataclass
+class MethodContext:
+    """Inputs of one (seed, method) run."""
+
+    cfg: Config                 # this seed's config: seed = base + s, data.split_seed = base + s
+    data: PreparedData          # this seed's split, preprocessed for `spec`
+    spec: ModelSpec             # the backbone with its pretrained weights (model.weights)
+    variables: dict             # its variables; the new head is initialised from cfg.seed
+    seed: int                   # seed index s (0-based)
+    previous: dict = dataclasses.field(default_factory=dict)  # method -> record, same seed
+    programs: ProgramCache = dataclasses.field(default_factory=ProgramCache)
+    state_dir: Path | None = None  # where a method may keep resumable state
+    log: Callable[[str], None] = print
+
+    def data_for(self, spec: ModelSpec) -> PreparedData:
+        """This seed's split preprocessed for another model (its input size, mean, std)."""
+        if (spec.input_size, spec.mean, spec.std) == (self.spec.input_size, self.spec.mean, self.spec.std):
+            return self.data
+        data = prepare_data(self.cfg, spec, self.data.dataset)
+        assert all(np.array_equal(data.splits[k], self.data.splits[k]) for k in data.splits)
+        return data
+
+    def mask_of(self, names, spec: ModelSpec | None = None) -> GroupMask:
+        groups = (spec or self.spec).group_names
+        try:
+            return mask_from_names(list(names), groups)
+        except ValueError:
+            unknown = sorted(set(names) - set(groups))
+            raise UserError(f"unknown layer group(s) {', '.join(unknown)} for {(spec or self.spec).name}; "
+                            f"known: {', '.join(groups)}") from None
+
+
+@dataclasses.dataclass
+class MethodResult:
+    test: dict                  # n, accuracy, macro_f1, auc, per_class_recall, confusion_matrix
+    val: dict
+    trainable_fraction: float   # fraction of parameters that received updates
+    fitness_evaluations: int = 0  # distinct masks trained by a search
+    mask: GroupMask | None = None  # static layer-group mask, where the method has one
+    history: list[dict] | None = None  # per-generation search log (deft)
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+def scores(logits: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
+    """classification_report + macro one-vs-rest AUC from softmax probabilities."""
+    report = classification_report(logits, labels, class_names)
+    report["auc"] = roc_auc_ovr(labels, softmax(logits), len(class_names))
+    return report
+
+
+def all_groups(spec: ModelSpec) -> GroupMask:
+    return {g: True for g in spec.group_names}
+
+
+def final_fit(ctx: MethodContext, mask: Mapping[str, bool], spec: ModelSpec | None = None,
+              variables: dict | None = None, data: PreparedData | None = None) -> MethodResult:
+    """Final training of a static mask (the core recipe), scored on val and test."""
+    spec = ctx.spec if spec is None else spec
+    variables = ctx.variables if variables is None else variables
+    data = ctx.data if data is None else data
+    cfg = ctx.cfg
+    tuner = ctx.programs.tuner(spec, cfg.finetune, cfg.final.learning_rate, cfg.final.epochs)
+    a = data.arrays
+    trained, losses = tuner.fine_tune(variables, dict(mask), a.x_train, a.y_train, seed=cfg.seed)
+    names = data.class_names
+    return MethodResult(
+        test=scores(tuner.logits(trained, data.x_test), data.y_test, names),
+        val=scores(tuner.logits(trained, a.x_val), a.y_val, names),
+        trainable_fraction=trainable_fraction(variables["params"], spec.group_rules, mask),
+        mask=dict(mask),
+        extra={"final_loss_first_last": [losses[0], losses[-1]] if losses else None})

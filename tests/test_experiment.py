@@ -1,0 +1,239 @@
+"""The method comparison (deft_jax.experiment, deft_jax.methods) on a tiny synthetic case:
+small CNN at 16 px on a few digits, 2 seeds."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from deft_jax.config import config_from_dict, load_config
+from deft_jax.experiment import (PLOTS, RUNS, SUMMARY_JSON, SUMMARY_MD, holm, main, paired_comparison,
+                                 read_runs, run_experiment, seed_config)
+from deft_jax.final import train_final
+from deft_jax.inputs import prepare_data
+from deft_jax.methods import METHODS, MethodContext, ProgramCache, run_order
+from deft_jax.methods.auto_rgn import rgn_multipliers, scale_by_multipliers
+from deft_jax.methods.common import final_fit
+from deft_jax.metrics import roc_auc_ovr
+from deft_jax.models import build_model
+
+from helpers import tiny_overrides
+
+SEEDS = 2
+
+
+def tiny_experiment_config(**extra):
+    over = {"data.source": '{"kind": "digits", "max_per_class": 10}', "search.generations": "1",
+            "final.epochs": "1", "experiment.handpicked": '["conv4"]', **extra}
+    return load_config(None, tiny_overrides(**over))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp") / "run"
+    lines = []
+    summary = run_experiment(tiny_experiment_config(), out, seeds=SEEDS, log=lines.append)
+    return out, summary, lines
+
+
+def test_every_method_runs_end_to_end(finished):
+    out, summary, _ = finished
+    records = read_runs(out / RUNS)
+    assert sorted((r["seed"], r["method"]) for r in records) == sorted(
+        (s, m) for s in range(SEEDS) for m in METHODS)
+    for r in records:
+        for split in ("test", "val"):
+            assert 0.0 <= r[split]["accuracy"] <= 1.0 and 0.0 <= r[split]["macro_f1"] <= 1.0
+            assert r[split]["auc"] is None or 0.0 <= r[split]["auc"] <= 1.0
+        assert 0.0 < r["trainable_fraction"] <= 1.0 and r["wall_seconds"] >= 0
+    by = {(r["seed"], r["method"]): r for r in records}
+    assert by[(0, "full")]["trainable_fraction"] == by[(0, "scratch")]["trainable_fraction"] == 1.0
+    assert by[(0, "linear-probe")]["trained_groups"] == ["head"]
+    assert by[(0, "handpicked")]["trained_groups"] == ["conv4", "head"]
+    assert by[(0, "deft")]["history"] and by[(0, "deft")]["mask_key"]
+    assert [r["method"] for r in summary["table"]] == run_order(list(METHODS))
+
+
+def test_random_search_trains_as_many_distinct_masks_as_deft_on_each_seed(finished):
+    records = read_runs(finished[0] / RUNS)
+    for s in range(SEEDS):
+        deft = next(r for r in records if r["seed"] == s and r["method"] == "deft")
+        rand = next(r for r in records if r["seed"] == s and r["method"] == "random-search")
+        assert deft["fitness_evaluations"] == deft["history"][-1]["distinct_masks_so_far"] > 0
+        assert rand["fitness_evaluations"] == deft["fitness_evaluations"] == rand["extra"]["budget"]
+        assert rand["extra"]["budget_source"].startswith("deft")
+
+
+def test_splits_are_shared_by_the_methods_of_a_seed_and_differ_between_seeds(finished):
+    records = read_runs(finished[0] / RUNS)
+    shas = {s: {r["split_sha"] for r in records if r["seed"] == s} for s in range(SEEDS)}
+    assert all(len(v) == 1 for v in shas.values())
+    assert shas[0] != shas[1]
+    split0 = json.loads((finished[0] / "splits" / "seed0.json").read_text())
+    split1 = json.loads((finished[0] / "splits" / "seed1.json").read_text())
+    assert split0["test"] != split1["test"] and (split0["seed"], split1["seed"]) == (0, 1)
+
+
+def test_summary_and_the_three_plots_are_written(finished):
+    out, summary, lines = finished
+    text = (out / SUMMARY_MD).read_text()
+    assert "| deft |" in text and "DEFT against each method" in text and "t-test" in text
+    saved = json.loads((out / SUMMARY_JSON).read_text())
+    assert {r["method"] for r in saved["paired_vs_deft"]} == set(METHODS) - {"deft"}
+    assert all(r["test"] == "t-test" and r["n"] == SEEDS for r in saved["paired_vs_deft"])
+    for name in PLOTS:
+        with Image.open(out / name) as im:
+            assert im.size == (600, 400)
+    assert (out / "runs.csv").read_text().count("\n") == 1 + SEEDS * len(METHODS)
+    assert any(line.startswith("seed 2/2 method deft ... test acc") for line in lines)
+
+
+def test_resume_skips_finished_pairs_and_runs_only_the_missing_ones(finished, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished[0], out)
+    records = (out / RUNS).read_text().splitlines()
+    dropped = json.loads(records[-1])
+    (out / RUNS).write_text("\n".join(records[:-1]) + "\n")
+    cfg = config_from_dict(json.loads((out / "config.json").read_text()))  # as main() does
+    lines = []
+    run_experiment(cfg, out, resume=True, log=lines.append)
+    started = [line for line in lines if line.endswith("...")]
+    assert started == [f"seed {dropped['seed'] + 1}/{SEEDS} method {dropped['method']} ..."]
+    assert len(read_runs(out / RUNS)) == len(records)
+    lines.clear()
+    run_experiment(cfg, out, resume=True, log=lines.append)  # nothing left to do
+    assert not [line for line in lines if line.endswith("...")]
+
+
+def test_rgn_multipliers_lie_in_the_unit_interval_with_maximum_exactly_one():
+    rng = np.random.default_rng(0)
+    params = {"a": {"kernel": rng.normal(size=(3, 3, 4, 8)), "bias": np.zeros(8)},
+              "b": {"kernel": rng.normal(size=(8, 2)) * 5, "scale": np.ones(2)}}
+    grads = jax.tree.map(lambda p: rng.normal(size=np.shape(p)) * rng.uniform(0.01, 3), params)
+    params, grads = jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, grads)
+    m = jax.tree.leaves(rgn_multipliers(grads, params))
+    assert all(0.0 <= float(x) <= 1.0 for x in m) and max(float(x) for x in m) == 1.0
+    m_jit = jax.tree.leaves(jax.jit(rgn_multipliers)(grads, params))
+    assert max(float(x) for x in m_jit) == 1.0
+    # a zero-norm tensor (fresh zero bias) gets 1 and does not flatten the others
+    flat = rgn_multipliers(grads, params)
+    assert float(flat["a"]["bias"]) == 1.0 and 0 < min(float(x) for x in jax.tree.leaves(flat))
+    # real gradients of a model
+    spec = build_model("small_cnn", 3, "none", 16)
+    v = spec.init(0)
+    x = jnp.asarray(rng.normal(size=(8, 16, 16, 3)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 3, 8))
+
+    def loss(p):
+        logits, _ = spec.net.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
+                                   mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    m = jax.tree.leaves(rgn_multipliers(jax.grad(loss)(v["params"]), v["params"]))
+    assert all(0.0 <= float(x) <= 1.0 for x in m) and max(float(x) for x in m) == 1.0
+
+
+def test_multipliers_scale_updates_without_recompiling():
+    tx = optax.chain(optax.sgd(0.1), scale_by_multipliers())
+    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    state = tx.init(params)
+    grads = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    update = jax.jit(lambda g, s, p, m: tx.update(g, s, p, multipliers=m)[0])
+    u1 = update(grads, state, params, {"w": jnp.float32(1.0), "b": jnp.float32(0.5)})
+    u2 = update(grads, state, params, {"w": jnp.float32(0.0), "b": jnp.float32(1.0)})
+    np.testing.assert_allclose(u1["w"], -0.1)
+    np.testing.assert_allclose(u1["b"], -0.05)
+    np.testing.assert_allclose(u2["w"], 0.0)
+    np.testing.assert_allclose(u2["b"], -0.1)
+    assert update._cache_size() == 1
+
+
+def test_final_fit_reproduces_the_core_train_final():
+    cfg = seed_config(tiny_experiment_config(), 1)
+    spec = build_model("small_cnn", 10, "none", 16)
+    data = prepare_data(cfg, spec)
+    variables = spec.init(cfg.seed)
+    mask = {g: g in ("conv3", "conv4", "head") for g in spec.group_names}
+    ctx = MethodContext(cfg=cfg, data=data, spec=spec, variables=variables, seed=1, programs=ProgramCache())
+    ours = final_fit(ctx, mask)
+    _, core = train_final(cfg, spec, variables, mask, data)
+    for split in ("test", "val"):
+        assert ours.__dict__[split]["accuracy"] == core[split]["accuracy"]
+        assert ours.__dict__[split]["confusion_matrix"] == core[split]["confusion_matrix"]
+    assert ours.trainable_fraction == core["trainable_fraction"]
+
+
+def test_roc_auc_ovr_handles_ties_and_matches_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+    assert roc_auc_ovr([0, 1, 0, 1], np.full((4, 2), 0.5)) == 0.5  # all tied: chance
+    assert roc_auc_ovr([0, 0, 1], [[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]) == 1.0
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        y = np.r_[0, 1, 2, rng.integers(0, 3, 27)]
+        p = np.round(rng.dirichlet(np.ones(3), 30), 1)  # coarse: many ties
+        p = p / p.sum(1, keepdims=True)
+        assert abs(roc_auc_ovr(y, p) - roc_auc_score(y, p, multi_class="ovr")) < 1e-12
+    # a class absent from the labels has no AUC: the mean is over the others
+    assert np.isfinite(roc_auc_ovr([0, 1, 0, 1], rng.dirichlet(np.ones(3), 4), 3))
+
+
+def test_paired_comparison_uses_wilcoxon_from_five_seeds_and_t_below():
+    a, b = [0.8, 0.9, 0.85, 0.7, 0.95], [0.7, 0.8, 0.86, 0.6, 0.9]
+    five = paired_comparison(a, b)
+    assert five["test"] == "wilcoxon" and 0 < five["p"] <= 1
+    assert five["ci95"][0] < five["mean_difference"] < five["ci95"][1]
+    three = paired_comparison(a[:3], b[:3])
+    assert three["test"] == "t-test" and three["n"] == 3
+    assert paired_comparison([0.5], [0.4])["test"] is None
+    assert holm([0.01, None, 0.04, 0.03]) == [0.03, None, 0.06, 0.06]
+
+
+def test_run_order_puts_random_search_after_deft():
+    assert run_order(["random-search", "full", "deft"]) == ["deft", "random-search", "full"]
+    assert run_order(["random-search", "full"]) == ["random-search", "full"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "deft,nope"], "unknown method 'nope'"),
+    (["--set", 'experiment.handpicked=["conv9"]', "--methods", "handpicked"], "unknown layer group(s) conv9"),
+    (["--set", "experiment.handpicked=[]", "--methods", "handpicked"], "experiment.handpicked is empty"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--set", 'experiment.folds="kfold"'], "experiment.folds must be repeated"),
+])
+def test_bad_input_gives_a_one_line_error(argv, message, tmp_path, capsys):
+    base = ["--out", str(tmp_path / "x")] + [a for o in tiny_overrides() for a in ("--set", o)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(base + argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_resume_of_a_folder_that_is_not_an_experiment_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--resume", str(tmp_path)])
+    assert "not an experiment folder" in capsys.readouterr().err
+
+
+def test_auto_rgn_with_unit_multipliers_is_the_full_fine_tune(monkeypatch):
+    """Auto-RGN = the shared recipe on every group, updates scaled per tensor: with all
+    multipliers 1 it must train exactly like `full`."""
+    from deft_jax.methods import auto_rgn, full
+
+    cfg = seed_config(tiny_experiment_config(), 0)
+    spec = build_model("small_cnn", 10, "none", 16)
+    data = prepare_data(cfg, spec)
+    ctx = MethodContext(cfg=cfg, data=data, spec=spec, variables=spec.init(cfg.seed), seed=0,
+                        programs=ProgramCache())
+    monkeypatch.setattr(auto_rgn, "rgn_multipliers",
+                        lambda grads, params: jax.tree.map(lambda _: jnp.float32(1.0), params))
+    ours, reference = auto_rgn.run(ctx), full.run(ctx)
+    assert ours.trainable_fraction == reference.trainable_fraction == 1.0
+    np.testing.assert_allclose(ours.extra["final_loss_first_last"],
+                               reference.extra["final_loss_first_last"], rtol=1e-4)
+    assert ours.test["confusion_matrix"] == reference.test["confusion_matrix"]
