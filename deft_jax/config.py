@@ -55,7 +55,7 @@ class SearchConfig:
     threshold: float = 0.5  # gene > threshold -> group trains
     metric: str = "accuracy"  # accuracy | macro_f1
     max_trainable_fraction: float = 1.0  # masks above it are penalised, never trained
-    strategy: str = "sequential"
+    strategy: str = "auto"  # sequential | vmap | vmap-1 | sharded | auto
 
 
 @dataclasses.dataclass
@@ -215,7 +215,8 @@ def validate(cfg: Config) -> None:
     need(0.0 < s.threshold < 1.0, f"search.threshold must be in (0, 1), got {s.threshold}")
     need(s.metric in ("accuracy", "macro_f1"), f"search.metric must be accuracy or macro_f1, got {s.metric!r}")
     need(0.0 < s.max_trainable_fraction <= 1.0, f"search.max_trainable_fraction must be in (0, 1], got {s.max_trainable_fraction}")
-    need(s.strategy in ("sequential", "vmap", "sharded", "auto"), f"search.strategy must be sequential, vmap, sharded or auto, got {s.strategy!r}")
+    need(s.strategy in ("sequential", "vmap", "vmap-1", "sharded", "auto"),
+         f"search.strategy must be sequential, vmap, vmap-1, sharded or auto, got {s.strategy!r}")
     need(f.optimizer in ("sgd", "adam", "adamw"), f"finetune.optimizer must be sgd, adam or adamw, got {f.optimizer!r}")
     need(f.learning_rate > 0, f"finetune.learning_rate must be > 0, got {f.learning_rate}")
     need(f.batch_size >= 1, f"finetune.batch_size must be >= 1, got {f.batch_size}")

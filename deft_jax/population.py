@@ -31,7 +31,7 @@ programs are compiled per (padded population size, first stage run).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -119,7 +119,8 @@ class PopulationEvaluator:
 
     def stats(self) -> dict:
         out = {"compiles": self.compiles, "population_calls": self.calls,
-               "members_padded": self.padded, "devices": self.num_devices}
+               "members_evaluated": self.members, "members_padded": self.padded,
+               "devices": self.num_devices, "population_seconds": round(self.seconds, 3)}
         return {**out, **(self.prefix.stats() if self.cache_prefix else {})}
 
     # --- the population program -----------------------------------------------------------

@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  search.population_size (8), search.generations (4), search.differential_weight (F, 0.5),\n"
                "  search.crossover_rate (CR, 0.7), search.elitism (true), search.threshold (0.5),\n"
                "  search.metric (accuracy|macro_f1), search.max_trainable_fraction (1.0),\n"
-               "  search.strategy (sequential|vmap|sharded|auto), final.epochs, final.learning_rate\n"
+               "  search.strategy (auto|sequential|vmap|vmap-1|sharded), final.epochs, final.learning_rate\n"
                "example: python -m deft_jax.search --config configs/osteosarcoma_lite0.toml "
                "--set search.generations=8")
     p.add_argument("--config", help="TOML/JSON config file (default: the built-in digits demo)")
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
                    metavar="KEY=VALUE", help="override config values")
-    p.add_argument("--strategy", choices=["sequential", "vmap", "sharded", "auto"],
+    p.add_argument("--strategy", choices=["sequential", "vmap", "vmap-1", "sharded", "auto"],
                    help="fitness-evaluation strategy (same as --set search.strategy=...)")
     dist = p.add_argument_group("multi-process runs (all three, or none; every process runs the "
                                 "same command, process 0 writes the run directory)")

@@ -138,7 +138,7 @@ def test_tiny_end_to_end_search_writes_a_complete_run_whose_checkpoint_predicts_
 
 
 def test_resume_of_the_real_pipeline_after_an_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    over = tiny_overrides(**{"search.generations": 2})
+    over = tiny_overrides(**{"search.generations": 2, "search.strategy": "\"sequential\""})
     straight = tmp_path / "straight"
     assert main(["--out", str(straight), "--set", *over]) == 0
 
