@@ -164,3 +164,28 @@ def test_resume_of_the_real_pipeline_after_an_interruption_matches_an_uninterrup
         assert rundir.read_json(interrupted / name) == rundir.read_json(straight / name)
     a, b = (rundir.read_json(d / "metrics.json")["test"] for d in (straight, interrupted))
     assert a["accuracy"] == b["accuracy"] and a["confusion_matrix"] == b["confusion_matrix"]
+
+
+def test_a_restored_checkpoint_gives_the_same_logits_as_the_trained_model_in_memory(tmp_path):
+    from deft_jax.checkpoint import save_checkpoint
+    from deft_jax.final import train_final
+    from deft_jax.finetune import forward
+    from deft_jax.inputs import prepare_data
+    from deft_jax.masks import mask_from_names
+    from deft_jax.models import build_model
+    from deft_jax.pipeline import inference_meta
+
+    cfg = load_config(None, tiny_overrides())
+    dataset = load_dataset(cfg.data.source)
+    spec = build_model(cfg.model.name, len(dataset.class_names), cfg.model.weights, cfg.model.input_size)
+    data = prepare_data(cfg, spec, dataset)
+    mask = mask_from_names(["conv3", "conv4"], spec.group_names)
+    trained, _ = train_final(cfg, spec, spec.init(cfg.seed), mask, data)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "checkpoint", trained, inference_meta(cfg, spec, data.class_names, mask, None))
+    restored = Predictor(run)
+    test_idx = data.splits["test"]
+    np.testing.assert_allclose(restored.logits(dataset.images[test_idx]),
+                               forward(spec, trained, data.x_test), rtol=0, atol=1e-6)
+    assert restored.meta["mask"] == mask and restored.class_names == data.class_names
