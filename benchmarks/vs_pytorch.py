@@ -47,7 +47,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 NO_PREFIX = "sequential-noprefix"  # sequential without the frozen-prefix feature cache
-KNOWN_STRATEGIES = ("auto", "sequential", "vmap", "sharded", NO_PREFIX)
+KNOWN_STRATEGIES = ("auto", "sequential", "vmap", "vmap-1", "sharded", NO_PREFIX)
 
 
 # ------------------------------------------------------------------------------------------
@@ -269,14 +269,48 @@ def jax_step_profile(evaluator, spec, variables, data, masks: dict[str, str], st
             full_flops = _xla_flops(full.lower(*args[:4], jnp.asarray(data.x_train[:bs]),
                                                args[5]).compile())
         times = []
-        for i in range(steps + 2):
+        for i in range(steps + 2 if steps else 0):
             t0 = time.perf_counter()
             jax.block_until_ready(compiled(*args))
             if i >= 2:
                 times.append(time.perf_counter() - t0)
-        out[label] = {"mask": key, "start_stage": start, "median_step_s": float(np.median(times)),
-                      "min_step_s": float(np.min(times)), "xla_flops": flops,
+        out[label] = {"mask": key, "start_stage": start,
+                      "median_step_s": float(np.median(times)) if times else None,
+                      "min_step_s": float(np.min(times)) if times else None, "xla_flops": flops,
                       "xla_flops_from_input": full_flops}
+    return out
+
+
+def population_step_profile(evaluator, spec, cfg, seed: int, masks: dict[str, str], static: dict) -> dict:
+    """Per-step time of a population evaluator's program (gated masks), timed as a whole
+    fine-tune of one program's worth of copies of the mask divided by its steps. FLOPs: the
+    static step's XLA count (same first stage and trainable groups) times the members per
+    program, plus the frozen groups' weight gradients a gated step also computes (not
+    counted). Uses the evaluator's internals; returns {} with a note if they changed."""
+    import jax
+    from deft_jax.finetune import batch_plan
+    from deft_jax.masks import mask_from_key
+
+    out = {}
+    try:
+        size = evaluator.pad_to or evaluator._unit()
+        n_train = len(evaluator.data.x_train)
+        steps = len(batch_plan(n_train, cfg.batch_size, cfg.epochs, seed))
+        for label, key in masks.items():
+            chunk = [mask_from_key(key, spec.group_names)] * size
+            start = evaluator._start(chunk)
+            times = []
+            for _ in range(3):  # the first includes the compile of a new (size, start)
+                t0 = time.perf_counter()
+                jax.block_until_ready(evaluator._train(chunk, start))
+                times.append((time.perf_counter() - t0) / steps)
+            flops = static.get(label, {}).get("xla_flops")
+            out[label] = {"mask": key, "start_stage": start, "members_per_program": size,
+                          "median_step_s": float(np.median(times[1:])), "min_step_s": float(min(times[1:])),
+                          "xla_flops": flops * size if flops else None,
+                          "static_xla_flops_from_input": static.get(label, {}).get("xla_flops_from_input")}
+    except Exception as err:  # noqa: BLE001 - a profile, never a reason to fail the benchmark
+        return {"error": f"population step profile skipped: {type(err).__name__}: {err}"}
     return out
 
 
@@ -335,6 +369,12 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
     if hasattr(inner, "tuner"):
         step_profile = jax_step_profile(inner, spec, variables, data.arrays,
                                         _profile_masks(spec.group_names))
+    elif hasattr(inner, "_train"):  # population programs: FLOPs from a static step's count
+        static = jax_step_profile(
+            SequentialEvaluator(spec, variables, data.arrays, cfg.finetune, seed=cfg.seed),
+            spec, variables, data.arrays, _profile_masks(spec.group_names), steps=0)
+        step_profile = population_step_profile(inner, spec, cfg.finetune, cfg.seed,
+                                               _profile_masks(spec.group_names), static)
     out = {
         "side": "deft_jax", "strategy": strategy, "resolved": resolved, "reason": reason,
         "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
@@ -579,15 +619,26 @@ def orchestrate(args) -> dict:
                 entry["pct_peak"] = 100 * entry["gflops"] / cpu["peak_fp32_gflops"] if cpu["peak_fp32_gflops"] else None
             step_profile.append(entry)
 
-    seq = next((r for r in jax_results if r["step_profile"]), None)
-    if seq is not None:
-        flops = {k: v["xla_flops"] for k, v in seq["step_profile"].items()}
-        add_profile(f"deft_jax ({seq['strategy']})", seq["step_profile"], flops)
-        # the PyTorch step runs the frozen prefix's forward too: its work is XLA's count of
-        # the same mask's step run from the input (no prefix cache)
-        for t in torch_results:
-            add_profile(f"pytorch ({t['threads']} threads)", t.get("step_profile", {}),
-                        {k: v["xla_flops_from_input"] for k, v in seq["step_profile"].items()})
+    for r in jax_results:
+        prof = r.get("step_profile") or {}
+        if r.get("reused_from") or "error" in prof:
+            if "error" in prof:
+                notes.append(f"{r['strategy']}: {prof['error']}")
+            continue
+        add_profile(f"deft_jax ({r['strategy']} -> {r['resolved']})" if r["strategy"] != r["resolved"]
+                    else f"deft_jax ({r['strategy']})", prof,
+                    {k: v.get("xla_flops") for k, v in prof.items()})
+    # the PyTorch step runs the frozen prefix's forward too: its work is XLA's count of the
+    # same mask's static step run from the input (no prefix cache)
+    torch_flops = {}
+    for r in jax_results:
+        for label, v in (r.get("step_profile") or {}).items():
+            if isinstance(v, dict):
+                f = v.get("xla_flops_from_input") or v.get("static_xla_flops_from_input")
+                if f and label not in torch_flops:
+                    torch_flops[label] = f
+    for t in torch_results:
+        add_profile(f"pytorch ({t['threads']} threads)", t.get("step_profile", {}), torch_flops)
     speedup = torch_result["search_s"] / reference["search_s"]
     speedup_eval = torch_result["evaluation_s"] / reference["evaluation_s"]
     fastest = min(torch_results, key=lambda t: t["search_s"])
@@ -602,8 +653,13 @@ def orchestrate(args) -> dict:
         "deft_jax's whole-search time includes the DE loop (evosax ask/tell, its compiles); the PyTorch side "
         "only replays the masks, so its time has no search overhead at all.",
         "first result = wall time from the start of the search to the first fitness (deft_jax: includes "
-        "compiling the first mask's train step and the prefix/eval forward); setup (data, model, weights) "
-        "is reported apart.",
+        "compiling the first train step and the prefix/eval forward; population evaluators (vmap, vmap-1) "
+        "return a whole generation's fitnesses at once, so theirs is the end of generation 0); setup "
+        "(data, model, weights) is reported apart.",
+        "train-step table: s/step is one optimizer step on one batch; for population programs it is the "
+        "program's step for all its members (members_per_program in the JSON), timed as a whole fine-tune "
+        "divided by its steps; their FLOPs are the static step's XLA count x members (a gated step also "
+        "computes frozen groups' weight gradients, not counted, so their GFLOP/s is a lower bound).",
         "PyTorch threads: torch.set_num_threads (default: all cores); JAX/XLA uses its default CPU thread pool.",
         f"peak: {cpu['peak_assumption']}.",
     ]
