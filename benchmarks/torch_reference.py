@@ -190,6 +190,20 @@ class TorchReference:
                 times.append(time.perf_counter() - t0)
         return times
 
+    def time_forward(self, mask: Mapping[str, bool], steps: int = 10, warmup: int = 2) -> list[float]:
+        """Seconds per forward alone (no autograd; trainable groups' BN in train mode)."""
+        twin, _ = self.member(mask)
+        set_train_modes(twin, mask)
+        times = []
+        with torch.no_grad():
+            for i in range(warmup + steps):
+                idx = self.plan[i % len(self.plan)]
+                t0 = time.perf_counter()
+                twin.model(self.x_train[idx]).sum().item()
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+        return times
+
 
 # ------------------------------------------------------------------------------------------
 # the torch side of benchmarks/vs_pytorch.py, in its own process
@@ -246,6 +260,9 @@ def run_worker(inputs: Path, out: Path, threads: int | None = None) -> dict:
         times = ref.time_steps({g: c == "1" for g, c in zip(group_names, key)})
         step_profile[label] = {"mask": key, "median_step_s": float(np.median(times)),
                                "min_step_s": float(np.min(times))}
+        if all(c == "1" for c in key):  # where a step's time goes: its forward alone
+            step_profile[label]["median_forward_s"] = float(np.median(
+                ref.time_forward({g: True for g in group_names})))
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     result = {
         "side": "pytorch", "torch": torch.__version__, "threads": threads,

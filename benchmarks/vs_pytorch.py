@@ -278,12 +278,24 @@ def jax_step_profile(evaluator, spec, variables, data, masks: dict[str, str], st
                       "median_step_s": float(np.median(times)) if times else None,
                       "min_step_s": float(np.min(times)) if times else None, "xla_flops": flops,
                       "xla_flops_from_input": full_flops}
+        if start == 0 and steps:  # where a step's time goes: its forward alone (BN in train mode)
+            net = spec.net
+            fwd = jax.jit(lambda v, xb: net.apply(v, xb, train=True, mutable=["batch_stats"])[0])
+            fwd_args = ({"params": variables["params"], "batch_stats": variables["batch_stats"]},
+                        jnp.asarray(x_train[:bs]))
+            jax.block_until_ready(fwd(*fwd_args))
+            fwd_times = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fwd(*fwd_args))
+                fwd_times.append(time.perf_counter() - t0)
+            out[label]["median_forward_s"] = float(np.median(fwd_times))
     return out
 
 
 def population_step_profile(evaluator, spec, cfg, seed: int, masks: dict[str, str], static: dict) -> dict:
-    """Per-step time of a population evaluator's program (gated masks), timed as a whole
-    fine-tune of one program's worth of copies of the mask divided by its steps. FLOPs: the
+    """Per-step time of a population evaluator's program (gated masks), timed as a short
+    fine-tune (1 batch x epochs) of one program's worth of copies of the mask. FLOPs: the
     static step's XLA count (same first stage and trainable groups) times the members per
     program, plus the frozen groups' weight gradients a gated step also computes (not
     counted). Uses the evaluator's internals; returns {} with a note if they changed."""
@@ -291,16 +303,26 @@ def population_step_profile(evaluator, spec, cfg, seed: int, masks: dict[str, st
     from deft_jax.finetune import batch_plan
     from deft_jax.masks import mask_from_key
 
+    class FewBatches:  # the evaluator's features, cut to `steps` full batches: same shapes
+        def __init__(self, inner, n):
+            self.inner, self.n = inner, n
+
+        def features(self, start):
+            x_train, x_val = self.inner.features(start)
+            return x_train[:self.n], x_val
+
     out = {}
+    prefix = evaluator.prefix
     try:
         size = evaluator.pad_to or evaluator._unit()
-        n_train = len(evaluator.data.x_train)
-        steps = len(batch_plan(n_train, cfg.batch_size, cfg.epochs, seed))
+        bs = min(cfg.batch_size, len(evaluator.data.x_train))
+        evaluator.prefix = FewBatches(prefix, bs)
+        steps = len(batch_plan(bs, cfg.batch_size, cfg.epochs, seed))
         for label, key in masks.items():
             chunk = [mask_from_key(key, spec.group_names)] * size
             start = evaluator._start(chunk)
             times = []
-            for _ in range(3):  # the first includes the compile of a new (size, start)
+            for _ in range(3):  # the first may include the compile of a new (size, start)
                 t0 = time.perf_counter()
                 jax.block_until_ready(evaluator._train(chunk, start))
                 times.append((time.perf_counter() - t0) / steps)
@@ -311,6 +333,8 @@ def population_step_profile(evaluator, spec, cfg, seed: int, masks: dict[str, st
                           "static_xla_flops_from_input": static.get(label, {}).get("xla_flops_from_input")}
     except Exception as err:  # noqa: BLE001 - a profile, never a reason to fail the benchmark
         return {"error": f"population step profile skipped: {type(err).__name__}: {err}"}
+    finally:
+        evaluator.prefix = prefix
     return out
 
 
@@ -520,12 +544,15 @@ def markdown(summary: dict) -> str:
         lines.append(f"\n- {note}")
     if summary.get("step_profile"):
         lines += ["", "| train step | side | mask | first stage run | s/step median (min) "
-                  "| XLA GFLOP/step | GFLOP/s at median | % of est. peak |",
-                  "|---|---|---|---:|---:|---:|---:|---:|"]
+                  "| of which forward s | XLA GFLOP/step | GFLOP/s at median | % of est. peak |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|"]
         for p in summary["step_profile"]:
             lines.append(f"| {p['label']} | {p['side']} | {p['mask']} | {p.get('start_stage', 0)} | "
                          f"{_f(p['median_step_s'], '.4f')} ({_f(p['min_step_s'], '.4f')}) | "
+                         f"{_f(p.get('median_forward_s'), '.4f')} | "
                          f"{_f(p.get('gflop'), '.2f')} | {_f(p.get('gflops'), '.1f')} | {_f(p.get('pct_peak'), '.1f')} |")
+        lines.append("\n(forward: the same batch through the network alone, BatchNorm in train mode, no "
+                     "gradients; the rest of a step is the backward pass and the optimizer update.)")
     return "\n".join(lines)
 
 
@@ -657,8 +684,8 @@ def orchestrate(args) -> dict:
         "return a whole generation's fitnesses at once, so theirs is the end of generation 0); setup "
         "(data, model, weights) is reported apart.",
         "train-step table: s/step is one optimizer step on one batch; for population programs it is the "
-        "program's step for all its members (members_per_program in the JSON), timed as a whole fine-tune "
-        "divided by its steps; their FLOPs are the static step's XLA count x members (a gated step also "
+        "program's step for all its members (members_per_program in the JSON), timed as a short fine-tune "
+        "(1 batch per epoch) divided by its steps; their FLOPs are the static step's XLA count x members (a gated step also "
         "computes frozen groups' weight gradients, not counted, so their GFLOP/s is a lower bound).",
         "PyTorch threads: torch.set_num_threads (default: all cores); JAX/XLA uses its default CPU thread pool.",
         f"peak: {cpu['peak_assumption']}.",

@@ -46,6 +46,7 @@ from deft_jax.splits import save_splits
 
 RUNS, RUNS_CSV, SUMMARY_MD, SUMMARY_JSON, META = (
     "runs.jsonl", "runs.csv", "summary.md", "summary.json", "experiment.json")
+PROGRAMS_KEPT = 40  # compiled fine-tune programs kept alive across seeds (see ProgramCache)
 PLOTS = ("accuracy_by_method.png", "deft_fitness.png", "deft_groups.png")
 CSV_COLUMNS = ("seed", "method", "test_accuracy", "test_macro_f1", "test_auc", "val_accuracy",
                "val_macro_f1", "val_auc", "trainable_fraction", "wall_seconds",
@@ -216,6 +217,8 @@ def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, see
             t = result.test
             log(f"seed {s + 1}/{seeds} method {m} ... test acc {t['accuracy']:.3f}, macro-F1 "
                 f"{t['macro_f1']:.3f}, AUC {_fmt(t.get('auc'))} ({wall:.0f} s)")
+        if programs.release_if_over(PROGRAMS_KEPT):
+            log(f"released compiled programs after seed {s + 1} (more than {PROGRAMS_KEPT} alive)")
     log(f"runs finished in {time.perf_counter() - t_start:.0f} s; writing the summary")
     write_csv(out / RUNS_CSV, records)
     summary = summarize(records, meta, cfg, out)

@@ -135,3 +135,25 @@ def test_optax_sgd_chain_equals_torch_sgd_with_weight_decay_and_momentum(tiny):
         p.grad = torch.from_numpy(g.copy())
         opt.step()
     np.testing.assert_allclose(np.asarray(w), p.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_vs_pytorch_benchmark_replays_the_same_masks_on_both_sides_and_reports_a_speedup(tmp_path):
+    """The whole benchmark script, end to end on the smoke config (one strategy, one thread)."""
+    import json
+    import subprocess
+
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "vs_pytorch.py"), "--config",
+                           str(REPO / "configs" / "smoke.toml"), "--strategies", "sequential",
+                           "--torch-threads", "1", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    jax_side, torch_side = result["raw"]["deft_jax"][0], result["raw"]["pytorch"][0]
+    assert torch_side["masks"] == jax_side["masks"] and len(jax_side["masks"]) > 0
+    assert result["speedup_vs_pytorch"] == pytest.approx(torch_side["search_s"] / jax_side["search_s"], rel=1e-2)
+    fitness = result["rows"][0]["fitness_vs_pytorch"]
+    assert fitness["mean_abs_diff"] < 0.1
+    assert "| pytorch |" in proc.stdout and "speedup_vs_pytorch" in proc.stdout
+    assert result["machine"]["cpu"]["logical_cores"] >= 1
+    assert fitness["same_mask_sequence"]

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from deft_jax.config import Config, FineTuneConfig
+import jax
+
 from deft_jax.errors import UserError
 from deft_jax.finetune import FineTuner
 from deft_jax.inputs import PreparedData, prepare_data
@@ -38,6 +40,7 @@ class ProgramCache:
         self._models: dict = {}
         self._tuners: dict = {}
         self.programs: dict = {}  # free-form: methods key their own jitted functions here
+        self._released = 0  # compiles of tuners dropped by `release_if_over`
 
     def model(self, cfg: Config, num_classes: int, name: str | None = None,
               weights: str | None = None) -> ModelSpec:
@@ -57,7 +60,25 @@ class ProgramCache:
         return self._tuners[key]
 
     def compiles(self) -> int:
+        """Fine-tune programs compiled so far, including those since released."""
+        return self._released + self._live_compiles()
+
+    def _live_compiles(self) -> int:
         return sum(t.compiles for t in self._tuners.values())
+
+    def release_if_over(self, limit: int) -> bool:
+        """Drop every cached fine-tune program (and JAX's compile caches) once more than
+        `limit` are alive. XLA:CPU keeps each executable's machine code in one process
+        and a long experiment can run out of code memory ("LLVM ERROR: Unable to allocate
+        section memory"); the runner calls this between seeds, so only later seeds pay
+        the recompiles. Models (weights) are kept."""
+        if self._live_compiles() <= limit:
+            return False
+        self._released += self._live_compiles()
+        self._tuners.clear()
+        self.programs.clear()
+        jax.clear_caches()
+        return True
 
 
 @dataclasses.dataclass
