@@ -128,26 +128,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_search_picks_the_same_best_mask_as_one_process(tmp_path):
-    # three steps at a high learning rate: fitness differs between masks (with the default
-    # tiny config all masks tie at chance), yet the fine-tune is short enough that float
-    # rounding differences between the programs (1e-7) are not amplified into a flipped
-    # prediction; after ~4 steps, ReLU/max-pool kinks on the upsampled digits can do that
-    overrides = tiny_overrides(**{"finetune.batch_size": 30, "finetune.learning_rate": 0.2})
-    single = tmp_path / "single"
-    assert main(["--out", str(single), "--strategy", "sequential", "--set", *overrides]) == 0
-
+def run_two_processes(tmp_path, tag: str, args: list[str]) -> list[str]:
+    """Runs `python -m deft_jax.search ARGS` as processes 0 and 1 over 127.0.0.1; returns logs."""
     port = free_port()
-    outs = [tmp_path / f"proc{i}" for i in range(2)]
-    log_files = [tmp_path / f"proc{i}.log" for i in range(2)]
+    log_files = [tmp_path / f"{tag}{i}.log" for i in range(2)]
     procs = []
     try:
         for i in range(2):
             with log_files[i].open("w") as log:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "deft_jax.search", "--out", str(outs[i]),
-                     "--strategy", "sharded", "--coordinator", f"127.0.0.1:{port}",
-                     "--num-processes", "2", "--process-id", str(i), "--set", *overrides],
+                    [sys.executable, "-m", "deft_jax.search", *args(i), "--strategy", "sharded",
+                     "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
                     cwd=REPO, env=clean_env(), stdout=log, stderr=subprocess.STDOUT))
         for p in procs:
             p.wait(timeout=420)
@@ -158,16 +149,41 @@ def test_two_process_search_picks_the_same_best_mask_as_one_process(tmp_path):
                 p.wait()
     logs = [f.read_text() for f in log_files]
     for i, p in enumerate(procs):
-        assert p.returncode == 0, f"process {i}:\n{logs[i][-3000:]}"
+        assert p.returncode == 0, f"{tag} process {i}:\n{logs[i][-3000:]}"
+    return logs
+
+
+def test_two_process_search_resumed_from_its_saved_state_matches_an_uninterrupted_one_process_search(tmp_path):
+    # three steps at a high learning rate: fitness differs between masks (with the default
+    # tiny config all masks tie at chance), yet the fine-tune is short enough that float
+    # rounding differences between the programs (1e-7) are not amplified into a flipped
+    # prediction; after ~4 steps, ReLU/max-pool kinks on the upsampled digits can do that
+    overrides = tiny_overrides(**{"finetune.batch_size": 30, "finetune.learning_rate": 0.2})
+    single = tmp_path / "single"
+    assert main(["--out", str(single), "--strategy", "sequential", "--set", *overrides]) == 0
+
+    # two processes stop after generation 1 (of 2) with the DE state saved, as an interrupted
+    # run would have it; then both resume from process 0's run directory (a shared file
+    # system) and finish generation 2
+    outs = [tmp_path / f"proc{i}" for i in range(2)]
+    first = tiny_overrides(**{"finetune.batch_size": 30, "finetune.learning_rate": 0.2,
+                              "search.generations": 1})
+    logs = run_two_processes(tmp_path, "first", lambda i: ["--out", str(outs[i]), "--set", *first])
     assert "strategy: sharded (requested; 2 cpu device(s) in 2 processes)" in logs[0]
     assert "best mask" not in logs[1]  # only process 0 logs
     assert not outs[1].exists()  # only process 0 writes
+    assert (outs[0] / rundir.STATE).exists()
+    logs = run_two_processes(tmp_path, "resumed",
+                             lambda i: ["--resume", str(outs[0]), "--set", "search.generations=2"])
+    assert "resum" in logs[0].lower()
+    assert not outs[1].exists()
 
     one, two = (rundir.read_json(d / rundir.BEST) for d in (single, outs[0]))
     assert two["mask"] == one["mask"]
     assert two["fitness"] == pytest.approx(one["fitness"], abs=1e-6)
     history = [[json.loads(line) for line in (d / rundir.HISTORY).read_text().splitlines()]
                for d in (single, outs[0])]
+    assert len(history[1]) == len(history[0]) == 3  # generations 0, 1, 2 once each
     assert [h["best_fitness"] for h in history[1]] == pytest.approx([h["best_fitness"] for h in history[0]])
     assert history[1][0]["devices"] == 2
     for name in ("config.json", "splits.json", "metrics.json", "report.md", "checkpoint"):
