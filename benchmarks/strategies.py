@@ -34,6 +34,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+# compile times are measured cold: no persistent compilation cache (see deft_jax.compile_cache)
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 import jax  # noqa: E402
 
 from deft_jax.config import FineTuneConfig  # noqa: E402

@@ -567,7 +567,10 @@ def _population_available() -> bool:
 
 def _run(cmd: list[str], label: str) -> None:
     print(f"== {label}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, cwd=REPO)
+    # every side starts cold: no persistent compilation cache (see deft_jax.compile_cache)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["DEFT_JAX_COMPILE_CACHE"] = "off"
+    proc = subprocess.run(cmd, cwd=REPO, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{label} failed with exit code {proc.returncode}")
 

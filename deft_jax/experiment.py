@@ -485,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from deft_jax import compile_cache
+    cache = compile_cache.enable(log=print)
+    if cache:
+        print(f"compile cache: {cache} ({compile_cache.ENV}=off disables it)")
     methods = None
     if args.methods is not None:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]

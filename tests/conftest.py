@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# tests never read or write the user's persistent compile cache (tests that need one set
+# their own folder); subprocesses started by tests inherit this
+os.environ["DEFT_JAX_COMPILE_CACHE"] = "off"
 SHARED_DATA = Path(os.environ.get("DEFT_SHARED_DATA", REPO.parent / "shared" / "data"))
 OSTEO_TILES = SHARED_DATA / "osteosarcoma_tiles"
 CIFAR_RESNET_WEIGHTS = SHARED_DATA / "weights" / "cifar10_resnet"
