@@ -23,6 +23,13 @@ padding is never reported.
 per device instead (one compile for every population size; k=1 avoids XLA:CPU's slow
 batched-kernel convolutions while still compiling once for all masks).
 
+Memory: with `memory_limit_bytes` (what `auto` passes on an accelerator: 90% of the
+device's free memory), the step program's size is read from XLA's memory analysis of the
+compiled program (arguments + outputs + temporaries, per device) before it runs; when the
+whole population does not fit, it runs as programs of fewer members (halving until it
+fits), so a large model or population degrades to more programs instead of running out of
+memory. The compiled program of the analysis is the one that runs (no second compile).
+
 Frozen prefix: when augmentation is off, the stages below the lowest trainable stage of
 *all* members are run once (`PrefixFeatureCache`) and the program trains the suffix only;
 programs are compiled per (padded population size, first stage run).
@@ -56,7 +63,8 @@ class PopulationEvaluator:
     def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, cfg: FineTuneConfig,
                  metric: str = "accuracy", seed: int = 0, sharded: bool = False,
                  cache_prefix: bool = True, pad_to: int | None = None,
-                 eval_images_per_call: int = 2048, members_per_program: int | None = None):
+                 eval_images_per_call: int = 2048, members_per_program: int | None = None,
+                 memory_limit_bytes: int | None = None):
         self.spec, self.data, self.cfg = spec, data, cfg
         self.metric, self.seed, self.sharded = metric, seed, sharded
         self.name = "sharded" if sharded else "vmap"
@@ -70,6 +78,9 @@ class PopulationEvaluator:
         # None: the whole (padded) population in one program; k: programs of k members per
         # device, run one after another (one compile serves every population size)
         self.members_per_program = members_per_program
+        self.memory_limit_bytes = memory_limit_bytes
+        self.memory_fit: dict | None = None  # what fitting the program to memory decided
+        self._fitted: set[tuple[int, int]] = set()
         if sharded:
             self.mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
             self.num_devices = self.mesh.size
@@ -94,8 +105,9 @@ class PopulationEvaluator:
         if not masks:
             return np.zeros((0, len(self.data.y_val), self.data.num_classes), np.float32)
         t0 = time.perf_counter()
+        start = self._start(masks)  # padding repeats masks[0]: the same first stage
+        self._fit_to_memory(len(masks), start)
         padded = self._pad(masks)
-        start = self._start(padded)
         _, x_val = self.prefix.features(start)
         logits = [self._val_logits(start, self._train(chunk, start), x_val)
                   for chunk in self._chunks(padded)]
@@ -104,8 +116,9 @@ class PopulationEvaluator:
 
     def fine_tune(self, masks: Sequence[GroupMask]) -> list[dict]:
         """Fine-tuned variables {'params', 'batch_stats'} (numpy) per mask, in order."""
+        start = self._start(masks)
+        self._fit_to_memory(len(masks), start)
         padded = self._pad(masks)
-        start = self._start(padded)
         out = []
         for chunk in self._chunks(padded):
             params, stats, _ = (self._to_host(t) for t in self._train(chunk, start))
@@ -119,8 +132,11 @@ class PopulationEvaluator:
 
     def stats(self) -> dict:
         out = {"compiles": self.compiles, "population_calls": self.calls,
+               "members_per_program": self.members_per_program,
                "members_evaluated": self.members, "members_padded": self.padded,
                "devices": self.num_devices, "population_seconds": round(self.seconds, 3)}
+        if self.memory_fit:
+            out["memory_fit"] = self.memory_fit
         return {**out, **(self.prefix.stats() if self.cache_prefix else {})}
 
     # --- the population program -----------------------------------------------------------
@@ -173,6 +189,61 @@ class PopulationEvaluator:
             return jax.tree.map(np.asarray, tree)
         from jax.experimental import multihost_utils
         return multihost_utils.process_allgather(tree, tiled=True)
+
+    def _fit_to_memory(self, n_masks: int, start: int) -> None:
+        """With a memory limit, choose the members per program so that the step program
+        fits: the whole (padded) population if it does, else halve until it does. The
+        candidates are compiled ahead of time; the one that fits is the program that runs.
+        Checked once per (members per device, first stage run)."""
+        if not self.memory_limit_bytes:
+            return
+        from deft_jax.errors import UserError
+        if self.members_per_program is None:  # the whole population, padded as `_pad` will
+            per_device = -(-max(n_masks, self.pad_to) // self.num_devices)
+        else:
+            per_device = self.members_per_program
+        if (per_device, start) in self._fitted:
+            return
+        while True:
+            needed = self._step_bytes(per_device * self.num_devices, start)
+            if needed <= self.memory_limit_bytes:
+                break
+            if per_device == 1:
+                raise UserError(
+                    f"one population member's fine-tune needs {needed / 2**30:.2f} GiB per device, more "
+                    f"than the {self.memory_limit_bytes / 2**30:.2f} GiB available; lower finetune.batch_size "
+                    "or model.input_size")
+            per_device = -(-per_device // 2)
+            self.members_per_program = per_device
+        self._fitted.add((per_device, start))
+        self.memory_fit = {"members_per_program": self.members_per_program, "program_bytes": int(needed),
+                           "limit_bytes": int(self.memory_limit_bytes)}
+
+    def _step_bytes(self, size: int, start: int) -> int:
+        """Per-device bytes of the step program for `size` members (XLA memory analysis:
+        arguments + outputs + temporaries - donated aliases); caches the compiled program."""
+        key = ("step", size, start)
+        if key not in self._programs or not hasattr(self._programs[key], "memory_analysis"):
+            x_train, _ = self.prefix.features(start)
+            bs = min(self.cfg.batch_size, len(x_train))
+            params = self._suffix("params", start)
+            stats = self._suffix("batch_stats", start)
+            opt = jax.eval_shape(optax.chain(self.base_tx, gate_updates({})).init, params)
+            member = NamedSharding(self.mesh, P(AXIS)) if self.sharded else None
+            shared = NamedSharding(self.mesh, P()) if self.sharded else None
+
+            def members(tree):
+                return jax.tree.map(lambda a: jax.ShapeDtypeStruct((size,) + tuple(np.shape(a)), a.dtype,
+                                                                   sharding=member), tree)
+
+            args = (members(params), members(stats), members(opt),
+                    {g: jax.ShapeDtypeStruct((size,), jnp.float32, sharding=member) for g in self.groups},
+                    jax.ShapeDtypeStruct((bs,) + x_train.shape[1:], jnp.float32, sharding=shared),
+                    jax.ShapeDtypeStruct((bs,), jnp.asarray(self.data.y_train).dtype, sharding=shared))
+            self._programs[key] = self._program("step", size, start).lower(*args).compile()
+        m = self._programs[key].memory_analysis()
+        return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                - m.alias_size_in_bytes)
 
     def _member_step(self, start: int):
         net, rules, base_tx = self.spec.net, self.spec.group_rules, self.base_tx

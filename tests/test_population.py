@@ -188,3 +188,31 @@ def test_two_process_search_resumed_from_its_saved_state_matches_an_uninterrupte
     assert history[1][0]["devices"] == 2
     for name in ("config.json", "splits.json", "metrics.json", "report.md", "checkpoint"):
         assert (outs[0] / name).exists(), name
+
+
+def test_a_memory_limit_splits_the_population_into_smaller_programs_with_the_same_fitness():
+    spec, variables, data, cfg = tiny_problem()
+    masks = [mask_from_names(names, spec.group_names) for names in
+             ((), ("conv2",), ("conv1", "conv3"), ("conv1", "conv2", "conv3", "conv4"))]
+    whole = PopulationEvaluator(spec, variables, data, cfg)
+    reference = whole.evaluate_logits(masks)
+    start = whole._start(masks)
+    two = PopulationEvaluator(spec, variables, data, cfg)._step_bytes(2, start)
+    four = whole._step_bytes(4, start)
+    assert two < four
+    limited = PopulationEvaluator(spec, variables, data, cfg, memory_limit_bytes=two)
+    logits = limited.evaluate_logits(masks)
+    assert limited.members_per_program == 2
+    assert limited.stats()["memory_fit"]["program_bytes"] <= two
+    np.testing.assert_allclose(logits, reference, atol=1e-4)
+    roomy = PopulationEvaluator(spec, variables, data, cfg, memory_limit_bytes=four)
+    roomy.evaluate_logits(masks)
+    assert roomy.members_per_program is None  # the whole population fits: one program
+
+
+def test_a_population_member_that_cannot_fit_in_memory_is_a_one_line_user_error():
+    from deft_jax.errors import UserError
+    spec, variables, data, cfg = tiny_problem()
+    ev = PopulationEvaluator(spec, variables, data, cfg, memory_limit_bytes=1024)
+    with pytest.raises(UserError, match="lower finetune.batch_size"):
+        ev.evaluate_logits([mask_from_names(("conv1",), spec.group_names)])
