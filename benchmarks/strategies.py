@@ -40,6 +40,7 @@ import jax  # noqa: E402
 
 from deft_jax.config import FineTuneConfig  # noqa: E402
 from deft_jax.fitness import SequentialEvaluator, SplitArrays  # noqa: E402
+from deft_jax.strategies import device_memory_limit  # noqa: E402
 from deft_jax.masks import decode_genome, searchable_groups  # noqa: E402
 from deft_jax.models import build_model  # noqa: E402
 from deft_jax.population import PopulationEvaluator  # noqa: E402
@@ -68,14 +69,17 @@ def machine() -> dict:
 
 
 def make_evaluator(strategy: str, spec, variables, data, cfg):
+    """As deft_jax.strategies builds them, memory limit included (a population program that
+    does not fit runs as several smaller ones, reported as members_per_program)."""
     if strategy == "sequential":
         return SequentialEvaluator(spec, variables, data, cfg)
+    limit = device_memory_limit()
     if strategy == "vmap":
-        return PopulationEvaluator(spec, variables, data, cfg)
+        return PopulationEvaluator(spec, variables, data, cfg, memory_limit_bytes=limit)
     if strategy == "vmap-1":
-        return PopulationEvaluator(spec, variables, data, cfg, members_per_program=1)
+        return PopulationEvaluator(spec, variables, data, cfg, members_per_program=1, memory_limit_bytes=limit)
     if strategy == "sharded":
-        return PopulationEvaluator(spec, variables, data, cfg, sharded=True)
+        return PopulationEvaluator(spec, variables, data, cfg, sharded=True, memory_limit_bytes=limit)
     raise ValueError(strategy)
 
 
@@ -111,7 +115,8 @@ def run_one(model: str, strategy: str, size: int, args) -> dict:
             "steady_seconds": round(steady, 3), "steady_compiles": steady_compiles,
             "repeat_seconds": round(repeat, 3),
             "evals_per_second_steady": round(size / steady, 4),
-            "evals_per_second_repeat": round(size / repeat, 4)}
+            "evals_per_second_repeat": round(size / repeat, 4),
+            "members_per_program": evaluator.stats().get("members_per_program")}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -123,7 +128,9 @@ def markdown(rows: list[dict]) -> str:
             lines.append(f"| {r['model']} | {r['strategy']} | {r['population']} | skipped: "
                          f"{r['skipped']} | | | | |")
             continue
-        lines.append(f"| {r['model']} {r['input_size']}px | {r['strategy']} | {r['population']} | "
+        mpp = r.get("members_per_program")
+        strategy = r["strategy"] + (f" ({mpp} per program)" if mpp and r["strategy"] != "vmap-1" else "")
+        lines.append(f"| {r['model']} {r['input_size']}px | {strategy} | {r['population']} | "
                      f"{r['warmup_seconds']:.1f} | {r['steady_seconds']:.1f} | {r['steady_compiles']} | "
                      f"{r['evals_per_second_steady']:.3f} | {r['evals_per_second_repeat']:.3f} |")
     return "\n".join(lines)
@@ -164,7 +171,11 @@ def main(argv=None) -> int:
                     rows.append({"model": model, "strategy": strategy, "population": size,
                                  "skipped": "time budget"})
                     continue
-                row = run_one(model, strategy, size, args)
+                try:
+                    row = run_one(model, strategy, size, args)
+                except Exception as err:  # noqa: BLE001 - a failed row (e.g. out of memory) is a result
+                    row = {"model": model, "strategy": strategy, "population": size,
+                           "skipped": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 

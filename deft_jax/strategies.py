@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import jax
+import numpy as np
 
 from deft_jax.config import Config
 from deft_jax.fitness import SequentialEvaluator, SplitArrays
@@ -20,8 +24,8 @@ def pick_strategy(requested: str) -> tuple[str, str]:
     runs ~3x slower per member on XLA:CPU than one at a time. On one accelerator: the whole
     population in one vmapped program; on several devices: sharded over them. There the
     model and population size decide the members per program: the evaluator gets the
-    devices' free memory and splits the population when XLA's memory analysis of the
-    program says it does not fit (`device_memory_limit`).
+    devices' free memory (the host's, on CPU) and splits the population when XLA's memory
+    analysis of the program says it does not fit (`device_memory_limit`).
     """
     backend = jax.default_backend()
     where = f"{jax.device_count()} {backend} device(s)"
@@ -41,16 +45,42 @@ def pick_strategy(requested: str) -> tuple[str, str]:
 MEMORY_HEADROOM = 0.9  # share of a device's free memory a population program may use
 
 
+def host_available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else free physical pages; None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def device_memory_limit() -> int | None:
     """Bytes a population program may use per device: MEMORY_HEADROOM x the smallest free
-    memory of this process's devices; None where the backend does not report it (CPU)."""
-    free = []
+    memory of this process's devices. CPU devices report none: there the host's available
+    memory, shared by its devices, is the limit. None if unknown. In a multi-process run
+    every process gets the smallest limit of all, so all choose the same program split."""
+    free: list[int] | None = []
     for device in jax.local_devices():
         stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-        if not stats or "bytes_limit" not in stats:
-            return None
-        free.append(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    return int(MEMORY_HEADROOM * min(free)) if free else None
+        if stats and "bytes_limit" in stats:
+            free.append(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+        elif device.platform == "cpu" and host_available_bytes() is not None:
+            free.append(host_available_bytes() // max(1, len(jax.local_devices())))
+        else:
+            free = None
+            break
+    limit = int(MEMORY_HEADROOM * min(free)) if free else None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        mib = np.asarray(-1 if limit is None else limit // 2**20, np.int32)
+        every = np.asarray(multihost_utils.process_allgather(mib))
+        limit = None if (every < 0).any() else int(every.min()) * 2**20
+    return limit
 
 
 def make_evaluator(cfg: Config, spec: ModelSpec, variables: dict, data: SplitArrays):

@@ -216,3 +216,9 @@ def test_a_population_member_that_cannot_fit_in_memory_is_a_one_line_user_error(
     ev = PopulationEvaluator(spec, variables, data, cfg, memory_limit_bytes=1024)
     with pytest.raises(UserError, match="lower finetune.batch_size"):
         ev.evaluate_logits([mask_from_names(("conv1",), spec.group_names)])
+
+
+def test_on_cpu_the_population_memory_limit_is_a_share_of_the_hosts_available_memory():
+    from deft_jax.strategies import device_memory_limit, host_available_bytes
+    limit = device_memory_limit()
+    assert limit is not None and 0 < limit <= host_available_bytes()
