@@ -34,19 +34,22 @@ def default_dir() -> Path:
 
 def enable(log: Callable[[str], None] | None = None) -> Path | None:
     """Point JAX's persistent compilation cache at the configured folder; returns it, or
-    None when the cache is off or unavailable."""
+    None when the cache is off or unavailable. `log` gets one line saying which."""
     setting = os.environ.get(ENV, "").strip()
     if setting.lower() in OFF:
         return None
     current = jax.config.jax_compilation_cache_dir
     if current:  # the user configured JAX directly
-        return Path(current)
-    path = Path(setting).expanduser() if setting else default_dir()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        if log:
-            log(f"warning: compile cache {path} unavailable ({err.strerror}); compiling without it")
-        return None
-    jax.config.update("jax_compilation_cache_dir", str(path))
+        path = Path(current)
+    else:
+        path = Path(setting).expanduser() if setting else default_dir()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            if log:
+                log(f"warning: compile cache {path} unavailable ({err.strerror}); compiling without it")
+            return None
+        jax.config.update("jax_compilation_cache_dir", str(path))
+    if log:
+        log(f"compile cache: {path} ({ENV}=off disables it)")
     return path

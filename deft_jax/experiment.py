@@ -126,12 +126,7 @@ def _prepare_out(out: Path, resume: bool) -> None:
         if not (out / META).is_file():
             raise UserError(f"{out} is not an experiment folder (no {META})")
         return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"output folder {out} already exists; use --resume {out} or another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create output folder {out}: {err.strerror}") from None
+    rundir.create_fresh(out, "output folder")
 
 
 def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, seeds: int | None = None,
@@ -486,9 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from deft_jax import compile_cache
-    cache = compile_cache.enable(log=print)
-    if cache:
-        print(f"compile cache: {cache} ({compile_cache.ENV}=off disables it)")
+    compile_cache.enable(log=print)
     methods = None
     if args.methods is not None:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]

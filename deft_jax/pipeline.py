@@ -7,13 +7,11 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from deft_jax import distributed, rundir
 from deft_jax.checkpoint import save_checkpoint
 from deft_jax.config import Config
 from deft_jax.data import load_dataset
-from deft_jax.errors import UserError
 from deft_jax.final import train_final
 from deft_jax.groups import assign_groups, group_sizes
 from deft_jax.inputs import prepare_data
@@ -30,15 +28,6 @@ def resolve_run_dir(out: str | None, cfg: Config) -> Path:
         return Path(out)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{stamp}-{cfg.model.name}-seed{cfg.seed}"
-
-
-def _create_run_dir(path: Path) -> None:
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UserError(f"run directory {path} already exists; use --resume {path} or another --out")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create run directory {path}: {err.strerror}") from None
 
 
 def inference_meta(cfg: Config, spec, class_names, mask, pretrained) -> dict:
@@ -70,7 +59,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     t_ready = time.perf_counter()
 
     if writer and not resume:
-        _create_run_dir(run_dir)
+        rundir.create_fresh(run_dir)
         rundir.write_json(run_dir / rundir.CONFIG, cfg.to_dict())
         save_splits(run_dir / rundir.SPLITS, data.splits, dataset.groups,
                     seed=cfg.data.split_seed, fractions=list(cfg.data.fractions))

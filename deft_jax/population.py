@@ -47,6 +47,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from deft_jax.config import FineTuneConfig
+from deft_jax.errors import UserError
 from deft_jax.fitness import PrefixFeatureCache, SplitArrays
 from deft_jax.finetune import (augment_batch, batch_plan, cross_entropy, first_trainable_stage,
                                make_optimizer)
@@ -197,7 +198,6 @@ class PopulationEvaluator:
         Checked once per (members per device, first stage run)."""
         if not self.memory_limit_bytes:
             return
-        from deft_jax.errors import UserError
         if self.members_per_program is None:  # the whole population, padded as `_pad` will
             per_device = -(-max(n_masks, self.pad_to) // self.num_devices)
         else:

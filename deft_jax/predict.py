@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("images", nargs="+", help="image files (jpg, png, ...)")
     args = p.parse_args(argv)
     from deft_jax import compile_cache
-    compile_cache.enable(log=lambda line: print(line, file=sys.stderr))
+    compile_cache.enable(log=lambda line: print(line, file=sys.stderr))  # stdout is the predictions
     predictor = Predictor(Path(args.run))
     for path, name, prob in predictor.predict_files(args.images):
         print(f"{path}\t{name}\t{prob:.4f}")

@@ -37,7 +37,7 @@ def render_report(*, cfg: dict, description: str, model: str, pretrained: str | 
               f"{h['masks_evaluated']} | {h['memo_hits']} | {h['seconds']:.1f} |" for h in history]
     t, v = metrics["test"], metrics["val"]
     lines += ["", "## Final model", "",
-              f"| split | n | accuracy | macro-F1 |", "|---|---:|---:|---:|",
+              "| split | n | accuracy | macro-F1 |", "|---|---:|---:|---:|",
               f"| val | {v['n']} | {v['accuracy']:.4f} | {v['macro_f1']:.4f} |",
               f"| test | {t['n']} | {t['accuracy']:.4f} | {t['macro_f1']:.4f} |", "",
               "Per-class test recall: " + ", ".join(

@@ -8,10 +8,24 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from deft_jax.errors import UserError
+
 # Files a finished run holds; a run missing metrics.json or report.md is not complete.
 CONFIG, SPLITS, HISTORY, BEST, METRICS, REPORT = (
     "config.json", "splits.json", "history.jsonl", "best.json", "metrics.json", "report.md")
 STATE, CHECKPOINT = "search_state.msgpack", "checkpoint"
+
+
+def create_fresh(path: Path, what: str = "run directory") -> None:
+    """Create an empty output folder; an existing non-empty one is a user error (never
+    overwritten: the user resumes it or picks another --out)."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(f"{what} {path} already exists; use --resume {path} or another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create {what} {path}: {err.strerror}") from None
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

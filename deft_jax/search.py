@@ -180,9 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     from deft_jax import distributed
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any JAX work
     from deft_jax import compile_cache
-    cache = compile_cache.enable(log=print)
-    if cache and distributed.is_writer():
-        print(f"compile cache: {cache} ({compile_cache.ENV}=off disables it)")
+    compile_cache.enable(log=print if distributed.is_writer() else None)
     from deft_jax.pipeline import run_pipeline, resolve_run_dir
     overrides = list(args.overrides)
     if args.strategy:

@@ -64,13 +64,15 @@ def device_memory_limit() -> int | None:
     memory of this process's devices. CPU devices report none: there the host's available
     memory, shared by its devices, is the limit. None if unknown. In a multi-process run
     every process gets the smallest limit of all, so all choose the same program split."""
+    devices = jax.local_devices()
+    host = host_available_bytes() if any(d.platform == "cpu" for d in devices) else None
     free: list[int] | None = []
-    for device in jax.local_devices():
+    for device in devices:
         stats = device.memory_stats() if hasattr(device, "memory_stats") else None
         if stats and "bytes_limit" in stats:
             free.append(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-        elif device.platform == "cpu" and host_available_bytes() is not None:
-            free.append(host_available_bytes() // max(1, len(jax.local_devices())))
+        elif device.platform == "cpu" and host is not None:
+            free.append(host // len(devices))
         else:
             free = None
             break

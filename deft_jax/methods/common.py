@@ -19,11 +19,10 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from deft_jax.config import Config, FineTuneConfig
-import jax
-
 from deft_jax.errors import UserError
 from deft_jax.finetune import FineTuner
 from deft_jax.inputs import PreparedData, prepare_data
