@@ -436,46 +436,23 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
 # comparison
 
 
-def _ranks(values) -> np.ndarray:
-    """Ranks 1..n, ties get their average rank."""
-    v = np.asarray(values, float)
-    order = np.argsort(v, kind="mergesort")
-    ranks = np.empty(len(v))
-    i = 0
-    while i < len(v):
-        j = i
-        while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+def _rank_correlation(test, a, b) -> float | None:
+    """scipy's statistic, or None where it is undefined (fewer than 2 masks, or all
+    fitnesses equal on one side)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+        return None
+    return float(test(a, b).statistic)
 
 
 def spearman(a, b) -> float | None:
-    ra, rb = _ranks(a), _ranks(b)
-    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
-        return None
-    return float(np.corrcoef(ra, rb)[0, 1])
+    from scipy.stats import spearmanr
+    return _rank_correlation(spearmanr, a, b)
 
 
 def kendall_tau_b(a, b) -> float | None:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    concordant = discordant = ties_a = ties_b = 0
-    for i in range(len(a)):
-        for j in range(i + 1, len(a)):
-            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif da == db:
-                concordant += 1
-            else:
-                discordant += 1
-    denom = np.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
-    return float((concordant - discordant) / denom) if denom else None
+    from scipy.stats import kendalltau  # tau-b: ties on either side are accounted for
+    return _rank_correlation(kendalltau, a, b)
 
 
 def compare_fitness(ours: dict, theirs: dict) -> dict:

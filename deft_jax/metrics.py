@@ -56,18 +56,6 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: l
     }
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks; tied values share the mean of the ranks they span."""
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, kind="mergesort")
-    ordered = values[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first position of each tie block
-    ends = np.r_[starts[1:], values.size]                                # one past its last position
-    ranks = np.empty(values.size, dtype=np.float64)
-    ranks[order] = np.repeat((starts + 1 + ends) / 2.0, ends - starts)   # mean of ranks starts+1..ends
-    return ranks
-
-
 def roc_auc_ovr(labels, probabilities, num_classes: int | None = None) -> float:
     """Macro one-vs-rest ROC AUC from class probabilities [N, C].
 
@@ -78,6 +66,8 @@ def roc_auc_ovr(labels, probabilities, num_classes: int | None = None) -> float:
     labels has no AUC); nan if there is none. Equal to scikit-learn's
     roc_auc_score(multi_class="ovr", average="macro") when every class is present.
     """
+    from scipy.stats import rankdata
+
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     scores = np.asarray(probabilities, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[0] != labels.size:
@@ -90,7 +80,7 @@ def roc_auc_ovr(labels, probabilities, num_classes: int | None = None) -> float:
         n_neg = labels.size - n_pos
         if n_pos == 0 or n_neg == 0:
             continue
-        ranks = _average_ranks(scores[:, c])
+        ranks = rankdata(scores[:, c])  # ties share their average rank
         u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
         aucs.append(u / (n_pos * n_neg))
     return float(np.mean(aucs)) if aucs else float("nan")
