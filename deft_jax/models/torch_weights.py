@@ -9,10 +9,16 @@ package. Both on-disk formats are read:
   element count followed by its raw bytes;
 - the zip format: `<prefix>/data.pkl` plus one record `<prefix>/data/<key>` per storage.
 
-Unpickling never imports or runs arbitrary code: `find_class` maps the few torch names that
-tensors are made of to numpy-building shims, refuses every other torch name, and turns any
-non-torch global (numpy scalars, argparse namespaces in a checkpoint's extra entries...) into
-an inert placeholder. Those extra entries are dropped; only tensors are returned.
+Unpickling never imports or runs arbitrary code, in either format and for every record:
+- the legacy header records (magic number, protocol version, system info) and the list of
+  storage keys are plain data; they are read by `_DataUnpickler`, which refuses every global
+  and every persistent id, so a crafted record is an error before anything runs;
+- the main pickle is read by `_Unpickler`, whose `find_class` maps the few torch names that
+  tensors are made of to numpy-building shims, refuses every other torch name, and turns any
+  non-torch global (numpy scalars, argparse namespaces in a checkpoint's extra entries,
+  `os.system`...) into an inert placeholder whose construction and state are ignored.
+  Those extra entries are dropped; only tensors are returned.
+No plain `pickle.load` is used anywhere in this module.
 """
 
 from __future__ import annotations
@@ -202,13 +208,28 @@ class _Unpickler(pickle.Unpickler):
         return self._storage_for(pid[1:])
 
 
+class _DataUnpickler(pickle.Unpickler):
+    """For records that are plain data (ints, strings, lists, dicts): no global, no
+    persistent id, so nothing can be constructed or called."""
+
+    def find_class(self, module: str, name: str):
+        raise _Unsupported(f"a header record names the global {module}.{name}")
+
+    def persistent_load(self, pid):
+        raise _Unsupported("a header record holds a persistent id")
+
+
+def _load_data(f) -> Any:
+    return _DataUnpickler(f).load()
+
+
 def _read_legacy(f) -> Any:
-    magic = pickle.load(f)
+    magic = _load_data(f)
     if magic != _LEGACY_MAGIC:
         raise _Unsupported("not a torch.save file")
-    if pickle.load(f) != _LEGACY_PROTOCOL:
+    if _load_data(f) != _LEGACY_PROTOCOL:
         raise _Unsupported("unknown legacy protocol version")
-    sys_info = pickle.load(f)
+    sys_info = _load_data(f)
     little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
 
     storages: dict[str, _Storage] = {}
@@ -229,7 +250,9 @@ def _read_legacy(f) -> Any:
         return views[view_key]
 
     result = _Unpickler(f, storage_for).load()
-    keys = pickle.load(f)
+    keys = _load_data(f)
+    if not isinstance(keys, list):
+        raise _Unsupported("storage key record is not a list")
     for key in keys:
         storage = storages.get(key)
         if storage is None:
