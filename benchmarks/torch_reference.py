@@ -49,7 +49,7 @@ if __package__ in (None, ""):  # run as a script: make `deft_jax` importable
 from deft_jax.interop.torch_models import TorchTwin, torch_twin  # noqa: E402
 from deft_jax.metrics import metric_from_logits  # noqa: E402
 
-VAL_BATCH = 256  # as deft_jax.finetune.forward
+VAL_BATCH = 256  # as deft_jax.training.logits
 
 
 def set_threads(threads: int | None = None) -> int:
@@ -108,15 +108,18 @@ class TorchReference:
 
     def __init__(self, twin: TorchTwin, x_train: np.ndarray, y_train: np.ndarray,
                  x_val: np.ndarray, y_val: np.ndarray, num_classes: int, cfg,
-                 plan: Sequence[np.ndarray], seed: int = 0, metric: str = "accuracy"):
+                 plan: Sequence[np.ndarray], seed: int = 0, metric: str = "accuracy",
+                 device: str = "cpu"):
         self.twin, self.cfg, self.seed, self.metric = twin, cfg, seed, metric
+        self.device = torch.device(device)
+        twin.model.to(self.device)
         self.num_classes = num_classes
         self.x_train_nhwc = x_train
-        self.x_train = _nchw(x_train)
-        self.y_train = torch.from_numpy(np.asarray(y_train, np.int64))
-        self.x_val = _nchw(x_val)
+        self.x_train = _nchw(x_train).to(self.device)
+        self.y_train = torch.from_numpy(np.asarray(y_train, np.int64)).to(self.device)
+        self.x_val = _nchw(x_val).to(self.device)
         self.y_val = np.asarray(y_val)
-        self.plan = [torch.from_numpy(np.asarray(idx, np.int64)) for idx in plan]
+        self.plan = [torch.from_numpy(np.asarray(idx, np.int64)).to(self.device) for idx in plan]
         self.augment = bool(getattr(cfg, "flip", False) or getattr(cfg, "rotate90", False))
         self.records: list[dict] = []  # per evaluated mask: seconds (train, val), steps
 
@@ -137,12 +140,12 @@ class TorchReference:
         set_train_modes(twin, mask)
         optimizer = make_optimizer(params, self.cfg)
         model = twin.model
-        rng = np.random.default_rng([self.seed, 7])  # deft_jax's augmentation stream
+        rng = np.random.default_rng([self.seed, 7])  # deft_jax.training.AUGMENT_STREAM
         losses = []
         for idx in self.plan:
             if self.augment:
-                from deft_jax.finetune import augment_batch
-                xb = _nchw(augment_batch(self.x_train_nhwc[idx.numpy()], self.cfg, rng))
+                from deft_jax.training import augment_batch
+                xb = _nchw(augment_batch(self.x_train_nhwc[idx.cpu().numpy()], self.cfg, rng)).to(self.device)
             else:
                 xb = self.x_train[idx]
             optimizer.zero_grad(set_to_none=True)
@@ -156,7 +159,7 @@ class TorchReference:
         model.eval()
         with torch.inference_mode():
             return torch.cat([model(self.x_val[i:i + VAL_BATCH])
-                              for i in range(0, len(self.x_val), VAL_BATCH)]).numpy()
+                              for i in range(0, len(self.x_val), VAL_BATCH)]).cpu().numpy()
 
     def evaluate_one(self, mask: Mapping[str, bool]) -> float:
         t0 = time.perf_counter()

@@ -5,7 +5,7 @@
 
 What runs, each side in its own process (so peak RSS is per side, not mixed):
 
-1. deft_jax, once per strategy: the real search (`deft_jax.search.run_search`, DE from
+1. deft_jax, once per strategy: the real search (`deft_jax.evolution.run_search`, DE from
    evosax) with the strategy's evaluator, recording every distinct mask it evaluates, in
    order. The first strategy's mask list (`auto` by default) is the reference list.
 2. PyTorch (`benchmarks/torch_reference.py`): replays exactly that mask list, one member
@@ -216,9 +216,8 @@ class RecordingEvaluator:
         return values
 
     def evaluate(self, masks):
-        one = getattr(self.inner, "evaluate_one", None)
-        if one is not None:  # one member at a time: time each
-            return [self._one(lambda ms: [one(ms[0])], [m])[0] for m in masks]
+        if self.inner.name in ("sequential", "vmap-1"):  # one member at a time: time each
+            return [self._one(self.inner.evaluate, [m])[0] for m in masks]
         return self._one(self.inner.evaluate, list(masks))
 
     def stats(self):
@@ -242,38 +241,60 @@ def _profile_masks(group_names) -> dict[str, str]:
     return {"all groups": "1" * n, "last group + head": "0" * (n - 2) + "11"}
 
 
-def jax_step_profile(evaluator, spec, variables, data, masks: dict[str, str], steps: int = 10) -> dict:
-    """Per-step time and XLA FLOPs of the sequential evaluator's compiled train step."""
+def _step_inputs(spec, variables, features, data, mask, start: int, gated: bool, size: int = 1):
+    """(step model, state, flags, x, y) of one train step from stage `start` (public core API)."""
     import jax
     import jax.numpy as jnp
-    from deft_jax.finetune import first_trainable_stage
-    from deft_jax.masks import mask_from_key, param_mask, split_by_mask
+    from deft_jax import training
 
-    tuner = evaluator.tuner
-    bs = min(tuner.cfg.batch_size, len(data.x_train))
+    tx = training.make_optimizer(data["cfg"])
+    model = training.StepModel.of(spec, tx, start, data["cfg"].compute_dtype)
+    params = training.suffix(variables["params"], spec, start)
+    stats = training.suffix(variables["batch_stats"], spec, start)
+    flags = ({g: jnp.full((size,), 1.0 if on else 0.0, jnp.float32) for g, on in mask.items()}
+             if gated else dict(mask))
+    one = training.init_state(model, params, stats, {g: 0.5 for g in mask} if gated else mask)
+    state = jax.tree.map(lambda a: jnp.broadcast_to(jnp.asarray(a), (size,) + jnp.shape(a)), one) \
+        if gated else jax.tree.map(jnp.asarray, one)
+    bs = min(data["cfg"].batch_size, len(features))
+    return model, state, flags, jnp.asarray(features[:bs]), jnp.asarray(data["y_train"][:bs])
+
+
+def _time(fn, args, steps: int) -> list[float]:
+    import jax
+    times = []
+    for i in range(steps + 2 if steps else 0):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def jax_step_profile(spec, variables, prefix, data: dict, masks: dict[str, str], steps: int = 10,
+                     cache_prefix: bool = True) -> dict:
+    """Per-step time and XLA FLOPs of one static-mask train step (`training.train_step` with
+    Python-bool flags: only trainable leaves differentiated), from the mask's first trainable
+    stage on cached features (`prefix`: a PrefixFeatureCache) when `cache_prefix`."""
+    import jax
+    import jax.numpy as jnp
+    from deft_jax import training
+    from deft_jax.masks import mask_from_key
+
     out = {}
     for label, key in masks.items():
         mask = mask_from_key(key, spec.group_names)
-        start = first_trainable_stage(spec, mask) if evaluator.cache_prefix else 0
-        x_train, _ = evaluator.prefix.features(start)
-        leaf_mask = param_mask(variables["params"], spec.group_rules, mask)
-        trainable, frozen = split_by_mask(variables["params"], leaf_mask)
-        step = tuner._step(key, {g: bool(v) for g, v in mask.items()}, start)
-        args = (trainable, frozen, variables["batch_stats"], tuner.tx.init(trainable),
-                jnp.asarray(x_train[:bs]), jnp.asarray(data.y_train[:bs]))
-        compiled = step.lower(*args).compile()
-        flops = _xla_flops(compiled)
-        full_flops = flops
+        start = training.first_trainable_stage(spec, mask) if cache_prefix else 0
+        x_train, _ = prefix.features(start)
+        model, state, flags, x, y = _step_inputs(spec, variables, x_train, data, mask, start, gated=False)
+        step = jax.jit(lambda s, xb, yb, m=model, f=flags: training.train_step(m, s, f, xb, yb))
+        compiled = step.lower(state, x, y).compile()
+        flops = full_flops = _xla_flops(compiled)
         if start > 0:  # the same mask's step run from the input (what the PyTorch step does)
-            full = tuner._step(key, {g: bool(v) for g, v in mask.items()}, 0)
-            full_flops = _xla_flops(full.lower(*args[:4], jnp.asarray(data.x_train[:bs]),
-                                               args[5]).compile())
-        times = []
-        for i in range(steps + 2 if steps else 0):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
+            m0, s0, f0, x0, y0 = _step_inputs(spec, variables, data["x_train"], data, mask, 0, gated=False)
+            full = jax.jit(lambda s, xb, yb: training.train_step(m0, s, f0, xb, yb))
+            full_flops = _xla_flops(full.lower(s0, x0, y0).compile())
+        times = _time(compiled, (state, x, y), steps)
         out[label] = {"mask": key, "start_stage": start,
                       "median_step_s": float(np.median(times)) if times else None,
                       "min_step_s": float(np.min(times)) if times else None, "xla_flops": flops,
@@ -281,60 +302,37 @@ def jax_step_profile(evaluator, spec, variables, data, masks: dict[str, str], st
         if start == 0 and steps:  # where a step's time goes: its forward alone (BN in train mode)
             net = spec.net
             fwd = jax.jit(lambda v, xb: net.apply(v, xb, train=True, mutable=["batch_stats"])[0])
-            fwd_args = ({"params": variables["params"], "batch_stats": variables["batch_stats"]},
-                        jnp.asarray(x_train[:bs]))
-            jax.block_until_ready(fwd(*fwd_args))
-            fwd_times = []
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                jax.block_until_ready(fwd(*fwd_args))
-                fwd_times.append(time.perf_counter() - t0)
+            fwd_times = _time(fwd, ({"params": variables["params"], "batch_stats": variables["batch_stats"]},
+                                    jnp.asarray(x_train[:x.shape[0]])), steps)
             out[label]["median_forward_s"] = float(np.median(fwd_times))
     return out
 
 
-def population_step_profile(evaluator, spec, cfg, seed: int, masks: dict[str, str], static: dict) -> dict:
-    """Per-step time of a population evaluator's program (gated masks), timed as a short
-    fine-tune (1 batch x epochs) of one program's worth of copies of the mask. FLOPs: the
-    static step's XLA count (same first stage and trainable groups) times the members per
-    program, plus the frozen groups' weight gradients a gated step also computes (not
-    counted). Uses the evaluator's internals; returns {} with a note if they changed."""
+def population_step_profile(spec, variables, prefix, data: dict, masks: dict[str, str], static: dict,
+                            members: int, steps: int = 10) -> dict:
+    """Per-step time of the gated train step of a population program (`members` copies of
+    the mask, traced gates, vmapped), from the mask's first trainable stage. FLOPs: the
+    static step's XLA count times the members (the frozen groups' weight gradients that a
+    gated step also computes are not counted)."""
     import jax
-    from deft_jax.finetune import batch_plan
+    from deft_jax import training
     from deft_jax.masks import mask_from_key
 
-    class FewBatches:  # the evaluator's features, cut to `steps` full batches: same shapes
-        def __init__(self, inner, n):
-            self.inner, self.n = inner, n
-
-        def features(self, start):
-            x_train, x_val = self.inner.features(start)
-            return x_train[:self.n], x_val
-
     out = {}
-    prefix = evaluator.prefix
-    try:
-        size = evaluator.pad_to or evaluator._unit()
-        bs = min(cfg.batch_size, len(evaluator.data.x_train))
-        evaluator.prefix = FewBatches(prefix, bs)
-        steps = len(batch_plan(bs, cfg.batch_size, cfg.epochs, seed))
-        for label, key in masks.items():
-            chunk = [mask_from_key(key, spec.group_names)] * size
-            start = evaluator._start(chunk)
-            times = []
-            for _ in range(3):  # the first may include the compile of a new (size, start)
-                t0 = time.perf_counter()
-                jax.block_until_ready(evaluator._train(chunk, start))
-                times.append((time.perf_counter() - t0) / steps)
-            flops = static.get(label, {}).get("xla_flops")
-            out[label] = {"mask": key, "start_stage": start, "members_per_program": size,
-                          "median_step_s": float(np.median(times[1:])), "min_step_s": float(min(times[1:])),
-                          "xla_flops": flops * size if flops else None,
-                          "static_xla_flops_from_input": static.get(label, {}).get("xla_flops_from_input")}
-    except Exception as err:  # noqa: BLE001 - a profile, never a reason to fail the benchmark
-        return {"error": f"population step profile skipped: {type(err).__name__}: {err}"}
-    finally:
-        evaluator.prefix = prefix
+    for label, key in masks.items():
+        mask = mask_from_key(key, spec.group_names)
+        start = training.first_trainable_stage(spec, mask)
+        x_train, _ = prefix.features(start)
+        model, state, gates, x, y = _step_inputs(spec, variables, x_train, data, mask, start, gated=True,
+                                                 size=members)
+        step = jax.jit(jax.vmap(lambda s, g, xb, yb: training.train_step(model, s, g, xb, yb),
+                                in_axes=(0, 0, None, None)))
+        times = _time(step, (state, gates, x, y), steps)
+        flops = static.get(label, {}).get("xla_flops")
+        out[label] = {"mask": key, "start_stage": start, "members_per_program": members,
+                      "median_step_s": float(np.median(times)), "min_step_s": float(min(times)),
+                      "xla_flops": flops * members if flops else None,
+                      "static_xla_flops_from_input": static.get(label, {}).get("xla_flops_from_input")}
     return out
 
 
@@ -354,12 +352,13 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
     from deft_jax.fitness import SequentialEvaluator
     from deft_jax.inputs import prepare_data
     from deft_jax.models import build_model
-    from deft_jax.search import run_search
-    from deft_jax.strategies import make_evaluator
+    from deft_jax.evaluators import make_evaluator
+    from deft_jax.evolution import run_search
+    from deft_jax.fitness import PrefixFeatureCache
 
     cfg = load_config(config)
     requested = "sequential" if strategy == NO_PREFIX else strategy
-    cfg.search.strategy = requested
+    cfg.search.evaluation = requested
     dataset = load_dataset(cfg.data.source)
     spec = build_model(cfg.model.name, len(dataset.class_names), cfg.model.weights,
                        cfg.model.input_size, cfg.model.granularity)
@@ -380,8 +379,7 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     recorder.t0 = t0
     log = lambda s: print(f"  [{strategy}] {s}", file=sys.stderr, flush=True)  # noqa: E731
-    result = run_search(cfg, recorder, variables["params"], spec.group_rules, spec.group_names,
-                        state_path=None, log=log)
+    result = run_search(cfg, recorder, spec.layer_groups, state_path=None, log=log)
     search_s = time.perf_counter() - t0
     search_cpu_s = cpu_seconds() - cpu0
     search_compile_s = clock.total - setup_compile_s
@@ -389,16 +387,18 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
     other_cores = other.cores()
 
     fitness = [result.memo[k] for k in recorder.masks]
-    step_profile = {}
-    if hasattr(inner, "tuner"):
-        step_profile = jax_step_profile(inner, spec, variables, data.arrays,
-                                        _profile_masks(spec.group_names))
-    elif hasattr(inner, "_train"):  # population programs: FLOPs from a static step's count
-        static = jax_step_profile(
-            SequentialEvaluator(spec, variables, data.arrays, cfg.finetune, seed=cfg.seed),
-            spec, variables, data.arrays, _profile_masks(spec.group_names), steps=0)
-        step_profile = population_step_profile(inner, spec, cfg.finetune, cfg.seed,
-                                               _profile_masks(spec.group_names), static)
+    a = data.arrays
+    prefix = PrefixFeatureCache(spec, variables, a)
+    profile_data = {"cfg": cfg.finetune, "x_train": a.x_train, "y_train": a.y_train}
+    masks = _profile_masks(spec.group_names)
+    if resolved == "sequential":
+        step_profile = jax_step_profile(spec, variables, prefix, profile_data, masks,
+                                        cache_prefix=strategy != NO_PREFIX)
+    else:  # population programs: FLOPs from a static step's count
+        static = jax_step_profile(spec, variables, prefix, profile_data, masks, steps=0)
+        members = 1 if resolved == "vmap-1" else cfg.search.population_size
+        step_profile = population_step_profile(spec, variables, prefix, profile_data, masks, static,
+                                               members)
     out = {
         "side": "deft_jax", "strategy": strategy, "resolved": resolved, "reason": reason,
         "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
@@ -417,8 +417,7 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
         "peak_rss_mb": peak_rss_mb(),
     }
     if export:  # everything the PyTorch side needs, so it never imports JAX
-        from deft_jax.finetune import batch_plan
-        a = data.arrays
+        from deft_jax.training import batch_plan
         plan = np.stack(batch_plan(len(a.x_train), cfg.finetune.batch_size, cfg.finetune.epochs, cfg.seed))
         np.savez(workdir / "arrays.npz", x_train=a.x_train, y_train=a.y_train, x_val=a.x_val,
                  y_val=a.y_val, plan=plan)

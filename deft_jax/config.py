@@ -39,6 +39,7 @@ class FineTuneConfig:
     epochs: int = 1
     flip: bool = False  # random horizontal + vertical flips (same for every member)
     rotate90: bool = False  # random multiples of 90 degrees
+    compute_dtype: str = "float32"  # float32 | bfloat16 (float32 weights, bf16 arithmetic)
 
     @property
     def augment(self) -> bool:
@@ -55,7 +56,7 @@ class SearchConfig:
     threshold: float = 0.5  # gene > threshold -> group trains
     metric: str = "accuracy"  # accuracy | macro_f1
     max_trainable_fraction: float = 1.0  # masks above it are penalised, never trained
-    strategy: str = "auto"  # sequential | vmap | vmap-1 | sharded | auto
+    evaluation: str = "auto"  # auto | sequential | vmap | vmap-1 | sharded ("strategy" is an alias)
 
 
 @dataclasses.dataclass
@@ -124,7 +125,17 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
+ALIASES = {SearchConfig: {"strategy": "evaluation"}}  # old key -> key
+
+
 def _from_dict(cls, raw: dict, where: str):
+    for old, new in ALIASES.get(cls, {}).items():
+        if old in raw:
+            raw = dict(raw)
+            value = raw.pop(old)
+            if new in raw and raw[new] != value and raw[new] != getattr(cls(), new):
+                raise UserError(f"config {where}.{old} is an alias of {where}.{new}: set one of them")
+            raw[new] = value
     hints = get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(raw) - known
@@ -215,8 +226,10 @@ def validate(cfg: Config) -> None:
     need(0.0 < s.threshold < 1.0, f"search.threshold must be in (0, 1), got {s.threshold}")
     need(s.metric in ("accuracy", "macro_f1"), f"search.metric must be accuracy or macro_f1, got {s.metric!r}")
     need(0.0 < s.max_trainable_fraction <= 1.0, f"search.max_trainable_fraction must be in (0, 1], got {s.max_trainable_fraction}")
-    need(s.strategy in ("sequential", "vmap", "vmap-1", "sharded", "auto"),
-         f"search.strategy must be sequential, vmap, vmap-1, sharded or auto, got {s.strategy!r}")
+    need(s.evaluation in ("sequential", "vmap", "vmap-1", "sharded", "auto"),
+         f"search.evaluation must be auto, sequential, vmap, vmap-1 or sharded, got {s.evaluation!r}")
+    need(f.compute_dtype in ("float32", "bfloat16"),
+         f"finetune.compute_dtype must be float32 or bfloat16, got {f.compute_dtype!r}")
     need(f.optimizer in ("sgd", "adam", "adamw"), f"finetune.optimizer must be sgd, adam or adamw, got {f.optimizer!r}")
     need(f.learning_rate > 0, f"finetune.learning_rate must be > 0, got {f.learning_rate}")
     need(f.batch_size >= 1, f"finetune.batch_size must be >= 1, got {f.batch_size}")

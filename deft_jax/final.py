@@ -1,7 +1,10 @@
-"""Final training: fine-tune the winning mask with the full budget, score val and test."""
+"""Final training: the one path that fine-tunes a chosen static mask with the full budget
+(`final.epochs`, `final.learning_rate`) and scores it once on val and test. The search
+pipeline and every baseline method of the experiment use it."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -9,31 +12,45 @@ import numpy as np
 from deft_jax.config import Config
 from deft_jax.finetune import FineTuner
 from deft_jax.inputs import PreparedData
-from deft_jax.masks import GroupMask, trainable_fraction
+from deft_jax.masks import GroupMask
 from deft_jax.metrics import classification_report
 from deft_jax.models.base import ModelSpec
 
 
-def train_final(cfg: Config, spec: ModelSpec, variables: dict, mask: GroupMask,
-                data: PreparedData) -> tuple[dict, dict]:
-    """Returns (trained variables, metrics) with metrics = {"test": {...}, "val": {...}, ...}."""
+@dataclasses.dataclass
+class FinalModel:
+    variables: dict             # trained {'params', 'batch_stats'}
+    val_logits: np.ndarray
+    test_logits: np.ndarray
+    losses: list[float]         # per step
+    trainable_fraction: float
+    train_seconds: float
+
+
+def final_tuner(cfg: Config, spec: ModelSpec) -> FineTuner:
+    return FineTuner(spec, cfg.finetune, learning_rate=cfg.final.learning_rate, epochs=cfg.final.epochs)
+
+
+def train_final(cfg: Config, spec: ModelSpec, variables: dict, mask: GroupMask, data: PreparedData,
+                tuner: FineTuner | None = None) -> FinalModel:
+    """Train `mask` from `variables` with the final recipe (or the given tuner's), then score."""
+    tuner = final_tuner(cfg, spec) if tuner is None else tuner
     t0 = time.perf_counter()
-    tuner = FineTuner(spec, cfg.finetune, learning_rate=cfg.final.learning_rate,
-                      epochs=cfg.final.epochs)
     a = data.arrays
-    trained, losses = tuner.fine_tune(variables, mask, a.x_train, a.y_train, seed=cfg.seed)
-    train_seconds = time.perf_counter() - t0
+    trained, losses = tuner.fine_tune(variables, dict(mask), a.x_train, a.y_train, seed=cfg.seed)
+    seconds = time.perf_counter() - t0
+    return FinalModel(trained, tuner.logits(trained, a.x_val), tuner.logits(trained, data.x_test),
+                      losses, spec.layer_groups.fraction(mask), seconds)
+
+
+def final_metrics(cfg: Config, final: FinalModel, data: PreparedData) -> dict:
+    """{"test": ..., "val": ..., ...} as written to metrics.json."""
     names = data.class_names
-    metrics = {
-        "test": classification_report(tuner.logits(trained, data.x_test), data.y_test, names),
-        "val": classification_report(tuner.logits(trained, a.x_val), a.y_val, names),
-        "trainable_fraction": trainable_fraction(variables["params"], spec.group_rules, mask),
+    return {
+        "test": classification_report(final.test_logits, data.y_test, names),
+        "val": classification_report(final.val_logits, data.arrays.y_val, names),
+        "trainable_fraction": final.trainable_fraction,
         "final_epochs": cfg.final.epochs,
-        "final_loss_first_last": [losses[0], losses[-1]] if losses else None,
-        "final_train_seconds": round(train_seconds, 2),
+        "final_loss_first_last": [final.losses[0], final.losses[-1]] if final.losses else None,
+        "final_train_seconds": round(final.train_seconds, 2),
     }
-    return trained, metrics
-
-
-def predictions_agree(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(np.argmax(a, -1) == np.argmax(b, -1)))

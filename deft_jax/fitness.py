@@ -5,7 +5,8 @@
   trainable stage depend only on the pretrained weights and the data, so they are
   computed once per distinct prefix and the short fine-tune trains the suffix only.
 - `SequentialEvaluator`: one member after another with a static mask (compiled once per
-  distinct mask) - the fastest strategy on CPU.
+  distinct mask): no frozen-weight gradients, but a compile for every new mask.
+- `evaluate_population`: memo table, feasibility and one evaluator call per population.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from deft_jax import training
 from deft_jax.config import FineTuneConfig
-from deft_jax.finetune import FineTuner, first_trainable_stage, forward
-from deft_jax.masks import GroupMask, mask_key, trainable_fraction
+from deft_jax.finetune import FineTuner
+from deft_jax.groups import LayerGroups
+from deft_jax.masks import GroupMask, mask_key
 from deft_jax.metrics import metric_from_logits
 from deft_jax.models.base import ModelSpec
 
@@ -77,8 +80,8 @@ class PrefixFeatureCache:
             return train, val
         self.misses += 1
         t0 = time.perf_counter()
-        train = forward(self.spec, self.variables, self.data.x_train, stop=start, cache=self._fns)
-        val = forward(self.spec, self.variables, self.data.x_val, stop=start, cache=self._fns)
+        train = training.logits(self.spec, self.variables, self.data.x_train, stop=start, cache=self._fns)
+        val = training.logits(self.spec, self.variables, self.data.x_val, stop=start, cache=self._fns)
         cost = time.perf_counter() - t0
         self.seconds_computing += cost
         self._store[start] = (train, val, cost)
@@ -92,6 +95,11 @@ class PrefixFeatureCache:
         return {"prefix_hits": self.hits, "prefix_misses": self.misses,
                 "prefix_hit_rate": self.hits / total if total else 0.0,
                 "prefix_seconds_saved": round(self.seconds_saved, 3)}
+
+
+def fitness_from_logits(metric: str, logits: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """Fitness of a fine-tuned member: 1 - the validation metric (lower is better)."""
+    return 1.0 - metric_from_logits(metric, logits, labels, num_classes)
 
 
 def infeasible_fitness(fraction: float, limit: float) -> float:
@@ -113,23 +121,27 @@ class SequentialEvaluator:
         self.cache_prefix = cache_prefix and not cfg.augment
         self.prefix = PrefixFeatureCache(spec, variables, data)
 
-    def evaluate_one(self, mask: GroupMask) -> float:
-        start = first_trainable_stage(self.spec, mask) if self.cache_prefix else 0
+    def evaluate_logits_one(self, mask: GroupMask) -> np.ndarray:
+        """Validation logits after the mask's fine-tune."""
+        start = training.first_trainable_stage(self.spec, mask) if self.cache_prefix else 0
         x_train, x_val = self.prefix.features(start)
         variables, _ = self.tuner.fine_tune(self.variables, mask, x_train, self.data.y_train,
                                             seed=self.seed, start=start)
-        logits = self.tuner.logits(variables, x_val, start=start)
-        return 1.0 - metric_from_logits(self.metric, logits, self.data.y_val, self.data.num_classes)
+        return self.tuner.logits(variables, x_val, start=start)
+
+    def evaluate_logits(self, masks: Sequence[GroupMask]) -> np.ndarray:
+        return np.stack([self.evaluate_logits_one(m) for m in masks])
 
     def evaluate(self, masks: Sequence[GroupMask]) -> list[float]:
-        return [self.evaluate_one(m) for m in masks]
+        return [fitness_from_logits(self.metric, self.evaluate_logits_one(m), self.data.y_val,
+                                    self.data.num_classes) for m in masks]
 
     def stats(self) -> dict:
         return {"compiles": self.tuner.compiles, **(self.prefix.stats() if self.cache_prefix else {})}
 
 
 def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
-                        params: Mapping, rules, max_fraction: float = 1.0) -> tuple[list[float], dict]:
+                        groups: LayerGroups, max_fraction: float = 1.0) -> tuple[list[float], dict]:
     """Fitness per mask: memo hits and infeasible masks cost nothing; the distinct new
     feasible masks go to the evaluator in one call (one population program for vmap)."""
     keys = [mask_key(m) for m in masks]
@@ -144,7 +156,7 @@ def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
             fitness[key] = memo.get(key)
             hits += 1
             continue
-        fraction = trainable_fraction(params, rules, mask)
+        fraction = groups.fraction(mask)
         if fraction > max_fraction + 1e-12:
             fitness[key] = infeasible_fitness(fraction, max_fraction)
             infeasible += 1

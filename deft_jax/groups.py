@@ -68,3 +68,37 @@ def group_sizes(params: Mapping, rules: Rules) -> dict[str, int]:
         g = group_of("/".join(k), rules)
         sizes[g] = sizes.get(g, 0) + int(np.prod(np.shape(leaf)))
     return sizes
+
+
+class LayerGroups:
+    """Layer groups of one network, derived once from its variables' structure.
+
+    `labels` / `stats_labels` have the structure of the parameters / BatchNorm statistics,
+    each leaf replaced by its group's name (the rules are matched here, once, with the
+    coverage check); masks and gates become a `jax.tree.map` over them. `sizes` counts the
+    parameters of each group, in forward order.
+    """
+
+    def __init__(self, variables: Mapping, rules: Rules, names: Sequence[str]):
+        params, stats = variables["params"], variables.get("batch_stats", {})
+        assign_groups(params, rules, names)  # raises unless every leaf has exactly one group
+        assign_groups(stats, rules)
+        self.names = tuple(names)
+        self.labels = group_tree(params, rules)
+        self.stats_labels = group_tree(stats, rules)
+        flat = traverse_util.flatten_dict(dict(params))
+        self.sizes = {g: 0 for g in self.names}
+        for k, leaf in flat.items():
+            self.sizes[group_of("/".join(k), rules)] += int(np.prod(np.shape(leaf)))
+        self.total = sum(self.sizes.values())
+
+    def leaf_values(self, per_group: Mapping, labels: Mapping | None = None) -> dict:
+        """`labels` (default: the parameters') with each leaf replaced by `per_group[group]`;
+        labels of a sub-tree (e.g. the stages from `start` on) give a tree of that sub-tree."""
+        labels = self.labels if labels is None else labels
+        return traverse_util.unflatten_dict(
+            {k: per_group[g] for k, g in traverse_util.flatten_dict(dict(labels)).items()})
+
+    def fraction(self, mask: Mapping[str, bool]) -> float:
+        """Share of all parameters that `mask` trains."""
+        return sum(n for g, n in self.sizes.items() if mask[g]) / max(self.total, 1)

@@ -1,21 +1,16 @@
-"""Genome -> group mask -> parameter mask -> gated optimizer updates.
+"""Genome -> layer-group mask.
 
 A genome is a point in [0,1]^G over the searchable groups (every group except the
 classification head, which is always trained). A gene above the threshold trains its
-group.
+group. Per-leaf masks and gates are a `tree.map` over the model's group labels
+(`ModelSpec.layer_groups`, see `deft_jax.groups.LayerGroups`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import traverse_util
-
-from deft_jax.groups import Rules, group_of
 
 HEAD = "head"
 GroupMask = dict[str, bool]
@@ -50,63 +45,3 @@ def mask_from_names(trainable: Sequence[str], group_names: Sequence[str]) -> Gro
     if unknown:
         raise ValueError(f"unknown layer groups {sorted(unknown)}; known: {list(group_names)}")
     return {g: (g in trainable) or g == HEAD for g in group_names}
-
-
-def param_mask(tree: Mapping, rules: Rules, mask: Mapping[str, bool]) -> dict:
-    """Boolean pytree with `tree`'s structure: True where the leaf's group trains."""
-    flat = traverse_util.flatten_dict(dict(tree))
-    return traverse_util.unflatten_dict(
-        {k: bool(mask[group_of("/".join(k), rules)]) for k in flat})
-
-
-def param_gates(tree: Mapping, rules: Rules, group_gates: Mapping[str, jax.Array]) -> dict:
-    """Float pytree of per-leaf gates from (possibly traced, possibly batched) group gates."""
-    flat = traverse_util.flatten_dict(dict(tree))
-    return traverse_util.unflatten_dict(
-        {k: group_gates[group_of("/".join(k), rules)] for k in flat})
-
-
-def trainable_fraction(params: Mapping, rules: Rules, mask: Mapping[str, bool]) -> float:
-    flat = traverse_util.flatten_dict(dict(params))
-    total = trained = 0
-    for k, leaf in flat.items():
-        n = int(np.prod(np.shape(leaf)))
-        total += n
-        if mask[group_of("/".join(k), rules)]:
-            trained += n
-    return trained / max(total, 1)
-
-
-def split_by_mask(tree: Mapping, leaf_mask: Mapping) -> tuple[dict, dict]:
-    """(trainable, frozen) flat dicts {path tuple: leaf}."""
-    flat = traverse_util.flatten_dict(dict(tree))
-    flat_mask = traverse_util.flatten_dict(dict(leaf_mask))
-    trainable = {k: v for k, v in flat.items() if flat_mask[k]}
-    frozen = {k: v for k, v in flat.items() if not flat_mask[k]}
-    return trainable, frozen
-
-
-def merge_flat(*parts: Mapping) -> dict:
-    merged: dict = {}
-    for part in parts:
-        merged.update(part)
-    return traverse_util.unflatten_dict(merged)
-
-
-def gate_updates(gates) -> optax.GradientTransformation:
-    """Zero the updates of gated-off leaves; `gates` is a pytree (or a callable params -> pytree)
-    of bools/floats, possibly traced. Put it *last* in the chain so that momentum and weight
-    decay cannot move a frozen leaf: its update is exactly 0 and its value stays bit-identical.
-    """
-
-    def init_fn(params):
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None):
-        g = gates(params) if callable(gates) else gates
-        updates = jax.tree.map(
-            lambda u, m: jnp.where(jnp.asarray(m) > 0.5, u, jnp.zeros_like(u)), updates, g)
-        return updates, state
-
-    return optax.GradientTransformation(init_fn, update_fn)

@@ -12,15 +12,14 @@ from deft_jax import distributed, rundir
 from deft_jax.checkpoint import save_checkpoint
 from deft_jax.config import Config
 from deft_jax.data import load_dataset
-from deft_jax.final import train_final
-from deft_jax.groups import assign_groups, group_sizes
+from deft_jax.evaluators import make_evaluator
+from deft_jax.evolution import run_search
+from deft_jax.final import final_metrics, train_final
 from deft_jax.inputs import prepare_data
 from deft_jax.masks import searchable_groups
 from deft_jax.models import build_model
 from deft_jax.report import render_report
-from deft_jax.search import run_search
 from deft_jax.splits import save_splits
-from deft_jax.strategies import make_evaluator
 
 
 def resolve_run_dir(out: str | None, cfg: Config) -> Path:
@@ -53,9 +52,8 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
                        cfg.model.input_size, cfg.model.granularity)
     data = prepare_data(cfg, spec, dataset, run_dir / rundir.SPLITS if resume else None)
     variables = spec.init(jax.random.key(cfg.seed))
-    assign_groups(variables["params"], spec.group_rules, spec.group_names)  # coverage check
-    assign_groups(variables["batch_stats"], spec.group_rules)
-    sizes = group_sizes(variables["params"], spec.group_rules)
+    groups = spec.layer_groups  # derived once, with the coverage check
+    sizes = groups.sizes
     t_ready = time.perf_counter()
 
     if writer and not resume:
@@ -67,15 +65,15 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
         for stale in (rundir.METRICS, rundir.REPORT):  # a resumed run is complete only at the end
             (run_dir / stale).unlink(missing_ok=True)
 
-    evaluator, strategy, reason = make_evaluator(cfg, spec, variables, data.arrays)
+    evaluator, mode, reason = make_evaluator(cfg, spec, variables, data.arrays)
     n = {k: len(v) for k, v in data.splits.items()}
     log(f"data: {dataset.description}; train/val/test {n['train']}/{n['val']}/{n['test']}")
     log(f"model: {spec.name} ({spec.pretrained or 'random init'}), {len(searchable_groups(spec.group_names))} "
         f"searchable layer groups + head, {sum(sizes.values()):,} parameters")
-    log(f"strategy: {strategy} ({reason}); run directory: {run_dir}")
+    log(f"evaluation: {mode} ({reason}); run directory: {run_dir}")
 
     # other processes read a resumed run's state (shared file system) but never write it
-    result = run_search(cfg, evaluator, variables["params"], spec.group_rules, spec.group_names,
+    result = run_search(cfg, evaluator, groups,
                         state_path=run_dir / rundir.STATE if writer or resume else None, log=log,
                         save_state=writer)
     if writer:
@@ -85,7 +83,8 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     chosen = [g for g, on in result.best_mask.items() if on]
     log(f"best mask (fitness {result.best_fitness:.4f}): fine-tune {', '.join(chosen)}")
 
-    trained, metrics = train_final(cfg, spec, variables, result.best_mask, data)
+    final = train_final(cfg, spec, variables, result.best_mask, data)
+    trained, metrics = final.variables, final_metrics(cfg, final, data)
     meta = inference_meta(cfg, spec, data.class_names, result.best_mask, spec.pretrained)
     ckpt = run_dir / rundir.CHECKPOINT
     if writer:
@@ -97,7 +96,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
                "final training + checkpoint": t_end - t_search, "total": t_end - t_start}
     metrics.update({"search": {"best_fitness": result.best_fitness,
                                "distinct_masks_evaluated": len(result.memo),
-                               "strategy": strategy, **evaluator.stats()},
+                               "evaluation": mode, **evaluator.stats()},
                     "seconds": {k: round(v, 2) for k, v in seconds.items()}})
     if not writer:
         return metrics

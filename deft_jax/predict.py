@@ -18,8 +18,8 @@ from deft_jax import rundir
 from deft_jax.checkpoint import load_checkpoint
 from deft_jax.data import image_to_samples, load_image_file, preprocess
 from deft_jax.errors import UserError, exit_on_user_error
-from deft_jax.finetune import forward
 from deft_jax.models import build_model
+from deft_jax.training import logits as model_logits
 
 
 class Predictor:
@@ -39,7 +39,7 @@ class Predictor:
 
     def logits(self, images_uint8: np.ndarray) -> np.ndarray:
         x = preprocess(images_uint8, self.meta["input_size"], self.meta["mean"], self.meta["std"])
-        return forward(self.spec, self.variables, x, cache=self._cache)
+        return model_logits(self.spec, self.variables, x, cache=self._cache)
 
     def probabilities(self, path: str) -> np.ndarray:
         """Class probabilities for one image file: its samples (crops, as at training time)

@@ -4,10 +4,10 @@ import numpy as np
 import optax
 import pytest
 
-from deft_jax.groups import assign_groups, group_sizes
-from deft_jax.masks import (decode_genome, gate_updates, mask_from_names, mask_key,
-                            param_mask, trainable_fraction)
+from deft_jax.groups import assign_groups
+from deft_jax.masks import decode_genome, mask_from_names, mask_key
 from deft_jax.models.small_cnn import small_cnn
+from deft_jax.training import gate_updates
 
 
 def test_genome_decodes_to_group_mask_with_the_head_always_trained():
@@ -27,8 +27,9 @@ def test_every_small_cnn_parameter_belongs_to_exactly_one_group():
     v = spec.init(jax.random.key(0))
     assignment = assign_groups(v["params"], spec.group_rules, spec.group_names)
     assert set(assignment.values()) == set(spec.group_names)
-    assert sum(group_sizes(v["params"], spec.group_rules).values()) == sum(
-        x.size for x in jax.tree.leaves(v["params"]))
+    groups = spec.layer_groups
+    assert sum(groups.sizes.values()) == groups.total == sum(x.size for x in jax.tree.leaves(v["params"]))
+    assert groups.sizes["conv1"] == sum(x.size for x in jax.tree.leaves(v["params"]["conv1"]))
 
 
 def test_coverage_check_fails_when_a_parameter_has_no_group():
@@ -48,10 +49,10 @@ def test_coverage_check_fails_when_a_declared_group_owns_nothing():
 def test_trainable_fraction_counts_parameters_of_trained_groups():
     spec = small_cnn(3)
     v = spec.init(jax.random.key(0))
-    sizes = group_sizes(v["params"], spec.group_rules)
     mask = mask_from_names(["conv2"], spec.group_names)
-    expected = (sizes["conv2"] + sizes["head"]) / sum(sizes.values())
-    assert trainable_fraction(v["params"], spec.group_rules, mask) == pytest.approx(expected)
+    count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+    expected = (count(v["params"]["conv2"]) + count(v["params"]["head"])) / count(v["params"])
+    assert spec.layer_groups.fraction(mask) == pytest.approx(expected)
 
 
 def test_gate_as_last_transform_keeps_frozen_leaves_bit_identical_under_momentum_and_weight_decay():
@@ -68,10 +69,15 @@ def test_gate_as_last_transform_keeps_frozen_leaves_bit_identical_under_momentum
     assert not np.allclose(np.asarray(p["b"]), np.asarray(params["b"]))
 
 
-def test_param_mask_follows_the_group_mask():
+def test_a_leaf_mask_is_the_group_mask_mapped_over_the_group_labels():
     spec = small_cnn(3)
-    v = spec.init(jax.random.key(0))
     mask = mask_from_names(["conv1"], spec.group_names)
-    pm = param_mask(v["params"], spec.group_rules, mask)
+    pm = spec.layer_groups.leaf_values(mask)
     assert pm["conv1"]["conv"]["kernel"] is True and pm["conv2"]["conv"]["kernel"] is False
     assert pm["head"]["fc"]["kernel"] is True
+    assert jax.tree.structure(pm) == jax.tree.structure(spec.init(0)["params"])
+
+
+def test_layer_groups_are_derived_once_per_model():
+    spec = small_cnn(3)
+    assert spec.layer_groups is spec.layer_groups

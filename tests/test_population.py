@@ -13,7 +13,6 @@ import pytest
 from deft_jax import rundir
 from deft_jax.config import FineTuneConfig
 from deft_jax.fitness import SequentialEvaluator, SplitArrays
-from deft_jax.finetune import first_trainable_stage
 from deft_jax.masks import mask_from_names
 from deft_jax.models.small_cnn import small_cnn
 from deft_jax.population import PopulationEvaluator
@@ -40,11 +39,8 @@ def tiny_problem():
 
 
 def sequential_logits(ev: SequentialEvaluator, mask) -> np.ndarray:
-    """SequentialEvaluator.evaluate_one, returning the validation logits."""
-    start = first_trainable_stage(ev.spec, mask)
-    x_train, x_val = ev.prefix.features(start)
-    variables, _ = ev.tuner.fine_tune(ev.variables, mask, x_train, ev.data.y_train, seed=ev.seed, start=start)
-    return ev.tuner.logits(variables, x_val, start=start)
+    """The static-mask reference: validation logits after the mask's fine-tune."""
+    return ev.evaluate_logits_one(mask)
 
 
 def clean_env(**extra) -> dict:
@@ -137,7 +133,7 @@ def run_two_processes(tmp_path, tag: str, args: list[str]) -> list[str]:
         for i in range(2):
             with log_files[i].open("w") as log:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "deft_jax.search", *args(i), "--strategy", "sharded",
+                    [sys.executable, "-m", "deft_jax.search", *args(i), "--evaluation", "sharded",
                      "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
                     cwd=REPO, env=clean_env(), stdout=log, stderr=subprocess.STDOUT))
         for p in procs:
@@ -160,7 +156,7 @@ def test_two_process_search_resumed_from_its_saved_state_matches_an_uninterrupte
     # prediction; after ~4 steps, ReLU/max-pool kinks on the upsampled digits can do that
     overrides = tiny_overrides(**{"finetune.batch_size": 30, "finetune.learning_rate": 0.2})
     single = tmp_path / "single"
-    assert main(["--out", str(single), "--strategy", "sequential", "--set", *overrides]) == 0
+    assert main(["--out", str(single), "--evaluation", "sequential", "--set", *overrides]) == 0
 
     # two processes stop after generation 1 (of 2) with the DE state saved, as an interrupted
     # run would have it; then both resume from process 0's run directory (a shared file
@@ -169,7 +165,7 @@ def test_two_process_search_resumed_from_its_saved_state_matches_an_uninterrupte
     first = tiny_overrides(**{"finetune.batch_size": 30, "finetune.learning_rate": 0.2,
                               "search.generations": 1})
     logs = run_two_processes(tmp_path, "first", lambda i: ["--out", str(outs[i]), "--set", *first])
-    assert "strategy: sharded (requested; 2 cpu device(s) in 2 processes)" in logs[0]
+    assert "evaluation: sharded (requested; 2 cpu device(s) in 2 processes)" in logs[0]
     assert "best mask" not in logs[1]  # only process 0 logs
     assert not outs[1].exists()  # only process 0 writes
     assert (outs[0] / rundir.STATE).exists()
@@ -196,9 +192,9 @@ def test_a_memory_limit_splits_the_population_into_smaller_programs_with_the_sam
              ((), ("conv2",), ("conv1", "conv3"), ("conv1", "conv2", "conv3", "conv4"))]
     whole = PopulationEvaluator(spec, variables, data, cfg)
     reference = whole.evaluate_logits(masks)
-    start = whole._start(masks)
-    two = PopulationEvaluator(spec, variables, data, cfg)._step_bytes(2, start)
-    four = whole._step_bytes(4, start)
+    start = min(whole.start_of(m) for m in masks)
+    two = PopulationEvaluator(spec, variables, data, cfg).program_bytes(2, start)
+    four = whole.program_bytes(4, start)
     assert two < four
     limited = PopulationEvaluator(spec, variables, data, cfg, memory_limit_bytes=two)
     logits = limited.evaluate_logits(masks)
@@ -219,6 +215,6 @@ def test_a_population_member_that_cannot_fit_in_memory_is_a_one_line_user_error(
 
 
 def test_on_cpu_the_population_memory_limit_is_a_share_of_the_hosts_available_memory():
-    from deft_jax.strategies import device_memory_limit, host_available_bytes
+    from deft_jax.evaluators import device_memory_limit, host_available_bytes
     limit = device_memory_limit()
     assert limit is not None and 0 < limit <= host_available_bytes()

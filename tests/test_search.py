@@ -11,7 +11,9 @@ from deft_jax.data import load_dataset, preprocess
 from deft_jax.fitness import MemoTable, evaluate_population
 from deft_jax.masks import mask_key
 from deft_jax.predict import Predictor
-from deft_jax.search import main, run_search
+from deft_jax.evolution import run_search
+from deft_jax.groups import LayerGroups
+from deft_jax.search import main
 from deft_jax.splits import load_splits
 
 from helpers import tiny_overrides
@@ -19,6 +21,7 @@ from helpers import tiny_overrides
 GROUPS = ("g0", "g1", "g2", "g3", "g4", "head")
 PARAMS = {g: {"w": np.zeros(10 * (i + 1))} for i, g in enumerate(GROUPS)}
 RULES = tuple((rf"^{g}/", g) for g in GROUPS)
+LAYER_GROUPS = LayerGroups({"params": PARAMS}, RULES, GROUPS)
 
 
 class CountingEvaluator:
@@ -51,8 +54,8 @@ def test_identical_masks_are_evaluated_once_and_counted_as_memo_hits():
     ev, memo = CountingEvaluator(), MemoTable()
     masks = [dict(zip(GROUPS, bits)) for bits in
              [(1, 0, 0, 0, 0, 1), (1, 0, 0, 0, 0, 1), (0, 1, 0, 0, 0, 1)]]
-    f1, info1 = evaluate_population(ev, masks, memo, PARAMS, RULES)
-    f2, info2 = evaluate_population(ev, masks[:1], memo, PARAMS, RULES)
+    f1, info1 = evaluate_population(ev, masks, memo, LAYER_GROUPS)
+    f2, info2 = evaluate_population(ev, masks[:1], memo, LAYER_GROUPS)
     assert ev.masks_seen == ["100001", "010001"]
     assert f1[0] == f1[1] == f2[0]
     assert (info1["evaluated"], info1["memo_hits"], info2["memo_hits"]) == (2, 1, 1)
@@ -62,13 +65,13 @@ def test_masks_over_the_trainable_fraction_limit_are_penalised_and_never_trained
     ev, memo = CountingEvaluator(), MemoTable()
     big = dict(zip(GROUPS, (1, 1, 1, 1, 1, 1)))
     small = dict(zip(GROUPS, (1, 0, 0, 0, 0, 1)))
-    f, info = evaluate_population(ev, [big, small], memo, PARAMS, RULES, max_fraction=0.5)
+    f, info = evaluate_population(ev, [big, small], memo, LAYER_GROUPS, max_fraction=0.5)
     assert ev.masks_seen == ["100001"] and info["infeasible"] == 1
     assert f[0] > 1.0 > f[1]
 
 
 def test_search_finds_the_best_mask_of_a_known_fitness_landscape():
-    result = run_search(fake_config(generations=10), CountingEvaluator(), PARAMS, RULES, GROUPS, log=lambda s: None)
+    result = run_search(fake_config(generations=10), CountingEvaluator(), LAYER_GROUPS, log=lambda s: None)
     assert mask_key(result.best_mask) == "010101"
     assert [h["generation"] for h in result.history] == list(range(11))
     assert all(a["best_fitness"] >= b["best_fitness"] for a, b in zip(result.history, result.history[1:]))
@@ -76,17 +79,17 @@ def test_search_finds_the_best_mask_of_a_known_fitness_landscape():
 
 def test_resume_after_an_interruption_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     cfg = fake_config()
-    straight = run_search(cfg, CountingEvaluator(), PARAMS, RULES, GROUPS, log=lambda s: None)
+    straight = run_search(cfg, CountingEvaluator(), LAYER_GROUPS, log=lambda s: None)
     state = tmp_path / "state.msgpack"
     with pytest.raises(KeyboardInterrupt):
-        run_search(cfg, CountingEvaluator(fail_after=12), PARAMS, RULES, GROUPS, state_path=state,
+        run_search(cfg, CountingEvaluator(fail_after=12), LAYER_GROUPS, state_path=state,
                    log=lambda s: None)
     from flax import serialization
     saved = serialization.msgpack_restore(state.read_bytes())
     memo_at_interrupt = set(json.loads(saved["memo"]))
     assert 0 < int(saved["generation"]) < cfg.search.generations
     resumed_eval = CountingEvaluator()
-    resumed = run_search(cfg, resumed_eval, PARAMS, RULES, GROUPS, state_path=state, log=lambda s: None)
+    resumed = run_search(cfg, resumed_eval, LAYER_GROUPS, state_path=state, log=lambda s: None)
     assert resumed.best_mask == straight.best_mask and resumed.best_fitness == straight.best_fitness
     assert resumed.memo == straight.memo
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]
@@ -138,7 +141,7 @@ def test_tiny_end_to_end_search_writes_a_complete_run_whose_checkpoint_predicts_
 
 
 def test_resume_of_the_real_pipeline_after_an_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    over = tiny_overrides(**{"search.generations": 2, "search.strategy": "\"sequential\""})
+    over = tiny_overrides(**{"search.generations": 2, "search.evaluation": "\"sequential\""})
     straight = tmp_path / "straight"
     assert main(["--out", str(straight), "--set", *over]) == 0
 
@@ -169,23 +172,23 @@ def test_resume_of_the_real_pipeline_after_an_interruption_matches_an_uninterrup
 def test_a_restored_checkpoint_gives_the_same_logits_as_the_trained_model_in_memory(tmp_path):
     from deft_jax.checkpoint import save_checkpoint
     from deft_jax.final import train_final
-    from deft_jax.finetune import forward
     from deft_jax.inputs import prepare_data
     from deft_jax.masks import mask_from_names
     from deft_jax.models import build_model
     from deft_jax.pipeline import inference_meta
+    from deft_jax.training import logits
 
     cfg = load_config(None, tiny_overrides())
     dataset = load_dataset(cfg.data.source)
     spec = build_model(cfg.model.name, len(dataset.class_names), cfg.model.weights, cfg.model.input_size)
     data = prepare_data(cfg, spec, dataset)
     mask = mask_from_names(["conv3", "conv4"], spec.group_names)
-    trained, _ = train_final(cfg, spec, spec.init(cfg.seed), mask, data)
+    trained = train_final(cfg, spec, spec.init(cfg.seed), mask, data).variables
     run = tmp_path / "run"
     run.mkdir()
     save_checkpoint(run / "checkpoint", trained, inference_meta(cfg, spec, data.class_names, mask, None))
     restored = Predictor(run)
     test_idx = data.splits["test"]
     np.testing.assert_allclose(restored.logits(dataset.images[test_idx]),
-                               forward(spec, trained, data.x_test), rtol=0, atol=1e-6)
+                               logits(spec, trained, data.x_test), rtol=0, atol=1e-6)
     assert restored.meta["mask"] == mask and restored.class_names == data.class_names

@@ -12,14 +12,17 @@ Choices (documented, since the paper leaves them open for this setting):
   maximum, so that it cannot freeze every pretrained tensor. If every gradient is zero
   all multipliers are 1.
 - The multiplier scales the optimizer's final update (after momentum / Adam and weight
-  decay), i.e. it is a per-tensor learning-rate factor. It is an optax
-  GradientTransformation that takes the multiplier pytree as an update argument, so
-  recomputing it never recompiles the train step.
+  decay), i.e. it is a per-tensor learning-rate factor. `scale_by_rgn` wraps the base
+  optimizer as one optax GradientTransformation whose state carries the step count and
+  the current multipliers, so the method is the core's train step and final-training
+  path with a different optimizer (`deft_jax.final.train_final`).
 - Budget and recipe: the shared final-training recipe (final.epochs, final.learning_rate,
   [finetune] optimizer, batch plan), with every BatchNorm in training mode.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +30,9 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from deft_jax.finetune import augment_batch, batch_plan, cross_entropy, make_optimizer
-from deft_jax.groups import group_of
-from deft_jax.methods.common import MethodContext, MethodResult, scores
+from deft_jax.final import train_final
+from deft_jax.methods.common import MethodContext, MethodResult, all_groups, result_of
+from deft_jax.training import make_optimizer
 
 
 def _norm(x) -> jax.Array:
@@ -53,79 +56,50 @@ def rgn_multipliers(grads, params):
     return jax.tree.map(normalise, rgn, w_norm)
 
 
-def scale_by_multipliers() -> optax.GradientTransformationExtraArgs:
-    """updates * multipliers (one scalar per tensor), the multipliers given to `update` as
-    the keyword argument `multipliers` - data, not part of the compiled program."""
+class RgnState(NamedTuple):
+    count: jax.Array        # steps taken
+    multipliers: dict       # one scalar per tensor, held for the epoch
+    inner: optax.OptState
+
+
+def scale_by_rgn(inner: optax.GradientTransformation, steps_per_epoch: int) -> optax.GradientTransformation:
+    """`inner`'s updates, each tensor's scaled by its RGN multiplier; the multipliers are
+    recomputed from the gradient of the first step of every epoch and held for the epoch."""
 
     def init_fn(params):
-        del params
-        return optax.EmptyState()
+        ones = jax.tree.map(lambda _: jnp.ones((), jnp.float32), params)
+        return RgnState(jnp.zeros((), jnp.int32), ones, inner.init(params))
 
-    def update_fn(updates, state, params=None, *, multipliers, **extra):
-        del params, extra
-        return jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, multipliers), state
+    def update_fn(updates, state, params=None):
+        refresh = state.count % steps_per_epoch == 0
+        fresh = rgn_multipliers(updates, params)
+        multipliers = jax.tree.map(lambda f, m: jnp.where(refresh, f, m), fresh, state.multipliers)
+        scaled, inner_state = inner.update(updates, state.inner, params)
+        scaled = jax.tree.map(lambda u, m: u * m.astype(u.dtype), scaled, multipliers)
+        return scaled, RgnState(state.count + 1, multipliers, inner_state)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def make_step(spec, tx):
-    net = spec.net
-
-    @jax.jit
-    def step(params, batch_stats, opt_state, multipliers, refresh, x, y):
-        def loss_fn(p):
-            logits, updated = net.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
-                                        mutable=["batch_stats"])
-            return cross_entropy(logits, y), updated["batch_stats"]
-
-        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        fresh = rgn_multipliers(grads, params)
-        multipliers = jax.tree.map(lambda f, m: jnp.where(refresh, f, m), fresh, multipliers)
-        updates, opt_state = tx.update(grads, opt_state, params, multipliers=multipliers)
-        return optax.apply_updates(params, updates), new_stats, opt_state, multipliers, loss
-
-    return step
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
-def by_group(multipliers, rules) -> dict[str, float]:
-    """Mean multiplier of each group's tensors."""
+def by_group(multipliers, labels) -> dict[str, float]:
+    """Mean multiplier of each group's tensors (`labels`: the group label tree)."""
     flat = traverse_util.flatten_dict(jax.device_get(multipliers))
-    groups: dict[str, list[float]] = {}
+    groups = traverse_util.flatten_dict(labels)
+    means: dict[str, list[float]] = {}
     for path, m in flat.items():
-        groups.setdefault(group_of("/".join(path), rules), []).append(float(m))
-    return {g: round(float(np.mean(v)), 4) for g, v in groups.items()}
+        means.setdefault(groups[path], []).append(float(m))
+    return {g: round(float(np.mean(v)), 4) for g, v in means.items()}
 
 
 def run(ctx: MethodContext) -> MethodResult:
     cfg, spec, data = ctx.cfg, ctx.spec, ctx.data
-    key = ("auto-rgn", id(spec), repr(cfg.finetune), cfg.final.learning_rate)
-    if key not in ctx.programs.programs:
-        tx = optax.chain(make_optimizer(cfg.finetune, cfg.final.learning_rate), scale_by_multipliers())
-        ctx.programs.programs[key] = (tx, make_step(spec, tx))
-    tx, step = ctx.programs.programs[key]
-
-    params, batch_stats = ctx.variables["params"], ctx.variables["batch_stats"]
-    opt_state = tx.init(params)
-    multipliers = jax.tree.map(lambda _: jnp.ones((), jnp.float32), params)
-    a = data.arrays
-    steps_per_epoch = len(a.x_train) // min(cfg.finetune.batch_size, len(a.x_train))
-    rng = np.random.default_rng([cfg.seed, 7])
-    per_epoch, losses = [], []
-    for i, idx in enumerate(batch_plan(len(a.x_train), cfg.finetune.batch_size, cfg.final.epochs, cfg.seed)):
-        refresh = i % steps_per_epoch == 0
-        xb = augment_batch(a.x_train[idx], cfg.finetune, rng)
-        params, batch_stats, opt_state, multipliers, loss = step(
-            params, batch_stats, opt_state, multipliers, jnp.asarray(refresh),
-            jnp.asarray(xb), jnp.asarray(a.y_train[idx]))
-        if refresh:
-            per_epoch.append(by_group(multipliers, spec.group_rules))
-        losses.append(float(loss))
-    trained = {"params": params, "batch_stats": batch_stats}
-    tuner = ctx.programs.tuner(spec, cfg.finetune, cfg.final.learning_rate, cfg.final.epochs)
-    names = data.class_names
-    return MethodResult(
-        test=scores(tuner.logits(trained, data.x_test), data.y_test, names),
-        val=scores(tuner.logits(trained, a.x_val), a.y_val, names),
-        trainable_fraction=1.0,
-        extra={"multipliers_by_group_per_epoch": per_epoch,
-               "final_loss_first_last": [losses[0], losses[-1]] if losses else None})
+    steps_per_epoch = len(data.arrays.x_train) // min(cfg.finetune.batch_size, len(data.arrays.x_train))
+    tx = scale_by_rgn(make_optimizer(cfg.finetune, cfg.final.learning_rate), steps_per_epoch)
+    tuner = ctx.programs.tuner(spec, cfg.finetune, cfg.final.learning_rate, cfg.final.epochs, tx=tx,
+                               tx_key=f"auto-rgn/{steps_per_epoch}")
+    final = train_final(cfg, spec, ctx.variables, all_groups(spec), data, tuner=tuner)
+    result = result_of(final, data, None)
+    result.trainable_fraction = 1.0
+    result.extra["multipliers_by_group_last_epoch"] = by_group(tuner.last_state.opt_state.multipliers,
+                                                               spec.layer_groups.labels)
+    return result

@@ -1,11 +1,10 @@
 """What every method gets (MethodContext) and returns (MethodResult), plus the shared
 final-training recipe.
 
-All methods train with the core's recipe: `FineTuner` with the `[finetune]` optimizer
-settings, `final.epochs` epochs and `final.learning_rate`, the seed's batch plan, and
-score val and test once at the end. `final_fit` is `deft_jax.final.train_final` plus the
-softmax probabilities needed for AUC (same tuner construction, same seed, same batches;
-tests check the two agree).
+All methods train with the core's recipe through the one final-training path,
+`deft_jax.final.train_final` (the `[finetune]` optimizer settings, `final.epochs` epochs and
+`final.learning_rate`, the seed's batches), and are scored once on val and test;
+`final_fit` adds the one-vs-rest AUC from the softmax probabilities.
 
 Compiled programs are kept in a `ProgramCache` that lives as long as the experiment: the
 model, optimizer and batch shapes are the same for every seed, so a mask compiled once
@@ -24,9 +23,10 @@ import numpy as np
 
 from deft_jax.config import Config, FineTuneConfig
 from deft_jax.errors import UserError
+from deft_jax.final import FinalModel, train_final
 from deft_jax.finetune import FineTuner
 from deft_jax.inputs import PreparedData, prepare_data
-from deft_jax.masks import GroupMask, mask_from_names, trainable_fraction
+from deft_jax.masks import GroupMask, mask_from_names
 from deft_jax.metrics import classification_report, roc_auc_ovr, softmax
 from deft_jax.models import build_model
 from deft_jax.models.base import ModelSpec
@@ -52,10 +52,12 @@ class ProgramCache:
         return self._models[key]
 
     def tuner(self, spec: ModelSpec, cfg: FineTuneConfig, learning_rate: float | None = None,
-              epochs: int | None = None) -> FineTuner:
-        key = (id(spec), repr(cfg), learning_rate, epochs)
+              epochs: int | None = None, tx=None, tx_key: str | None = None) -> FineTuner:
+        """A FineTuner shared by every seed and method; a custom optimizer `tx` is cached
+        under `tx_key`."""
+        key = (id(spec), repr(cfg), learning_rate, epochs, tx_key)
         if key not in self._tuners:
-            self._tuners[key] = FineTuner(spec, cfg, learning_rate=learning_rate, epochs=epochs)
+            self._tuners[key] = FineTuner(spec, cfg, learning_rate=learning_rate, epochs=epochs, tx=tx)
         return self._tuners[key]
 
     def compiles(self) -> int:
@@ -134,6 +136,17 @@ def all_groups(spec: ModelSpec) -> GroupMask:
     return {g: True for g in spec.group_names}
 
 
+def result_of(final: FinalModel, data: PreparedData, mask: Mapping[str, bool] | None) -> MethodResult:
+    """A MethodResult scored from a final model's val and test logits."""
+    names = data.class_names
+    return MethodResult(
+        test=scores(final.test_logits, data.y_test, names),
+        val=scores(final.val_logits, data.arrays.y_val, names),
+        trainable_fraction=final.trainable_fraction,
+        mask=dict(mask) if mask is not None else None,
+        extra={"final_loss_first_last": [final.losses[0], final.losses[-1]] if final.losses else None})
+
+
 def final_fit(ctx: MethodContext, mask: Mapping[str, bool], spec: ModelSpec | None = None,
               variables: dict | None = None, data: PreparedData | None = None) -> MethodResult:
     """Final training of a static mask (the core recipe), scored on val and test."""
@@ -142,12 +155,4 @@ def final_fit(ctx: MethodContext, mask: Mapping[str, bool], spec: ModelSpec | No
     data = ctx.data if data is None else data
     cfg = ctx.cfg
     tuner = ctx.programs.tuner(spec, cfg.finetune, cfg.final.learning_rate, cfg.final.epochs)
-    a = data.arrays
-    trained, losses = tuner.fine_tune(variables, dict(mask), a.x_train, a.y_train, seed=cfg.seed)
-    names = data.class_names
-    return MethodResult(
-        test=scores(tuner.logits(trained, data.x_test), data.y_test, names),
-        val=scores(tuner.logits(trained, a.x_val), a.y_val, names),
-        trainable_fraction=trainable_fraction(variables["params"], spec.group_rules, mask),
-        mask=dict(mask),
-        extra={"final_loss_first_last": [losses[0], losses[-1]] if losses else None})
+    return result_of(train_final(cfg, spec, variables, mask, data, tuner=tuner), data, mask)

@@ -18,11 +18,12 @@ import numpy as np
 
 from deft_jax.errors import UserError
 from deft_jax.fitness import MemoTable, evaluate_population
-from deft_jax.masks import decode_genome, mask_from_key, mask_key, searchable_groups, trainable_fraction
+from deft_jax.masks import decode_genome, mask_from_key, mask_key, searchable_groups
 from deft_jax.methods.common import MethodContext, MethodResult, final_fit
 from deft_jax.methods.deft import make_shared_evaluator
 
-AFTER = ("deft",)  # run after deft on the same seed, to match its evaluation count
+AFTER = ("deft",)
+DRAW_STREAM = 20230  # random-search's genomes come from default_rng([seed, DRAW_STREAM])  # run after deft on the same seed, to match its evaluation count
 
 
 def budget(ctx: MethodContext) -> tuple[int, str]:
@@ -38,9 +39,9 @@ def run(ctx: MethodContext) -> MethodResult:
     cfg, spec = ctx.cfg, ctx.spec
     n, source = budget(ctx)
     genes = searchable_groups(spec.group_names)
-    rng = np.random.default_rng([cfg.seed, 20230])
-    evaluator, strategy = make_shared_evaluator(ctx)
-    params = ctx.variables["params"]
+    rng = np.random.default_rng([cfg.seed, DRAW_STREAM])
+    evaluator, mode = make_shared_evaluator(ctx)
+    groups = spec.layer_groups
     memo, order, tried = MemoTable(), [], set()
     max_draws = 1000 * max(n, 1) + 10_000
     draws = 0
@@ -55,13 +56,12 @@ def run(ctx: MethodContext) -> MethodResult:
             if key in tried:
                 continue
             tried.add(key)
-            if trainable_fraction(params, spec.group_rules, mask) > cfg.search.max_trainable_fraction + 1e-12:
+            if groups.fraction(mask) > cfg.search.max_trainable_fraction + 1e-12:
                 continue
             batch.append(mask)
         if not batch:
             break  # the feasible mask space is exhausted
-        evaluate_population(evaluator, batch, memo, params, spec.group_rules,
-                            cfg.search.max_trainable_fraction)
+        evaluate_population(evaluator, batch, memo, groups, cfg.search.max_trainable_fraction)
         order += [mask_key(m) for m in batch]
     if not order:
         raise UserError("random-search: no mask within search.max_trainable_fraction")
@@ -75,6 +75,6 @@ def run(ctx: MethodContext) -> MethodResult:
     result.extra.update({"budget": n, "budget_source": source, "draws": draws,
                          "space_exhausted": len(memo.entries) < n,
                          "best_fitness": memo.entries[best_key], "best_fitness_so_far": best_so_far,
-                         "strategy": strategy, "search_seconds": round(t1 - t0, 2),
+                         "evaluation": mode, "search_seconds": round(t1 - t0, 2),
                          "final_seconds": round(time.perf_counter() - t1, 2)})
     return result

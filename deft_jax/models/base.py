@@ -10,6 +10,7 @@ Making stages the unit of the model gives three things for free:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 import flax.linen as nn
 from flax import traverse_util
 
+from deft_jax.groups import LayerGroups
 from deft_jax.models.layers import TrainFlag
 
 StageFactory = Callable[..., nn.Module]  # called as factory(name=stage_name)
@@ -76,6 +78,11 @@ class ModelSpec:
         for i in range(len(self.net.stages)):
             seen.setdefault(self.net.group_of_stage(i), None)
         return tuple(seen)
+
+    @functools.cached_property
+    def layer_groups(self) -> LayerGroups:
+        """Per-leaf group labels and group sizes, derived once from the variables' shapes."""
+        return LayerGroups(self.variable_shapes(), self.group_rules, self.group_names)
 
     def variable_shapes(self) -> dict:
         """{'params', 'batch_stats'} as ShapeDtypeStructs (tracing only, no compute)."""

@@ -1,0 +1,139 @@
+"""Fitness evaluators: the interface every one of them has, and choosing one.
+
+Names: the *evaluation mode* (`search.evaluation`, `--evaluation`; `search.strategy` and
+`--strategy` are accepted aliases) says how population members' short fine-tunes run:
+`sequential`, `vmap`, `vmap-1`, `sharded` or `auto`. The differential-evolution algorithm is
+`deft_jax.evolution`'s business, and `benchmarks/evaluation_modes.py` compares the modes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import jax
+import numpy as np
+
+from deft_jax.config import Config
+from deft_jax.fitness import SequentialEvaluator, SplitArrays
+from deft_jax.masks import GroupMask
+from deft_jax.models.base import ModelSpec
+
+EVALUATION_MODES = ("auto", "sequential", "vmap", "vmap-1", "sharded")
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Scores layer-group masks: fitness = 1 - validation metric after a short fine-tune."""
+
+    name: str  # the evaluation mode it implements
+
+    def evaluate(self, masks: Sequence[GroupMask]) -> list[float]:
+        """Fitness per mask, in order (lower is better)."""
+
+    def evaluate_logits(self, masks: Sequence[GroupMask]) -> np.ndarray:
+        """Validation logits [len(masks), n_val, classes] after each mask's fine-tune."""
+
+    def stats(self) -> dict:
+        """Counters for the run's history (compiles, cache hits, seconds...)."""
+
+
+def pick_mode(requested: str) -> tuple[str, str]:
+    """(evaluation mode, reason).
+
+    `auto` on CPU: `vmap-1` - masks enter as traced gates, so one program per first
+    trainable stage is compiled for the whole search, and members run one after another,
+    each from its own first trainable stage on cached features. Static masks (`sequential`)
+    skip frozen-weight gradients but compile a program for every new mask, which costs more
+    than it saves when most masks are new (`benchmarks/evaluation_modes.py` measures both);
+    vmap over several members is slower per member on XLA:CPU than one at a time. On one
+    accelerator: the whole population in one vmapped program; on several devices: sharded
+    over them. There the model and population size decide the members per program: the
+    evaluator gets the devices' free memory (the host's, on CPU) and splits the population
+    when XLA's memory analysis of the program says it does not fit (`device_memory_limit`).
+    """
+    backend = jax.default_backend()
+    where = f"{jax.device_count()} {backend} device(s)"
+    if jax.process_count() > 1:
+        where += f" in {jax.process_count()} processes"
+    if requested != "auto":
+        return requested, f"requested; {where}"
+    if backend == "cpu" and jax.device_count() == 1:
+        return "vmap-1", ("auto on CPU: gated programs compiled once per first trainable stage, members one "
+                          "at a time from their own first stage (static masks compile per mask; batched "
+                          "members are slower on XLA:CPU)")
+    if jax.device_count() > 1:
+        return "sharded", f"auto: {where}, population sharded over them"
+    return "vmap", (f"auto: one {backend} device, one program for the whole population "
+                     "(split into smaller programs if it does not fit in device memory)")
+
+
+MEMORY_HEADROOM = 0.9  # share of a device's free memory a population program may use
+
+
+def host_available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else free physical pages; None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def device_memory_limit() -> int | None:
+    """Bytes a population program may use per device: MEMORY_HEADROOM x the smallest free
+    memory of this process's devices. CPU devices report none: there the host's available
+    memory, shared by its devices, is the limit. None if unknown. In a multi-process run
+    every process gets the smallest limit of all, so all choose the same program split."""
+    devices = jax.local_devices()
+    host = host_available_bytes() if any(d.platform == "cpu" for d in devices) else None
+    free: list[int] | None = []
+    for device in devices:
+        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+        if stats and "bytes_limit" in stats:
+            free.append(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+        elif device.platform == "cpu" and host is not None:
+            free.append(host // len(devices))
+        else:
+            free = None
+            break
+    limit = int(MEMORY_HEADROOM * min(free)) if free else None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        mib = np.asarray(-1 if limit is None else limit // 2**20, np.int32)
+        every = np.asarray(multihost_utils.process_allgather(mib))
+        limit = None if (every < 0).any() else int(every.min()) * 2**20
+    return limit
+
+
+def build_evaluator(mode: str, spec: ModelSpec, variables: dict, data: SplitArrays, finetune,
+                    metric: str = "accuracy", seed: int = 0,
+                    memory_limit_bytes: int | None = None) -> Evaluator:
+    """The evaluator of a concrete evaluation mode (not `auto`; see `pick_mode`)."""
+    if mode == "sequential":
+        return SequentialEvaluator(spec, variables, data, finetune, metric=metric, seed=seed)
+    from deft_jax.population import PopulationEvaluator
+    if mode not in ("vmap", "vmap-1", "sharded"):
+        raise ValueError(f"unknown evaluation mode {mode!r}")
+    return PopulationEvaluator(spec, variables, data, finetune, metric=metric, seed=seed,
+                               sharded=mode == "sharded",
+                               members_per_program=1 if mode == "vmap-1" else None,
+                               memory_limit_bytes=memory_limit_bytes)
+
+
+def make_evaluator(cfg: Config, spec: ModelSpec, variables: dict,
+                   data: SplitArrays) -> tuple[Evaluator, str, str]:
+    """(evaluator, mode, reason) for a run's config; `auto` resolved for this machine."""
+    mode, reason = pick_mode(cfg.search.evaluation)
+    # the model's and population's size decide how many members share a program
+    limit = device_memory_limit() if mode != "sequential" else None
+    evaluator = build_evaluator(mode, spec, variables, data, cfg.finetune, metric=cfg.search.metric,
+                                seed=cfg.seed, memory_limit_bytes=limit)
+    return evaluator, mode, reason

@@ -1,0 +1,281 @@
+"""The training core: one batch plan, one pure train step, one fine-tune program, one
+inference function. Fitness fine-tunes (static masks and gated populations), final
+training, every baseline method and the benchmarks use these.
+
+- `batch_plan` + `augment_batch` + `training_batches`: the seeded batches, materialised
+  (augmentation included) as stacked arrays [steps, batch, ...], identical for every
+  population member of a seed.
+- `TrainState` (params, batch_stats, opt_state) and `train_step`, a pure function of
+  (state, group flags, x, y). Group flags are Python bools (a static mask: only trainable
+  leaves are differentiated and handed to the optimizer, frozen leaves pass through
+  bit-identical) or traced floats (a gated population member: every leaf is differentiated
+  and `gate_updates`, last in the optax chain, zeroes a frozen leaf's update, so momentum
+  and weight decay cannot move it). Either way the flags are the BatchNorm train/inference
+  switches of each group.
+- `fine_tune_program`: all steps of a fine-tune as one device program (`lax.scan` over the
+  stacked batches: no host round trip per step), transformed where it is used (`jax.jit`
+  for one member, `jax.vmap` for a population, `shard_map` over devices).
+- `logits`: inference-mode forward over an array in fixed-size padded chunks.
+
+`start = k` trains on features entering stage k (`deft_jax.fitness.PrefixFeatureCache`):
+the program contains no stage below k, so no forward or backward pass runs there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from deft_jax.config import FineTuneConfig
+from deft_jax.models.base import ModelSpec
+
+AUGMENT_STREAM = 7  # augmentation draws come from default_rng([seed, AUGMENT_STREAM])
+MAX_STEPS_BYTES = 512 << 20  # stacked batches per fine-tune program call (host + device)
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+GroupFlags = Mapping[str, Any]  # group -> Python bool (static mask) or traced float gate
+
+
+class TrainState(NamedTuple):
+    params: dict
+    batch_stats: dict
+    opt_state: Any
+
+
+def make_optimizer(cfg: FineTuneConfig, learning_rate: float | None = None) -> optax.GradientTransformation:
+    lr = cfg.learning_rate if learning_rate is None else learning_rate
+    if cfg.optimizer == "sgd":
+        return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+                           optax.sgd(lr, momentum=cfg.momentum or None))
+    if cfg.optimizer == "adam":
+        return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(lr))
+    if cfg.optimizer == "adamw":
+        return optax.adamw(lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def gate_updates(gates) -> optax.GradientTransformation:
+    """Zero the updates of gated-off leaves; `gates` is a pytree of bools/floats (possibly
+    traced) with the updates' structure. Put it *last* in the chain so that momentum and
+    weight decay cannot move a frozen leaf: its update is exactly 0, its value bit-identical."""
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        updates = jax.tree.map(
+            lambda u, m: jnp.where(jnp.asarray(m) > 0.5, u, jnp.zeros_like(u)), updates, gates)
+        return updates, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+
+def batch_plan(n: int, batch_size: int, epochs: int, seed: int) -> list[np.ndarray]:
+    """Index batches: a seeded permutation per epoch, full batches only (one shape, one
+    compile). Identical for every population member given the seed."""
+    batch_size = min(batch_size, n)
+    steps = n // batch_size
+    plan = []
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        plan.extend(order[i * batch_size:(i + 1) * batch_size] for i in range(steps))
+    return plan
+
+
+def augment_batch(x: np.ndarray, cfg: FineTuneConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random flips / 90-degree rotations per sample (square NHWC inputs)."""
+    if not cfg.augment:
+        return x
+    x = x.copy()
+    n = x.shape[0]
+    if cfg.flip:
+        h = rng.random(n) < 0.5
+        v = rng.random(n) < 0.5
+        x[h] = x[h, :, ::-1]
+        x[v] = x[v, ::-1]
+    if cfg.rotate90:
+        k = rng.integers(0, 4, n)
+        for r in (1, 2, 3):
+            sel = k == r
+            if sel.any():
+                x[sel] = np.rot90(x[sel], r, axes=(1, 2))
+    return x
+
+
+def training_batches(x: np.ndarray, y: np.ndarray, cfg: FineTuneConfig, epochs: int,
+                     seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The whole fine-tune's batches (plan + augmentation) as stacked arrays, in chunks of at
+    most MAX_STEPS_BYTES: [(xs [steps, batch, ...], ys [steps, batch]), ...]. Equal-length
+    chunks share one compiled program; only a shorter last chunk adds a second."""
+    plan = batch_plan(len(x), cfg.batch_size, epochs, seed)
+    rng = np.random.default_rng([seed, AUGMENT_STREAM])
+    xs = [augment_batch(x[idx], cfg, rng) for idx in plan]
+    ys = [y[idx] for idx in plan]
+    if not xs:
+        return []
+    per_chunk = max(1, MAX_STEPS_BYTES // max(xs[0].nbytes, 1))
+    steps = len(xs)
+    chunks = -(-steps // per_chunk)
+    per_chunk = -(-steps // chunks)  # balanced: one program length for all but the last
+    return [(np.stack(xs[i:i + per_chunk]), np.stack(ys[i:i + per_chunk]))
+            for i in range(0, steps, per_chunk)]
+
+
+# --- the train step --------------------------------------------------------------------------
+
+
+def cross_entropy(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def is_static(flags: GroupFlags) -> bool:
+    return all(isinstance(v, (bool, np.bool_)) for v in flags.values())
+
+
+def _partition(params: Mapping, leaf_mask: Mapping) -> tuple[dict, dict]:
+    flat = traverse_util.flatten_dict(dict(params))
+    on = traverse_util.flatten_dict(dict(leaf_mask))
+    return ({k: v for k, v in flat.items() if on[k]}, {k: v for k, v in flat.items() if not on[k]})
+
+
+def _merge(*parts: Mapping) -> dict:
+    merged: dict = {}
+    for part in parts:
+        merged.update(part)
+    return traverse_util.unflatten_dict(merged)
+
+
+class StepModel(NamedTuple):
+    """What a train step closes over (static): the network, the stage it starts at, the
+    group label trees of the parameters it trains, the base optimizer and compute dtype."""
+
+    net: Any
+    start: int
+    labels: dict  # group name per parameter leaf (stages start.. only)
+    tx: optax.GradientTransformation
+    dtype: Any = jnp.float32
+
+    @classmethod
+    def of(cls, spec: ModelSpec, tx: optax.GradientTransformation, start: int = 0,
+           compute_dtype: str = "float32") -> "StepModel":
+        names = set(spec.stage_names[start:])
+        labels = {k: v for k, v in spec.layer_groups.labels.items() if k in names}
+        return cls(spec.net, start, labels, tx, COMPUTE_DTYPES[compute_dtype])
+
+
+def suffix(tree: Mapping, spec: ModelSpec, start: int) -> dict:
+    """The top-level entries of a variables collection for stages start.."""
+    names = set(spec.stage_names[start:])
+    return {k: v for k, v in tree.items() if k in names}
+
+
+def init_state(model: StepModel, params: Mapping, batch_stats: Mapping, flags: GroupFlags) -> TrainState:
+    """A fresh optimizer state: over the trainable leaves for a static mask, over every leaf
+    (the gates do not enter it) for a gated member."""
+    params, batch_stats = dict(params), dict(batch_stats)
+    if is_static(flags):
+        trainable, _ = _partition(params, _leaf_mask(model, flags))
+        return TrainState(params, batch_stats, model.tx.init(trainable))
+    return TrainState(params, batch_stats, model.tx.init(params))
+
+
+def _leaf_mask(model: StepModel, flags: GroupFlags) -> dict:
+    return traverse_util.unflatten_dict(
+        {k: flags[g] for k, g in traverse_util.flatten_dict(model.labels).items()})
+
+
+def _loss(model: StepModel, params, batch_stats, flags, x, y):
+    if model.dtype != jnp.float32:  # mixed precision: float32 master weights and statistics
+        params = jax.tree.map(lambda p: p.astype(model.dtype), params)
+        x = x.astype(model.dtype)
+    logits, updated = model.net.apply({"params": params, "batch_stats": batch_stats}, x,
+                                      train=dict(flags), start=model.start, mutable=["batch_stats"])
+    return cross_entropy(logits.astype(jnp.float32), y), dict(updated.get("batch_stats", {}))
+
+
+def train_step(model: StepModel, state: TrainState, flags: GroupFlags, x, y) -> tuple[TrainState, jax.Array]:
+    """One optimizer step on batch (x, y); returns the new state and the batch loss."""
+    if is_static(flags):
+        flags = {g: bool(v) for g, v in flags.items()}
+        trainable, frozen = _partition(state.params, _leaf_mask(model, flags))
+
+        def loss_fn(tp):
+            return _loss(model, _merge(tp, frozen), state.batch_stats, flags, x, y)
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        updates, opt_state = model.tx.update(grads, state.opt_state, trainable)
+        params = _merge(optax.apply_updates(trainable, updates), frozen)
+        return TrainState(params, stats, opt_state), loss
+
+    def loss_fn(p):
+        return _loss(model, p, state.batch_stats, flags, x, y)
+
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    gated = optax.chain(model.tx, gate_updates(_leaf_mask(model, flags)))
+    # the chain's state is (base state, EmptyState); only the base state is carried
+    updates, (opt_state, _) = gated.update(grads, (state.opt_state, optax.EmptyState()), state.params)
+    return TrainState(optax.apply_updates(state.params, updates), stats, opt_state), loss
+
+
+def fine_tune_program(model: StepModel, flags: GroupFlags | None = None) -> Callable:
+    """`run(state, gates, xs, ys) -> (state, losses)`: every step of one chunk of batches
+    as one `lax.scan`. With static `flags`, `gates` is ignored (pass None); otherwise the
+    gates are the traced per-group flags."""
+
+    def run(state: TrainState, gates, xs, ys):
+        use = flags if flags is not None else gates
+
+        def body(s, batch):
+            return train_step(model, s, use, *batch)
+
+        return jax.lax.scan(body, state, (xs, ys))
+
+    return run
+
+
+# --- inference -------------------------------------------------------------------------------
+
+
+def padded_chunks(x: np.ndarray, size: int):
+    """(chunk, n_real) over x: every chunk has exactly `size` rows (the last one padded by
+    repeating its final row), so one compiled program serves every call."""
+    for i in range(0, len(x), size):
+        chunk = x[i:i + size]
+        n = len(chunk)
+        if n < size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
+        yield chunk, n
+
+
+def logits(spec: ModelSpec, variables: dict, x: np.ndarray, start: int = 0, stop: int | None = None,
+           batch_size: int = 256, cache: dict | None = None) -> np.ndarray:
+    """Run stages [start, stop) in inference mode over x in batches; returns numpy."""
+    if len(x) == 0:
+        return np.zeros((0,))
+    cache = {} if cache is None else cache
+    key = (start, stop)
+    if key not in cache:
+        net = spec.net
+        cache[key] = jax.jit(lambda v, xb: net.apply(v, xb, train=False, start=start, stop=stop))
+    fn = cache[key]
+    size = min(batch_size, len(x))
+    outputs = [np.asarray(fn(variables, jnp.asarray(chunk)))[:n] for chunk, n in padded_chunks(x, size)]
+    return np.concatenate(outputs) if outputs else np.zeros((0,))
+
+
+def first_trainable_stage(spec: ModelSpec, mask: Mapping[str, bool]) -> int:
+    for i in range(len(spec.net.stages)):
+        if mask[spec.net.group_of_stage(i)]:
+            return i
+    return len(spec.net.stages) - 1
