@@ -323,12 +323,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def orchestrate(args) -> int:
+    """Each side of each model in its own process; the JSON is rewritten after every model,
+    so a suite cut short keeps what it measured."""
     import tempfile
 
     t_start = time.perf_counter()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, torch_rows, sides = [], [], {}
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    rows, torch_rows, sides, path = [], [], {}, None
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for model in args.models.split(","):
@@ -342,16 +345,19 @@ def orchestrate(args) -> int:
                 sides[model]["fitness_vs_pytorch"] = agreement(
                     [jax_side["fitness"][k] for k in common],
                     [dict(zip(torch_side["masks"], torch_side["fitness"]))[k] for k in common])
-    kind = next((s["jax"].get("device_kind") for s in sides.values() if s["jax"].get("device_kind")), "unknown")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = out_dir / f"gpu_suite-{stamp}-{kind.replace(' ', '_')}.json"
-    at32 = [r for r in rows if r.get("population") == 32 and r.get("dtype") == "float32" and "speedup_vs_pytorch" in r]
-    result = {"date": stamp, "machine": machine(), "argv": sys.argv[1:], "tiny": args.tiny, "rows": rows,
-              "sides": sides, "seconds": round(time.perf_counter() - t_start, 1),
-              "speedup_vs_pytorch": {r["model"]: r["speedup_vs_pytorch"] for r in at32} or None,
-              "note": "sequential PyTorch reference: members/s measured once per model on "
-                      f"{args.torch_members} masks; a batched PyTorch peer (torch.func vmap) is not included"}
-    path.write_text(json.dumps(result, indent=1))
+            kind = next((s["jax"].get("device_kind") for s in sides.values() if s["jax"].get("device_kind")),
+                        "unknown")
+            if path is None:
+                path = out_dir / f"gpu_suite-{stamp}-{kind.replace(' ', '_')}.json"
+            at32 = [r for r in rows if r.get("population") == 32 and r.get("dtype") == "float32"
+                    and "speedup_vs_pytorch" in r]
+            result = {"date": stamp, "machine": machine(), "argv": sys.argv[1:], "tiny": args.tiny, "rows": rows,
+                      "sides": sides, "seconds": round(time.perf_counter() - t_start, 1),
+                      "speedup_vs_pytorch": {r["model"]: r["speedup_vs_pytorch"] for r in at32} or None,
+                      "note": "sequential PyTorch reference: members/s measured once per model on "
+                              f"{args.torch_members} masks; a batched PyTorch peer (torch.func vmap) is not "
+                              "included"}
+            path.write_text(json.dumps(result, indent=1))
     print(markdown(rows, torch_rows))
     print(f"gpu suite JSON: {path}")
     return 0 if all("error" not in s["jax"] and "error" not in s["torch"] for s in sides.values()) else 1
