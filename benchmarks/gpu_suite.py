@@ -239,7 +239,8 @@ def _side(args, side: str, model: str, workdir: Path) -> dict:
            "--train", str(args.train), "--val", str(args.val), "--batch-size", str(args.batch_size)]
     if args.resnet_weights:
         cmd += ["--resnet-weights", args.resnet_weights]
-    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONPATH": str(REPO)}
+    path = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONPATH": path}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
