@@ -17,6 +17,11 @@ For every layer-group mask, one after another:
 5. `model.eval()`, logits of the validation split in batches of 256 under
    `torch.inference_mode()`; fitness = 1 - metric (deft_jax.metrics, numpy only).
 
+With `cache_prefix=True` (`--cache-prefix`) it is the reference as a careful PyTorch user
+would write it: the frozen groups below a mask's first trainable group are run once per
+distinct first group (eval mode, no autograd, cached), and only the rest of the network
+trains, on those features (twins that define `stages`; off when augmentation is on).
+
 No JAX is imported on this side unless augmentation is on, so the process's peak memory
 is PyTorch's own. Command line (used by `benchmarks/vs_pytorch.py` in its own process):
 
@@ -109,7 +114,7 @@ class TorchReference:
     def __init__(self, twin: TorchTwin, x_train: np.ndarray, y_train: np.ndarray,
                  x_val: np.ndarray, y_val: np.ndarray, num_classes: int, cfg,
                  plan: Sequence[np.ndarray], seed: int = 0, metric: str = "accuracy",
-                 device: str = "cpu"):
+                 device: str = "cpu", cache_prefix: bool = False):
         self.twin, self.cfg, self.seed, self.metric = twin, cfg, seed, metric
         self.device = torch.device(device)
         twin.model.to(self.device)
@@ -121,6 +126,10 @@ class TorchReference:
         self.y_val = np.asarray(y_val)
         self.plan = [torch.from_numpy(np.asarray(idx, np.int64)).to(self.device) for idx in plan]
         self.augment = bool(getattr(cfg, "flip", False) or getattr(cfg, "rotate90", False))
+        if cache_prefix and twin.stages is None:
+            raise ValueError("this twin defines no stages: no frozen-prefix cache")
+        self.cache_prefix = cache_prefix and not self.augment
+        self._features: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.records: list[dict] = []  # per evaluated mask: seconds (train, val), steps
 
     def member(self, mask: Mapping[str, bool]) -> tuple[TorchTwin, list[nn.Parameter]]:
@@ -134,12 +143,52 @@ class TorchReference:
         twin = TorchTwin(model, groups)
         return twin, freeze(twin, mask)
 
+    def start_of(self, mask: Mapping[str, bool]) -> int:
+        """The stage a member's forward starts at: its first trainable group (prefix cache)."""
+        if not self.cache_prefix:
+            return 0
+        names = [g for g, _ in self.twin.stages]
+        return next((i for i, g in enumerate(names) if mask[g]), len(names) - 1)
+
+    def features(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train and val inputs of stage `start`, computed once by the pretrained model."""
+        if start == 0:
+            return self.x_train, self.x_val
+        if start not in self._features:
+            model = self.twin.model.eval()
+
+            def prefix(x):
+                for _, fn in self.twin.stages[:start]:
+                    x = fn(model, x)
+                return x
+
+            with torch.inference_mode():
+                self._features[start] = tuple(
+                    torch.cat([prefix(x[i:i + VAL_BATCH]) for i in range(0, len(x), VAL_BATCH)])
+                    for x in (self.x_train, self.x_val))
+        return self._features[start]
+
+    def forward_fn(self, start: int):
+        """model, x -> logits from stage `start` on."""
+        if start == 0:
+            return lambda model, x: model(x)
+
+        def run(model, x):
+            for _, fn in self.twin.stages[start:]:
+                x = fn(model, x)
+            return x
+
+        return run
+
     def fine_tune(self, mask: Mapping[str, bool]) -> tuple[nn.Module, list[float]]:
         """Short fine-tune of a fresh copy under `mask`; returns the model and the losses."""
         twin, params = self.member(mask)
         set_train_modes(twin, mask)
         optimizer = make_optimizer(params, self.cfg)
         model = twin.model
+        start = self.start_of(mask)
+        x_train, _ = self.features(start)
+        forward = self.forward_fn(start)
         rng = np.random.default_rng([self.seed, 7])  # deft_jax.training.AUGMENT_STREAM
         losses = []
         for idx in self.plan:
@@ -147,25 +196,27 @@ class TorchReference:
                 from deft_jax.training import augment_batch
                 xb = _nchw(augment_batch(self.x_train_nhwc[idx.cpu().numpy()], self.cfg, rng)).to(self.device)
             else:
-                xb = self.x_train[idx]
+                xb = x_train[idx]
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), self.y_train[idx])
+            loss = F.cross_entropy(forward(model, xb), self.y_train[idx])
             loss.backward()
             optimizer.step()
             losses.append(loss.detach())
         return model, [float(v) for v in losses]
 
-    def logits(self, model: nn.Module) -> np.ndarray:
+    def logits(self, model: nn.Module, start: int = 0) -> np.ndarray:
         model.eval()
+        _, x_val = self.features(start)
+        forward = self.forward_fn(start)
         with torch.inference_mode():
-            return torch.cat([model(self.x_val[i:i + VAL_BATCH])
-                              for i in range(0, len(self.x_val), VAL_BATCH)]).cpu().numpy()
+            return torch.cat([forward(model, x_val[i:i + VAL_BATCH])
+                              for i in range(0, len(x_val), VAL_BATCH)]).cpu().numpy()
 
     def evaluate_one(self, mask: Mapping[str, bool]) -> float:
         t0 = time.perf_counter()
         model, _ = self.fine_tune(mask)
         t1 = time.perf_counter()
-        logits = self.logits(model)
+        logits = self.logits(model, self.start_of(mask))
         fitness = 1.0 - metric_from_logits(self.metric, logits, self.y_val, self.num_classes)
         t2 = time.perf_counter()
         self.records.append({"eval_s": t2 - t0, "train_s": t1 - t0, "val_s": t2 - t1,
@@ -180,12 +231,14 @@ class TorchReference:
         twin, params = self.member(mask)
         set_train_modes(twin, mask)
         optimizer = make_optimizer(params, self.cfg)
+        start = self.start_of(mask)
+        x_train, forward = self.features(start)[0], self.forward_fn(start)
         times = []
         for i in range(warmup + steps):
             idx = self.plan[i % len(self.plan)]
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(twin.model(self.x_train[idx]), self.y_train[idx])
+            loss = F.cross_entropy(forward(twin.model, x_train[idx]), self.y_train[idx])
             loss.backward()
             optimizer.step()
             loss.item()
@@ -228,7 +281,7 @@ class _Cfg:
         self.__dict__.update(raw)
 
 
-def run_worker(inputs: Path, out: Path, threads: int | None = None) -> dict:
+def run_worker(inputs: Path, out: Path, threads: int | None = None, cache_prefix: bool = False) -> dict:
     t_start = time.perf_counter()
     threads = set_threads(threads)
     meta = json.loads((inputs / "meta.json").read_text())
@@ -243,7 +296,8 @@ def run_worker(inputs: Path, out: Path, threads: int | None = None) -> dict:
     plan = list(arrays["plan"])
     cfg = _Cfg(meta["finetune"])
     ref = TorchReference(twin, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
-                         meta["num_classes"], cfg, plan, seed=meta["seed"], metric=meta["metric"])
+                         meta["num_classes"], cfg, plan, seed=meta["seed"], metric=meta["metric"],
+                         cache_prefix=cache_prefix)
     group_names = meta["group_names"]
     masks = [{g: c == "1" for g, c in zip(group_names, key)} for key in meta["masks"]]
     setup_s = time.perf_counter() - t_start
@@ -268,7 +322,7 @@ def run_worker(inputs: Path, out: Path, threads: int | None = None) -> dict:
                 ref.time_forward({g: True for g in group_names})))
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     result = {
-        "side": "pytorch", "torch": torch.__version__, "threads": threads,
+        "side": "pytorch", "torch": torch.__version__, "threads": threads, "cache_prefix": ref.cache_prefix,
         "setup_s": setup_s, "search_s": search_s, "evaluation_s": search_s,
         "first_result_s": finished[0] if finished else None,
         "masks": meta["masks"], "fitness": fitness, "finished_s": finished,
@@ -285,8 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inputs", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: all cores)")
+    p.add_argument("--cache-prefix", action="store_true",
+                   help="run each distinct frozen prefix once and train only the rest")
     args = p.parse_args(argv)
-    run_worker(args.inputs, args.out, args.threads)
+    run_worker(args.inputs, args.out, args.threads, args.cache_prefix)
     return 0
 
 

@@ -19,7 +19,8 @@ if str(REPO) not in sys.path:
 from benchmarks.torch_reference import (TorchReference, freeze, make_optimizer,  # noqa: E402
                                         set_threads, set_train_modes)
 from deft_jax.data import load_dataset  # noqa: E402
-from deft_jax.finetune import FineTuner, batch_plan, make_optimizer as make_optax  # noqa: E402
+from deft_jax.finetune import FineTuner  # noqa: E402
+from deft_jax.training import batch_plan, make_optimizer as make_optax  # noqa: E402
 from deft_jax.fitness import SequentialEvaluator  # noqa: E402
 from deft_jax.inputs import prepare_data  # noqa: E402
 from deft_jax.interop.torch_models import torch_twin  # noqa: E402
@@ -74,10 +75,25 @@ def test_pytorch_reference_and_deft_jax_give_the_same_fitness_for_the_same_mask_
         assert len(losses) == len(torch_losses) == 6
         np.testing.assert_allclose(losses, torch_losses, atol=1e-4)
         np.testing.assert_allclose(ours, theirs, atol=LOGIT_ATOL)
-        fitness = evaluator.evaluate_one(mask)
+        fitness = evaluator.evaluate([mask])[0]
         assert fitness == reference.evaluate_one(mask)
         fitnesses.append(fitness)
     assert all(0.0 <= f <= 1.0 for f in fitnesses)
+
+
+def test_the_prefix_cached_pytorch_reference_trains_to_the_same_logits(tiny):
+    """A careful PyTorch user's reference (frozen prefix run once, the rest trained on its
+    features) is the same computation as the idiomatic one."""
+    cfg, spec, data, variables, twin, reference = tiny
+    cached = TorchReference(twin, data.x_train, data.y_train, data.x_val, data.y_val, data.num_classes,
+                            cfg.finetune, reference.plan and [p.numpy() for p in reference.plan],
+                            seed=cfg.seed, cache_prefix=True)
+    mask = mask_from_names(["conv3"], spec.group_names)
+    assert cached.start_of(mask) == 2
+    model, losses = cached.fine_tune(mask)
+    plain_model, plain_losses = reference.fine_tune(mask)
+    np.testing.assert_allclose(losses, plain_losses, atol=1e-5)
+    np.testing.assert_allclose(cached.logits(model, 2), reference.logits(plain_model), atol=1e-4)
 
 
 def test_frozen_torch_groups_keep_weights_and_batchnorm_statistics(tiny):
@@ -137,6 +153,7 @@ def test_optax_sgd_chain_equals_torch_sgd_with_weight_decay_and_momentum(tiny):
     np.testing.assert_allclose(np.asarray(w), p.detach().numpy(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_vs_pytorch_benchmark_replays_the_same_masks_on_both_sides_and_reports_a_speedup(tmp_path):
     """The whole benchmark script, end to end on the smoke config (one strategy, one thread)."""
     import json
@@ -157,3 +174,33 @@ def test_vs_pytorch_benchmark_replays_the_same_masks_on_both_sides_and_reports_a
     assert "| pytorch |" in proc.stdout and "speedup_vs_pytorch" in proc.stdout
     assert result["machine"]["cpu"]["logical_cores"] >= 1
     assert fitness["same_mask_sequence"]
+    # the careful user's PyTorch reference (frozen prefix cached) trains the same masks to the
+    # same fitness, and its ratio is reported beside the idiomatic one
+    cached = result["raw"]["pytorch"][1]
+    assert cached["cache_prefix"] and cached["masks"] == torch_side["masks"]
+    assert np.mean(np.abs(np.subtract(cached["fitness"], torch_side["fitness"]))) < 0.05
+    assert result["speedup_vs_pytorch_prefix_cached"] == pytest.approx(
+        cached["search_s"] / jax_side["search_s"], rel=1e-2)
+    assert {"first_stage", "stages_trained"} <= set(jax_side["records"][0])
+
+
+@pytest.mark.slow
+def test_the_gpu_suite_runs_in_its_tiny_cpu_setting_and_reports_both_sides(tmp_path):
+    import json
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_suite.py"), "--tiny", "--out",
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    (path,) = tmp_path.glob("gpu_suite-*.json")
+    assert str(path) in proc.stdout
+    result = json.loads(path.read_text())
+    rows = [r for r in result["rows"] if r.get("dtype") == "float32"]
+    assert [r["population"] for r in rows] == [4, 8]
+    torch_side = result["sides"]["small_cnn"]["torch"]
+    for r in rows:
+        assert r["speedup_vs_pytorch"] == pytest.approx(r["members_per_s"] / torch_side["members_per_s"], rel=0.02)
+    # both sides trained the same masks from the same start: the same fitness
+    assert result["sides"]["small_cnn"]["fitness_vs_pytorch"]["mean_abs_diff"] < 0.05
+    bf16 = [r for r in result["rows"] if r.get("dtype") == "bfloat16"]
+    assert bf16 and bf16[0]["fitness_vs_float32"]["masks"] == bf16[0]["population"]

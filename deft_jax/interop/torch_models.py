@@ -19,7 +19,7 @@ dicts of numpy arrays (``{'params': ..., 'batch_stats': ...}`` as `ModelSpec.ini
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -166,16 +166,33 @@ def resnet_cifar_torch(depth: int, num_classes: int, weights: str | Path | None 
 # twins with layer groups
 
 
+StageFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (model, x) -> y
+
+
 @dataclasses.dataclass
 class TorchTwin:
-    """A torch model and, per deft_jax layer group, the torch modules that belong to it."""
+    """A torch model and, per deft_jax layer group, the torch modules that belong to it.
+
+    `stages`, where given, are the model's forward pass cut at the layer groups, in order:
+    (group, fn(model, x)), so that a frozen prefix can be run once and cached (applied to
+    any copy of the model)."""
 
     model: nn.Module
     groups: dict[str, list[nn.Module]]
+    stages: list[tuple[str, StageFn]] | None = None
 
     @property
     def group_names(self) -> tuple[str, ...]:
         return tuple(self.groups)
+
+
+def _resnet_stages(model: nn.Module) -> list[tuple[str, StageFn]]:
+    stages: list[tuple[str, StageFn]] = [("stem", lambda m, x: F.relu(m.bn1(m.conv1(x))))]
+    for layer in (1, 2, 3):
+        for i in range(len(getattr(model, f"layer{layer}"))):
+            stages.append((f"layer{layer}_{i}", lambda m, x, l=layer, i=i: getattr(m, f"layer{l}")[i](x)))
+    stages.append(("head", lambda m, x: m.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))))
+    return stages
 
 
 def _resnet_groups(model: nn.Module) -> dict[str, list[nn.Module]]:
@@ -223,11 +240,12 @@ def torch_twin(model_name: str, num_classes: int, variables: Mapping, input_size
             raise ValueError(f"head has {fc.shape[1]} classes, expected {num_classes}")
         load_flax_variables(model, variables)
         groups = {name: [getattr(model, name)] for name in model.stage_names}
-        return TorchTwin(model, groups)
+        stages = [(name, lambda m, x, n=name: getattr(m, n)(x)) for name in model.stage_names]
+        return TorchTwin(model, groups, stages)
     if model_name.startswith("resnet"):
         model = resnet_cifar_torch(int(model_name[len("resnet"):]), num_classes, weights)
         copy_linear(model.linear, variables)
-        return TorchTwin(model, _resnet_groups(model))
+        return TorchTwin(model, _resnet_groups(model), _resnet_stages(model))
     if model_name == "efficientnet_lite0":
         model = efficientnet_lite0_torch(num_classes, input_size, weights)
         copy_linear(model._fc, variables)
