@@ -22,6 +22,14 @@ from deft_jax.finetune import forward
 from deft_jax.models import build_model
 
 
+def checkpoint_sampling(meta: dict) -> Sampling:
+    """How an image file becomes samples, as at training time, from checkpoint metadata.
+    Checkpoints written before the resize mode was stored resized by stretching."""
+    s = meta.get("sampling") or {}
+    return Sampling(s.get("crop"), s.get("crop_stride") or s.get("crop"),
+                    s.get("image_size") or meta["input_size"], s.get("resize", LEGACY_RESIZE))
+
+
 class Predictor:
     """A restored model plus its preprocessing."""
 
@@ -35,11 +43,7 @@ class Predictor:
         self.spec = build_model(m["model"], m["num_classes"], "none", m["input_size"],
                                 m.get("granularity", "block"))
         self.class_names = list(m["class_names"])
-        s = m.get("sampling") or {}
-        # checkpoints written before the resize option was stored resized by stretching
-        self.sampling = Sampling(s.get("crop"), s.get("crop_stride") or s.get("crop"),
-                                 s.get("image_size") or m["input_size"],
-                                 s.get("resize", LEGACY_RESIZE))
+        self.sampling = checkpoint_sampling(m)
         self._cache: dict = {}
 
     def logits(self, images_uint8: np.ndarray) -> np.ndarray:
