@@ -282,7 +282,8 @@ def test_search_runs_on_a_split_folder_of_mixed_size_photos_with_no_other_data_o
     root = photo_tree(tmp_path / "photos", {"train": 6, "validation": 2, "test": 2})
     (root / "test" / "dog" / "notes.txt").write_text("skip me")
     run = tmp_path / "run"
-    overrides = [o for o in tiny_overrides() if not o.startswith("data.source=")]
+    overrides = [o for o in tiny_overrides(**{"search.generations": 1, "final.epochs": 1})
+                 if not o.startswith("data.source=")]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-m", "deft_jax.search", "--out", str(run), "--set",
