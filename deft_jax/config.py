@@ -157,10 +157,17 @@ def _from_dict(cls, raw: dict, where: str):
 
 
 def _parse_value(text: str) -> Any:
+    """JSON; else a TOML inline table or array (`{kind="folder", path="x"}`); else the text."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        return text
+        pass
+    if text.strip()[:1] in ("{", "["):
+        try:
+            return tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            pass
+    return text
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -148,7 +148,7 @@ def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, see
     cfg.experiment.methods, cfg.experiment.seeds = methods, seeds
 
     # everything that can fail on user input fails before the output folder is created
-    dataset = load_dataset(cfg.data.source)
+    dataset = load_dataset(cfg.data.source, input_size=cfg.model.input_size, log=log)
     programs = ProgramCache()
     spec = programs.model(cfg, len(dataset.class_names))
     if "handpicked" in order:
@@ -182,7 +182,8 @@ def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, see
         cfg_s = seed_config(cfg, s)
         data = first if s == 0 else prepare_data(cfg_s, spec, dataset)
         save_splits(out / "splits" / f"seed{s}.json", data.splits, dataset.groups,
-                    seed=cfg_s.data.split_seed, fractions=list(cfg_s.data.fractions))
+                    seed=cfg_s.data.split_seed, fractions=list(cfg_s.data.fractions),
+                    origin=data.split_origin)
         sha = split_sha(data.splits)
         sizes = {k: int(len(v)) for k, v in data.splits.items()}
         variables = spec.init(cfg_s.seed)

@@ -1,4 +1,8 @@
-"""Dataset + split + backbone preprocessing -> the arrays a search trains and scores on."""
+"""Dataset + split + backbone preprocessing -> the arrays a search trains and scores on.
+
+The images stay uint8 (resized once to the model's input size); `x_train`, `x_val` and
+`x_test` are `NormalizedImages` views that normalise each batch as it is taken.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from deft_jax.config import Config
-from deft_jax.data import Dataset, load_dataset, preprocess
+from deft_jax.data import Dataset, NormalizedImages, load_dataset, resize_images
 from deft_jax.errors import UserError
 from deft_jax.fitness import SplitArrays
 from deft_jax.models.base import ModelSpec
-from deft_jax.splits import load_splits, make_splits
+from deft_jax.splits import complete_splits, load_splits, make_splits
 
 
 @dataclasses.dataclass
@@ -20,35 +24,69 @@ class PreparedData:
     dataset: Dataset
     splits: dict[str, np.ndarray]
     arrays: SplitArrays
-    x_test: np.ndarray
+    x_test: NormalizedImages
     y_test: np.ndarray
+    split_origin: dict = dataclasses.field(default_factory=dict)  # for splits.json
 
     @property
     def class_names(self) -> list[str]:
         return self.dataset.class_names
 
 
-def split_dataset(cfg: Config, dataset: Dataset, saved_splits: Path | None = None) -> dict[str, np.ndarray]:
+def split_dataset(cfg: Config, dataset: Dataset, saved_splits: Path | None = None
+                  ) -> tuple[dict[str, np.ndarray], dict]:
+    """(splits, origin): saved splits (resume), else the dataset's own splits completed by
+    carving the missing ones out of train, else stratified grouped splits of everything.
+    `origin` says which: {"from_dataset": [...], "carved_from_train": [...], ...}."""
+    origin = dict(dataset.origin or {})
     if saved_splits is not None and saved_splits.exists():
-        return load_splits(saved_splits)
+        return load_splits(saved_splits), {**origin, "from": str(saved_splits)}
     if dataset.predefined_splits is not None:
-        return {k: np.asarray(v) for k, v in dataset.predefined_splits.items()}
-    return make_splits(dataset.labels, dataset.groups, tuple(cfg.data.fractions), cfg.data.split_seed,
-                       class_names=dataset.class_names)
+        splits, carved = complete_splits(dataset.labels, dataset.groups, dataset.predefined_splits,
+                                         tuple(cfg.data.fractions), cfg.data.split_seed,
+                                         class_names=dataset.class_names)
+        return splits, {**origin, "from_dataset": sorted(dataset.predefined_splits, key=_order),
+                        "carved_from_train": carved}
+    splits = make_splits(dataset.labels, dataset.groups, tuple(cfg.data.fractions),
+                         cfg.data.split_seed, class_names=dataset.class_names)
+    return splits, {**origin, "from_dataset": [], "made_here": ["train", "val", "test"]}
+
+
+def _order(name: str) -> int:
+    return ("train", "val", "test").index(name)
+
+
+def describe_origin(origin: dict) -> str:
+    """One line for the run log: which splits came from the data, which were made here."""
+    given = origin.get("from_dataset")
+    if given is None:
+        return f"splits from {origin.get('from', 'a saved file')}"
+    if not given:
+        return "splits made here (stratified, grouped)"
+    carved = origin.get("carved_from_train") or []
+    text = f"splits {', '.join(given)} from the data"
+    if carved:
+        text += f"; {', '.join(carved)} carved out of train (stratified, grouped)"
+    return text
 
 
 def prepare_data(cfg: Config, spec: ModelSpec, dataset: Dataset | None = None,
                  saved_splits: Path | None = None) -> PreparedData:
-    dataset = load_dataset(cfg.data.source) if dataset is None else dataset
+    if dataset is None:
+        dataset = load_dataset(cfg.data.source, input_size=spec.input_size)
     if len(dataset.class_names) < 2:
         raise UserError(f"dataset has {len(dataset.class_names)} class; need at least 2")
-    splits = split_dataset(cfg, dataset, saved_splits)
+    splits, origin = split_dataset(cfg, dataset, saved_splits)
     for name in ("train", "val", "test"):
         if len(splits.get(name, [])) == 0:
             raise UserError(f"the {name} split is empty")
-    x = preprocess(dataset.images, spec.input_size, spec.mean, spec.std)
+    images = resize_images(dataset.images, spec.input_size)
     y = dataset.labels.astype(np.int32)
-    arrays = SplitArrays(x_train=x[splits["train"]], y_train=y[splits["train"]],
-                         x_val=x[splits["val"]], y_val=y[splits["val"]],
+
+    def view(name):
+        return NormalizedImages(images, spec.mean, spec.std, index=splits[name])
+
+    arrays = SplitArrays(x_train=view("train"), y_train=y[splits["train"]],
+                         x_val=view("val"), y_val=y[splits["val"]],
                          num_classes=len(dataset.class_names))
-    return PreparedData(dataset, splits, arrays, x[splits["test"]], y[splits["test"]])
+    return PreparedData(dataset, splits, arrays, view("test"), y[splits["test"]], origin)

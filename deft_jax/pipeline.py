@@ -11,11 +11,11 @@ import jax
 from deft_jax import distributed, rundir
 from deft_jax.checkpoint import save_checkpoint
 from deft_jax.config import Config
-from deft_jax.data import load_dataset
+from deft_jax.data import load_dataset, sampling_of
 from deft_jax.evaluators import make_evaluator
 from deft_jax.evolution import run_search
 from deft_jax.final import final_metrics, train_final
-from deft_jax.inputs import prepare_data
+from deft_jax.inputs import describe_origin, prepare_data
 from deft_jax.masks import searchable_groups
 from deft_jax.models import build_model
 from deft_jax.report import render_report
@@ -33,8 +33,8 @@ def inference_meta(cfg: Config, spec, class_names, mask, pretrained) -> dict:
     return {"model": cfg.model.name, "num_classes": len(class_names), "class_names": class_names,
             "input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
             "granularity": cfg.model.granularity, "mask": mask, "pretrained": pretrained,
-            # how one input image becomes samples (crops), as at training time
-            "sampling": {k: cfg.data.source.get(k) for k in ("crop", "crop_stride", "image_size")}}
+            # how one input image becomes samples (crops, resize), as at training time
+            "sampling": sampling_of(cfg.data.source, spec.input_size)}
 
 
 def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) -> dict:
@@ -47,7 +47,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     writer = distributed.is_writer()
     if not writer:
         log = lambda *_: None  # noqa: E731
-    dataset = load_dataset(cfg.data.source)
+    dataset = load_dataset(cfg.data.source, input_size=cfg.model.input_size, log=log)
     spec = build_model(cfg.model.name, len(dataset.class_names), cfg.model.weights,
                        cfg.model.input_size, cfg.model.granularity)
     data = prepare_data(cfg, spec, dataset, run_dir / rundir.SPLITS if resume else None)
@@ -60,14 +60,16 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
         rundir.create_fresh(run_dir)
         rundir.write_json(run_dir / rundir.CONFIG, cfg.to_dict())
         save_splits(run_dir / rundir.SPLITS, data.splits, dataset.groups,
-                    seed=cfg.data.split_seed, fractions=list(cfg.data.fractions))
+                    seed=cfg.data.split_seed, fractions=list(cfg.data.fractions),
+                    origin=data.split_origin)
     if writer:
         for stale in (rundir.METRICS, rundir.REPORT):  # a resumed run is complete only at the end
             (run_dir / stale).unlink(missing_ok=True)
 
     evaluator, mode, reason = make_evaluator(cfg, spec, variables, data.arrays)
     n = {k: len(v) for k, v in data.splits.items()}
-    log(f"data: {dataset.description}; train/val/test {n['train']}/{n['val']}/{n['test']}")
+    log(f"data: {dataset.description}; train/val/test {n['train']}/{n['val']}/{n['test']}; "
+        f"{describe_origin(data.split_origin)}")
     log(f"model: {spec.name} ({spec.pretrained or 'random init'}), {len(searchable_groups(spec.group_names))} "
         f"searchable layer groups + head, {sum(sizes.values()):,} parameters")
     log(f"evaluation: {mode} ({reason}); run directory: {run_dir}")

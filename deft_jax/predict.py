@@ -16,10 +16,18 @@ import numpy as np
 
 from deft_jax import rundir
 from deft_jax.checkpoint import load_checkpoint
-from deft_jax.data import image_to_samples, load_image_file, preprocess
+from deft_jax.data import LEGACY_RESIZE, Sampling, image_samples, preprocess
 from deft_jax.errors import UserError, exit_on_user_error
 from deft_jax.models import build_model
 from deft_jax.training import logits as model_logits
+
+
+def checkpoint_sampling(meta: dict) -> Sampling:
+    """How an image file becomes samples, as at training time, from checkpoint metadata.
+    Checkpoints written before the resize mode was stored resized by stretching."""
+    s = meta.get("sampling") or {}
+    return Sampling(s.get("crop"), s.get("crop_stride") or s.get("crop"),
+                    s.get("image_size") or meta["input_size"], s.get("resize", LEGACY_RESIZE))
 
 
 class Predictor:
@@ -35,6 +43,7 @@ class Predictor:
         self.spec = build_model(m["model"], m["num_classes"], "none", m["input_size"],
                                 m.get("granularity", "block"))
         self.class_names = list(m["class_names"])
+        self.sampling = checkpoint_sampling(m)
         self._cache: dict = {}
 
     def logits(self, images_uint8: np.ndarray) -> np.ndarray:
@@ -44,9 +53,7 @@ class Predictor:
     def probabilities(self, path: str) -> np.ndarray:
         """Class probabilities for one image file: its samples (crops, as at training time)
         are classified and their probabilities averaged."""
-        s = self.meta.get("sampling") or {}
-        samples = image_to_samples(load_image_file(path), s.get("crop"), s.get("crop_stride"),
-                                   s.get("image_size") or self.meta["input_size"], str(path))
+        samples = image_samples(path, self.sampling, str(path))
         probs = np.asarray(jax.nn.softmax(self.logits(np.stack(samples)), axis=-1))
         return probs.mean(axis=0)
 

@@ -7,6 +7,11 @@ by id, so the input order does not matter) are shuffled with
 ``np.random.default_rng([seed, class_id])`` - one stream per class, so adding or removing
 a class does not reshuffle the others - and then ``round(f_val * n)`` go to val,
 ``round(f_test * n)`` to test (at least 1 each) and the rest (at least 1) to train.
+
+A source may define some splits itself (a folder with train/ and test/ folders):
+`complete_splits` keeps those and carves the missing ones out of train the same way, with
+the fractions rescaled to what train holds (only val missing: val gets
+f_val / (f_train + f_val) of train's groups per class).
 """
 
 from __future__ import annotations
@@ -104,12 +109,64 @@ def make_splits(labels, groups, fractions=(0.6, 0.2, 0.2), seed=0,
             for i, name in enumerate(SPLIT_NAMES)}
 
 
+def _carve(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int, name: str,
+           class_names: Sequence[str] | None) -> np.ndarray:
+    """Boolean: the samples carved off (`fraction` of each class's groups, at least one,
+    leaving at least one); groups never cross. Streams per class as in make_splits."""
+    group_ids, group_of_sample = np.unique(groups.astype(str), return_inverse=True)
+    counts = np.zeros((group_ids.size, int(labels.max()) + 1), dtype=np.int64)
+    np.add.at(counts, (group_of_sample, labels), 1)
+    group_label = counts.argmax(axis=1)
+    carved = np.zeros(group_ids.size, dtype=bool)
+    for c in range(counts.shape[1]):
+        members = np.flatnonzero(group_label == c)
+        if members.size == 0:
+            continue
+        if members.size < 2:
+            label = class_names[c] if class_names is not None and c < len(class_names) else c
+            raise UserError(f"class '{label}' has 1 group in train; need at least 2 to carve "
+                            f"a {name} split out of train")
+        n = min(members.size - 1, max(1, _round_half_up(fraction * members.size)))
+        shuffled = members[np.random.default_rng([int(seed), c]).permutation(members.size)]
+        carved[shuffled[:n]] = True
+    return carved[group_of_sample]
+
+
+def complete_splits(labels, groups, given: dict[str, np.ndarray], fractions=(0.6, 0.2, 0.2),
+                    seed=0, class_names: Sequence[str] | None = None
+                    ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """({"train", "val", "test"} -> sorted indices, the split names carved out of train):
+    the `given` splits (which must include train) are kept, the missing ones carved."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    missing = [n for n in SPLIT_NAMES if n not in given]
+    if not missing:
+        return {n: np.sort(np.asarray(given[n], dtype=np.int64)) for n in SPLIT_NAMES}, []
+    if "train" in missing:
+        raise UserError("the dataset defines some splits but no train split")
+    f_train, f_val, f_test = _check_fractions(fractions)
+    train = np.sort(np.asarray(given["train"], dtype=np.int64))
+    out = {n: np.sort(np.asarray(v, dtype=np.int64)) for n, v in given.items()}
+    if len(missing) == 2:
+        inner = make_splits(labels[train], groups[train], fractions, seed, class_names)
+        out.update({n: train[idx] for n, idx in inner.items()})
+    else:
+        name = missing[0]
+        share = (f_val if name == "val" else f_test)
+        carved = _carve(labels[train], groups[train], share / (f_train + share), seed, name,
+                        class_names)
+        out[name], out["train"] = train[carved], train[~carved]
+    return {n: out[n] for n in SPLIT_NAMES}, missing
+
+
 def save_splits(path, splits: dict[str, np.ndarray], groups, seed=None,
-                fractions=None) -> None:
-    """Write splits.json: seed, fractions, indices per split and the group ids per split."""
+                fractions=None, origin: dict | None = None) -> None:
+    """Write splits.json: seed, fractions, where the splits came from (`origin`, e.g. the
+    folder layout and which splits it defined), indices and group ids per split."""
     groups = np.asarray(groups).astype(str)
     doc = {"seed": None if seed is None else int(seed),
            "fractions": None if fractions is None else [float(f) for f in fractions]}
+    if origin is not None:
+        doc["origin"] = origin
     for name, idx in splits.items():
         doc[name] = [int(i) for i in np.asarray(idx).reshape(-1)]
     doc["groups"] = {name: sorted(set(groups[np.asarray(idx, dtype=np.int64)].tolist()))

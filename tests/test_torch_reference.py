@@ -51,7 +51,9 @@ def tiny():
                       cfg.model.input_size)
     set_threads()
     plan = batch_plan(len(data.x_train), cfg.finetune.batch_size, cfg.finetune.epochs, cfg.seed)
-    reference = TorchReference(twin, data.x_train, data.y_train, data.x_val, data.y_val,
+    # the reference takes plain float32 arrays (deft_jax's splits normalise per batch)
+    reference = TorchReference(twin, np.asarray(data.x_train), data.y_train,
+                               np.asarray(data.x_val), data.y_val,
                                data.num_classes, cfg.finetune, plan, seed=cfg.seed)
     return cfg, spec, data, variables, twin, reference
 

@@ -1,0 +1,31 @@
+"""The in-memory dataset every loader returns."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Dataset:
+    images: np.ndarray      # uint8 [N, H, W, 3] RGB (all same size)
+    labels: np.ndarray      # int32 [N], 0..C-1
+    groups: np.ndarray      # [N] str group id; samples sharing a group never cross a split
+    class_names: list[str]
+    description: str        # one line, e.g. "digits: 1797 images, 10 classes"
+    # name -> indices of the splits the source defines itself (npz: all three; a folder
+    # with split folders: those it has, the others are carved out of train)
+    predefined_splits: dict[str, np.ndarray] | None = None
+    origin: dict | None = None  # how the source was read (layout, split folders ...), JSON
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.images.shape[1]), int(self.images.shape[2])
