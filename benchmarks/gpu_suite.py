@@ -239,6 +239,8 @@ def _side(args, side: str, model: str, workdir: Path) -> dict:
            "--train", str(args.train), "--val", str(args.val), "--batch-size", str(args.batch_size)]
     if args.resnet_weights:
         cmd += ["--resnet-weights", args.resnet_weights]
+    if args.exact_fp32:
+        cmd += ["--exact-fp32"]
     path = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONPATH": path}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
@@ -305,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resnet-weights", default="default",
                    help="CIFAR ResNet .th file or folder (default: ../shared/data/weights/cifar10_resnet)")
     p.add_argument("--tiny", action="store_true", help="small CNN, tiny sizes: runs on a CPU in a minute")
+    p.add_argument("--exact-fp32", action="store_true",
+                   help="no TF32 on either side (jax_default_matmul_precision=highest; torch allow_tf32 "
+                        "off): separates TF32 rounding from real disagreement in the fitness comparison")
     p.add_argument("--side", choices=["jax", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -313,6 +318,13 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in TINY.items():
             setattr(args, key, value)
 
+    if args.exact_fp32 and args.side == "jax":
+        import jax
+        jax.config.update("jax_default_matmul_precision", "highest")
+    if args.exact_fp32 and args.side == "torch":
+        import torch
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     if args.side == "jax":
         result = run_jax(args, args.model, args.workdir)
     elif args.side == "torch":
@@ -352,7 +364,8 @@ def orchestrate(args) -> int:
                 path = out_dir / f"gpu_suite-{stamp}-{kind.replace(' ', '_')}.json"
             at32 = [r for r in rows if r.get("population") == 32 and r.get("dtype") == "float32"
                     and "speedup_vs_pytorch" in r]
-            result = {"date": stamp, "machine": machine(), "argv": sys.argv[1:], "tiny": args.tiny, "rows": rows,
+            result = {"date": stamp, "machine": machine(), "argv": sys.argv[1:], "tiny": args.tiny,
+                      "exact_fp32": args.exact_fp32, "rows": rows,
                       "sides": sides, "seconds": round(time.perf_counter() - t_start, 1),
                       "speedup_vs_pytorch": {r["model"]: r["speedup_vs_pytorch"] for r in at32} or None,
                       "note": "sequential PyTorch reference: members/s measured once per model on "
