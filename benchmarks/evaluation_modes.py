@@ -1,6 +1,6 @@
 """Fitness evaluations per second of each evaluation strategy against population size.
 
-    python benchmarks/strategies.py [--quick] [--models resnet20,efficientnet_lite0]
+    python benchmarks/evaluation_modes.py [--quick] [--models resnet20,efficientnet_lite0]
                                     [--sizes 4,8,16] [--strategies sequential,vmap,...]
 
 Strategies: `sequential` (static masks, compiled per distinct mask), `vmap` (the whole
@@ -40,7 +40,7 @@ import jax  # noqa: E402
 
 from deft_jax.config import FineTuneConfig  # noqa: E402
 from deft_jax.fitness import SequentialEvaluator, SplitArrays  # noqa: E402
-from deft_jax.strategies import device_memory_limit  # noqa: E402
+from deft_jax.evaluators import device_memory_limit  # noqa: E402
 from deft_jax.masks import decode_genome, searchable_groups  # noqa: E402
 from deft_jax.models import build_model  # noqa: E402
 from deft_jax.population import PopulationEvaluator  # noqa: E402
@@ -69,7 +69,7 @@ def machine() -> dict:
 
 
 def make_evaluator(strategy: str, spec, variables, data, cfg):
-    """As deft_jax.strategies builds them, memory limit included (a population program that
+    """As deft_jax.evaluators builds them, memory limit included (a population program that
     does not fit runs as several smaller ones, reported as members_per_program)."""
     if strategy == "sequential":
         return SequentialEvaluator(spec, variables, data, cfg)
