@@ -14,11 +14,9 @@ from PIL import Image
 from deft_jax.config import config_from_dict, load_config
 from deft_jax.experiment import (PLOTS, RUNS, SUMMARY_JSON, SUMMARY_MD, holm, main, paired_comparison,
                                  read_runs, run_experiment, seed_config)
-from deft_jax.final import train_final
 from deft_jax.inputs import prepare_data
 from deft_jax.methods import METHODS, MethodContext, ProgramCache, run_order
-from deft_jax.methods.auto_rgn import rgn_multipliers, scale_by_multipliers
-from deft_jax.methods.common import final_fit
+from deft_jax.methods.auto_rgn import rgn_multipliers, scale_by_rgn
 from deft_jax.metrics import roc_auc_ovr
 from deft_jax.models import build_model
 
@@ -138,34 +136,19 @@ def test_rgn_multipliers_lie_in_the_unit_interval_with_maximum_exactly_one():
     assert all(0.0 <= float(x) <= 1.0 for x in m) and max(float(x) for x in m) == 1.0
 
 
-def test_multipliers_scale_updates_without_recompiling():
-    tx = optax.chain(optax.sgd(0.1), scale_by_multipliers())
-    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
-    state = tx.init(params)
-    grads = {"w": jnp.ones(3), "b": jnp.ones(2)}
-    update = jax.jit(lambda g, s, p, m: tx.update(g, s, p, multipliers=m)[0])
-    u1 = update(grads, state, params, {"w": jnp.float32(1.0), "b": jnp.float32(0.5)})
-    u2 = update(grads, state, params, {"w": jnp.float32(0.0), "b": jnp.float32(1.0)})
-    np.testing.assert_allclose(u1["w"], -0.1)
-    np.testing.assert_allclose(u1["b"], -0.05)
-    np.testing.assert_allclose(u2["w"], 0.0)
-    np.testing.assert_allclose(u2["b"], -0.1)
-    assert update._cache_size() == 1
-
-
-def test_final_fit_reproduces_the_core_train_final():
-    cfg = seed_config(tiny_experiment_config(), 1)
-    spec = build_model("small_cnn", 10, "none", 16)
-    data = prepare_data(cfg, spec)
-    variables = spec.init(cfg.seed)
-    mask = {g: g in ("conv3", "conv4", "head") for g in spec.group_names}
-    ctx = MethodContext(cfg=cfg, data=data, spec=spec, variables=variables, seed=1, programs=ProgramCache())
-    ours = final_fit(ctx, mask)
-    _, core = train_final(cfg, spec, variables, mask, data)
-    for split in ("test", "val"):
-        assert ours.__dict__[split]["accuracy"] == core[split]["accuracy"]
-        assert ours.__dict__[split]["confusion_matrix"] == core[split]["confusion_matrix"]
-    assert ours.trainable_fraction == core["trainable_fraction"]
+def test_rgn_scaling_multiplies_each_tensors_update_by_its_multiplier():
+    """scale_by_rgn(sgd(0.1)): at the first step (a refresh) the update of each tensor is
+    -0.1 * g * its RGN multiplier; the multipliers travel in the optimizer state."""
+    tx = scale_by_rgn(optax.sgd(0.1), steps_per_epoch=3)
+    params = {"w": jnp.ones(3), "b": jnp.full(2, 2.0)}
+    grads = {"w": jnp.full(3, 1.0), "b": jnp.full(2, 1.0)}
+    updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+    m = rgn_multipliers(grads, params)  # w: ||g||/||w|| = 1 (max), b: 0.5
+    np.testing.assert_allclose(float(m["w"]), 1.0)
+    np.testing.assert_allclose(float(m["b"]), 0.5)
+    np.testing.assert_allclose(updates["w"], -0.1)
+    np.testing.assert_allclose(updates["b"], -0.05)
+    assert float(state.multipliers["b"]) == float(m["b"]) and int(state.count) == 1
 
 
 def test_roc_auc_ovr_handles_ties_and_matches_scikit_learn():

@@ -82,8 +82,9 @@ def scale_by_rgn(inner: optax.GradientTransformation, steps_per_epoch: int) -> o
 
 
 def by_group(multipliers, labels) -> dict[str, float]:
-    """Mean multiplier of each group's tensors (`labels`: the group label tree)."""
-    flat = traverse_util.flatten_dict(jax.device_get(multipliers))
+    """Mean multiplier of each group's tensors (`labels`: the group label tree; the
+    multipliers as the optimizer state holds them: flat, keyed by parameter path)."""
+    flat = jax.device_get(multipliers)
     groups = traverse_util.flatten_dict(labels)
     means: dict[str, list[float]] = {}
     for path, m in flat.items():
