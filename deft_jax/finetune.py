@@ -43,11 +43,12 @@ class FineTuner:
         return training.StepModel.of(self.spec, self.tx, start, self.cfg.compute_dtype)
 
     def program(self, mask: Mapping[str, bool], start: int):
-        """The jitted whole-fine-tune program of `mask` from stage `start` (cached)."""
+        """The jitted program of `mask` from stage `start` (cached): the whole fine-tune on
+        accelerators, one step on CPU (see `training.scan_steps`)."""
         key = (mask_key(mask), start)
         if key not in self._programs:
             flags = {g: bool(v) for g, v in mask.items()}
-            run = training.fine_tune_program(self.step_model(start), flags)
+            run = training.program(self.step_model(start), flags)
             self._programs[key] = jax.jit(run, donate_argnums=(0,))
             self.compiles += 1
         return self._programs[key]
@@ -62,11 +63,10 @@ class FineTuner:
         stats = training.suffix(variables["batch_stats"], self.spec, start)
         state = training.init_state(model, jax.tree.map(jnp.array, params), 
                                     jax.tree.map(jnp.array, stats), mask)
-        program = self.program(mask, start)
-        losses = []
-        for xs, ys in training.training_batches(x, y, self.cfg, self.epochs, seed):
-            state, chunk_losses = program(state, None, jnp.asarray(xs), jnp.asarray(ys))
-            losses.append(np.asarray(chunk_losses))
+        batches = [(jnp.asarray(xs), jnp.asarray(ys))
+                   for xs, ys in training.training_batches(x, y, self.cfg, self.epochs, seed)]
+        state, losses = training.run_batches(self.program(mask, start), state, None, batches)
+        losses = [np.atleast_1d(np.asarray(loss)) for loss in losses]
         self.last_state = state
         trained = {"params": {**variables["params"], **state.params},
                    "batch_stats": {**variables["batch_stats"], **state.batch_stats}}

@@ -273,7 +273,10 @@ class PopulationEvaluator:
 
     def _program_bytes(self, size: int, start: int) -> int:
         xs, ys = self._batches(start)[0]
-        key = ("train", size, start, xs.shape[0])
+        steps = xs.shape[0] if training.scan_steps() else 1
+        if not training.scan_steps():  # one step per call: one batch per argument
+            xs, ys = xs[0], ys[0]
+        key = ("train", size, start, steps)
         if key not in self._programs or not hasattr(self._programs[key], "memory_analysis"):
             member = NamedSharding(self.mesh, P(AXIS)) if self.sharded else None
             shared = NamedSharding(self.mesh, P()) if self.sharded else None
@@ -281,7 +284,7 @@ class PopulationEvaluator:
             args = (self._state_shapes(size, start), gates,
                     jax.ShapeDtypeStruct(xs.shape, xs.dtype, sharding=shared),
                     jax.ShapeDtypeStruct(ys.shape, ys.dtype, sharding=shared))
-            self._programs[key] = self._program("train", size, start, xs.shape[0]).lower(*args).compile()
+            self._programs[key] = self._program("train", size, start, steps).lower(*args).compile()
         m = self._programs[key].memory_analysis()
         return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
                 - m.alias_size_in_bytes)
@@ -290,8 +293,8 @@ class PopulationEvaluator:
         key = (kind, size, start, steps)
         if key in self._programs:
             return self._programs[key]
-        if kind == "train":
-            fn = jax.vmap(training.fine_tune_program(self._step_model(start)), in_axes=(0, 0, None, None))
+        if kind == "train":  # the scanned fine-tune, or one step on CPU (training.scan_steps)
+            fn = jax.vmap(training.program(self._step_model(start)), in_axes=(0, 0, None, None))
             if self.sharded:
                 member = P(AXIS)
                 fn = jax.shard_map(fn, mesh=self.mesh, in_specs=(member, member, P(), P()),
@@ -329,7 +332,8 @@ class PopulationEvaluator:
         gates = {g: self._put(np.asarray([1.0 if m[g] else 0.0 for m in masks], np.float32), P(AXIS))
                  for g in self.groups}
         for xs, ys in self._batches(start):
-            state, _ = self._program("train", size, start, xs.shape[0])(state, gates, xs, ys)
+            compiled = self._program("train", size, start, xs.shape[0] if training.scan_steps() else 1)
+            state, _ = training.run_batches(compiled, state, gates, [(xs, ys)])
         return state
 
     def _val_logits(self, start: int, state: training.TrainState, x_val: np.ndarray) -> np.ndarray:
