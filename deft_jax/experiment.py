@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deft_jax import rundir
+from deft_jax import cli, rundir
 from deft_jax.config import Config, config_from_dict, load_config
 from deft_jax.data import load_dataset
 from deft_jax.errors import UserError, exit_on_user_error
@@ -125,6 +125,7 @@ def _prepare_out(out: Path, resume: bool) -> None:
     if resume:
         if not (out / META).is_file():
             raise UserError(f"{out} is not an experiment folder (no {META})")
+        rundir.lock(out, "experiment folder")  # held until the experiment ends
         return
     rundir.create_fresh(out, "output folder")
 
@@ -457,8 +458,8 @@ def write_plots(by: dict, meta: dict, groups: list[str], chosen: dict, out: Path
 # Command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(
         prog="python -m deft_jax.experiment",
         description="Compare DEFT with baselines (" + ", ".join(METHODS) + ") over repeated "
                     "grouped stratified splits, with paired statistics and plots.",
@@ -489,6 +490,11 @@ def main(argv: list[str] | None = None) -> int:
             get_method(m)
         if not methods:
             raise UserError("--methods is empty")
+    with rundir.owned():  # the output folder's lock is held until the experiment ends
+        return _run(args, methods)
+
+
+def _run(args, methods: list[str] | None) -> int:
     if args.resume:
         if args.config or args.overrides or args.out:
             raise UserError("--resume uses the experiment's own config.json; drop --config/--set/--out")

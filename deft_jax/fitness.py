@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from deft_jax import divergence
 from deft_jax.config import FineTuneConfig
 from deft_jax.finetune import FineTuner, first_trainable_stage, forward
 from deft_jax.masks import GroupMask, mask_key, trainable_fraction
-from deft_jax.metrics import metric_from_logits
 from deft_jax.models.base import ModelSpec
 
 
@@ -116,10 +116,11 @@ class SequentialEvaluator:
     def evaluate_one(self, mask: GroupMask) -> float:
         start = first_trainable_stage(self.spec, mask) if self.cache_prefix else 0
         x_train, x_val = self.prefix.features(start)
-        variables, _ = self.tuner.fine_tune(self.variables, mask, x_train, self.data.y_train,
-                                            seed=self.seed, start=start)
+        variables, losses = self.tuner.fine_tune(self.variables, mask, x_train, self.data.y_train,
+                                                 seed=self.seed, start=start)
         logits = self.tuner.logits(variables, x_val, start=start)
-        return 1.0 - metric_from_logits(self.metric, logits, self.data.y_val, self.data.num_classes)
+        return divergence.fitness_from_logits(self.metric, logits, self.data.y_val,
+                                              self.data.num_classes, mask, losses)
 
     def evaluate(self, masks: Sequence[GroupMask]) -> list[float]:
         return [self.evaluate_one(m) for m in masks]

@@ -30,11 +30,30 @@ class PreparedData:
 
 def split_dataset(cfg: Config, dataset: Dataset, saved_splits: Path | None = None) -> dict[str, np.ndarray]:
     if saved_splits is not None and saved_splits.exists():
-        return load_splits(saved_splits)
+        splits = load_splits(saved_splits)
+        largest = max((int(v.max()) for v in splits.values() if v.size), default=-1)
+        if largest >= len(dataset):
+            raise UserError(f"splits file {saved_splits} names sample {largest}, but the dataset has "
+                            f"{len(dataset)} samples (was the data changed since the run started?)")
+        return splits
     if dataset.predefined_splits is not None:
         return {k: np.asarray(v) for k, v in dataset.predefined_splits.items()}
     return make_splits(dataset.labels, dataset.groups, tuple(cfg.data.fractions), cfg.data.split_seed,
                        class_names=dataset.class_names)
+
+
+def check_fits_in_memory(num_images: int, input_size: int, share: float = 0.5) -> None:
+    """The preprocessed float32 images must fit in `share` of the host's available memory;
+    checked before anything is allocated, so a huge model.input_size is a one-line error
+    instead of an out-of-memory kill."""
+    from deft_jax.strategies import host_available_bytes  # /proc/meminfo, read once
+
+    needed = num_images * input_size * input_size * 3 * 4
+    available = host_available_bytes()
+    if available is not None and needed > share * available:
+        raise UserError(f"{num_images} images at model.input_size={input_size} need "
+                        f"{needed / 2**30:.1f} GiB as float32, more than {share:.0%} of the "
+                        f"{available / 2**30:.1f} GiB of available memory; lower model.input_size")
 
 
 def prepare_data(cfg: Config, spec: ModelSpec, dataset: Dataset | None = None,
@@ -46,6 +65,7 @@ def prepare_data(cfg: Config, spec: ModelSpec, dataset: Dataset | None = None,
     for name in ("train", "val", "test"):
         if len(splits.get(name, [])) == 0:
             raise UserError(f"the {name} split is empty")
+    check_fits_in_memory(len(dataset), spec.input_size)
     x = preprocess(dataset.images, spec.input_size, spec.mean, spec.std)
     y = dataset.labels.astype(np.int32)
     arrays = SplitArrays(x_train=x[splits["train"]], y_train=y[splits["train"]],

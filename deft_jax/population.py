@@ -46,13 +46,13 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from deft_jax import divergence
 from deft_jax.config import FineTuneConfig
 from deft_jax.errors import UserError
 from deft_jax.fitness import PrefixFeatureCache, SplitArrays
 from deft_jax.finetune import (augment_batch, batch_plan, cross_entropy, first_trainable_stage,
                                make_optimizer)
 from deft_jax.masks import GroupMask, gate_updates, param_gates
-from deft_jax.metrics import metric_from_logits
 from deft_jax.models.base import ModelSpec
 
 AXIS = "pop"
@@ -98,8 +98,8 @@ class PopulationEvaluator:
     def evaluate(self, masks: Sequence[GroupMask]) -> list[float]:
         """Fitness (1 - metric on the val split) per mask, in order."""
         logits = self.evaluate_logits(masks)
-        return [1.0 - metric_from_logits(self.metric, l, self.data.y_val, self.data.num_classes)
-                for l in logits]
+        return [divergence.fitness_from_logits(self.metric, l, self.data.y_val, self.data.num_classes, m)
+                for l, m in zip(logits, masks)]
 
     def evaluate_logits(self, masks: Sequence[GroupMask]) -> np.ndarray:
         """Validation logits [len(masks), n_val, classes] after each member's fine-tune."""

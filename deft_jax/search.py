@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from deft_jax import rundir
-from deft_jax.config import Config, SearchConfig, config_from_dict, load_config
+from deft_jax import cli, rundir
+from deft_jax.config import (Config, SearchConfig, apply_overrides, check_resume_overrides,
+                             config_from_dict, load_config)
 from deft_jax.errors import UserError, exit_on_user_error
 from deft_jax.fitness import MemoTable, evaluate_population
 from deft_jax.masks import GroupMask, decode_genome, mask_from_key, mask_key, searchable_groups
@@ -100,10 +101,10 @@ def run_search(cfg: Config, evaluator, params, group_rules, group_names: tuple[s
                "infeasible": info["infeasible"], "distinct_masks_so_far": len(memo.entries),
                "seconds": round(time.perf_counter() - t0, 3), **evaluator.stats()}
         history.append(row)
-        log(f"gen {generation:>3}/{s.generations}  best {row['best_fitness']:.4f}  "
-            f"mean {row['mean_fitness']:.4f}  evaluated {info['evaluated']}  "
-            f"memo hits {info['memo_hits']}  {row['seconds']:.1f} s")
-        return jnp.asarray(fitness)
+        line = (f"gen {generation:>3}/{s.generations}  best {row['best_fitness']:.4f}  "
+                f"mean {row['mean_fitness']:.4f}  evaluated {info['evaluated']}  "
+                f"memo hits {info['memo_hits']}  {row['seconds']:.1f} s")
+        return jnp.asarray(fitness), line  # logged once the generation is saved
 
     init_population = jax.random.uniform(jax.random.fold_in(base_key, 0),
                                          (s.population_size, len(genes)))
@@ -115,11 +116,12 @@ def run_search(cfg: Config, evaluator, params, group_rules, group_names: tuple[s
     else:
         memo, history = MemoTable(), []
         t0 = time.perf_counter()
-        fitness = evaluate(init_population, 0, t0, history, memo)
+        fitness, line = evaluate(init_population, 0, t0, history, memo)
         de_state = strategy.init(jax.random.fold_in(base_key, 0), init_population, fitness, de_params)
         generation = 0
         if state_path is not None and save_state:
             _save_state(state_path, generation, de_state, memo, history)
+        log(line)
 
     while generation < s.generations and (stop_after is None or generation < stop_after):
         generation += 1
@@ -127,10 +129,11 @@ def run_search(cfg: Config, evaluator, params, group_rules, group_names: tuple[s
         key_ask, key_tell = jax.random.split(jax.random.fold_in(base_key, generation))
         population, de_state = strategy.ask(key_ask, de_state, de_params)
         population = jnp.clip(population, 0.0, 1.0)  # genomes live in [0,1]^G
-        fitness = evaluate(population, generation, t0, history, memo)
+        fitness, line = evaluate(population, generation, t0, history, memo)
         de_state, _ = strategy.tell(key_tell, population, fitness, de_state, de_params)
         if state_path is not None and save_state:
             _save_state(state_path, generation, de_state, memo, history)
+        log(line)
 
     best = min(memo.entries.items(), key=lambda kv: (kv[1], kv[0])) if memo.entries else None
     best_de = decode_genome(np.asarray(de_state.best_solution), group_names, s.threshold)
@@ -140,8 +143,8 @@ def run_search(cfg: Config, evaluator, params, group_rules, group_names: tuple[s
     return SearchResult(best_mask, best_fitness, history, dict(memo.entries))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(
         prog="python -m deft_jax.search",
         description="DEFT: search with differential evolution for which layer groups of a "
                     "pretrained CNN to fine-tune, then train the winner and save a checkpoint.",
@@ -185,21 +188,24 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.strategy:
         overrides.append(f"search.strategy={json.dumps(args.strategy)}")
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / rundir.CONFIG).is_file():
-            raise UserError(f"{run_dir} is not a run directory (no {rundir.CONFIG})")
-        if args.config or args.seed is not None:
-            raise UserError("--resume uses the run's own config.json; drop --config/--seed")
-        raw = rundir.read_json(run_dir / rundir.CONFIG)
-        if overrides:
-            from deft_jax.config import apply_overrides
-            raw = apply_overrides(raw, overrides)
-        cfg = config_from_dict(raw)
-        run_pipeline(cfg, run_dir, resume=True)
-    else:
-        cfg = load_config(args.config, overrides, args.seed)
-        run_pipeline(cfg, resolve_run_dir(args.out, cfg), resume=False)
+    with rundir.owned():  # the run directory's lock is held until the run ends
+        if args.resume:
+            run_dir = Path(args.resume)
+            if not (run_dir / rundir.CONFIG).is_file():
+                raise UserError(f"{run_dir} is not a run directory (no {rundir.CONFIG})")
+            if args.config or args.seed is not None:
+                raise UserError("--resume uses the run's own config.json; drop --config/--seed")
+            check_resume_overrides(overrides)
+            if distributed.is_writer():
+                rundir.lock(run_dir)
+            raw = rundir.read_json(run_dir / rundir.CONFIG)
+            if overrides:
+                raw = apply_overrides(raw, overrides)
+            cfg = config_from_dict(raw)
+            run_pipeline(cfg, run_dir, resume=True)
+        else:
+            cfg = load_config(args.config, overrides, args.seed)
+            run_pipeline(cfg, resolve_run_dir(args.out, cfg), resume=False)
     return 0
 
 
