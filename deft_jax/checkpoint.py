@@ -9,6 +9,7 @@ one `UserError` line.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from pathlib import Path
@@ -128,12 +129,16 @@ def restore_model(path: Path):
     if not path.is_dir():
         raise UserError(f"no checkpoint at {path}")
     _quiet_closed_loop_callbacks()
+    absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
+    absl.setLevel(logging.ERROR)  # orbax warns on stderr about a missing file; we say it once
     try:
         meta = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
             path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         stored = ocp.Checkpointer(ocp.StandardCheckpointHandler()).metadata(path / "state").item_metadata
     except Exception as err:  # orbax raises many types; the user needs one line
         raise UserError(f"cannot restore checkpoint {path}: {_first_line(err)}") from None
+    finally:
+        absl.setLevel(level)
     if stored is None or not isinstance(getattr(stored, "tree", None), dict):
         raise UserError(f"cannot restore checkpoint {path}: its arrays' metadata is unreadable")
     stored = stored.tree

@@ -59,7 +59,7 @@ def fitness_from_logits(metric: str, logits: np.ndarray, labels: np.ndarray, num
         diverged = "training loss"
     if diverged:
         _log(f"diverged: {_describe(mask)} gave non-finite {diverged}; scored as the worst "
-             f"fitness {WORST_FITNESS:g} (lower finetune.learning_rate if this is frequent)")
+             f"fitness {WORST_FITNESS:.1f} (lower finetune.learning_rate if this is frequent)")
         return WORST_FITNESS
     return 1.0 - metric_from_logits(metric, logits, labels, num_classes)
 

@@ -59,9 +59,9 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
 
     if writer and not resume:
         rundir.create_fresh(run_dir)
-        rundir.write_json(run_dir / rundir.CONFIG, cfg.to_dict())
         save_splits(run_dir / rundir.SPLITS, data.splits, dataset.groups,
                     seed=cfg.data.split_seed, fractions=list(cfg.data.fractions))
+        rundir.write_json(run_dir / rundir.CONFIG, cfg.to_dict())  # last: it marks a resumable run
 
     divergence.set_log(log)
     evaluator, strategy, reason = make_evaluator(cfg, spec, variables, data.arrays)

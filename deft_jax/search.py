@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             run_dir = Path(args.resume)
             if not (run_dir / rundir.CONFIG).is_file():
-                raise UserError(f"{run_dir} is not a run directory (no {rundir.CONFIG})")
+                raise UserError(f"{run_dir} is not a run directory (no {rundir.CONFIG}; a run stopped "
+                                "before writing it computed nothing: delete the folder and start again)")
             if args.config or args.seed is not None:
                 raise UserError("--resume uses the run's own config.json; drop --config/--seed")
             check_resume_overrides(overrides)
