@@ -70,21 +70,6 @@ def split_sha(splits: dict[str, np.ndarray]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _clean(obj):
-    """JSON-safe: numpy scalars to Python, nan/inf to None."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 def read_runs(path: Path) -> list[dict]:
     """Records of runs.jsonl; a torn last line (killed mid-write) is ignored."""
     if not path.exists():
@@ -102,7 +87,7 @@ def read_runs(path: Path) -> list[dict]:
 
 def append_run(path: Path, record: dict) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(_clean(record)) + "\n")
+        f.write(rundir.json_text(record, indent=None) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -205,7 +190,7 @@ def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, see
                       "trained_groups": [g for g, on in result.mask.items() if on] if result.mask else None,
                       "history": result.history, "extra": result.extra,
                       "compiles_so_far": programs.compiles()}
-            record = _clean(record)
+            record = rundir.strict_json_value(record)
             append_run(out / RUNS, record)
             records.append(record)
             done.add((s, m))
@@ -314,7 +299,7 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
     chosen = {r["seed"]: set(r.get("trained_groups") or []) for r in by.get("deft", [])}
     group_counts = {g: sum(g in c for c in chosen.values()) for g in groups}
     seeds = sorted({r["seed"] for r in records})
-    summary = _clean({
+    summary = rundir.strict_json_value({
         "model": meta["model"], "pretrained": meta["pretrained"], "data": meta["data"],
         "scratch_architecture": meta["scratch_architecture"], "backend": meta["backend"],
         "seeds": seeds, "methods": methods, "table": table, "paired_vs_deft": paired,

@@ -138,9 +138,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def strict_json_value(obj: Any) -> Any:
     """`obj` with every non-finite float (NaN, ±inf) replaced by None and numpy scalars
-    made Python ones, so `json.dumps(..., allow_nan=False)` writes standard JSON."""
+    made Python ones (keys strings), so `json.dumps(..., allow_nan=False)` writes
+    standard JSON."""
     if isinstance(obj, dict):
-        return {k: strict_json_value(v) for k, v in obj.items()}
+        return {str(k): strict_json_value(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [strict_json_value(v) for v in obj]
     if isinstance(obj, np.ndarray):
