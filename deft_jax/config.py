@@ -20,9 +20,10 @@ GRANULARITIES = ("block", "stage")
 # what a dataset may need below this.
 MAX_INPUT_SIZE = 1024
 # `--resume --set` may change only these: they do not change the search's result (the
-# strategies give the same fitnesses) or only retrain the final model; the new values are
+# strategies give the same fitnesses; more generations continue the same DE, equal to an
+# uninterrupted run with that many) or only retrain the final model; the new values are
 # recorded in config.json when the final model is written.
-RESUME_SETTABLE = ("search.strategy", "final.epochs", "final.learning_rate")
+RESUME_SETTABLE = ("search.strategy", "search.generations", "final.epochs", "final.learning_rate")
 
 
 @dataclasses.dataclass
@@ -189,6 +190,15 @@ def check_resume_overrides(overrides: list[str]) -> None:
             raise UserError(f"--resume cannot change {key}: it would change the search's result "
                             f"(settable on --resume: {', '.join(RESUME_SETTABLE)}); start a new run "
                             "with --out instead")
+
+
+def check_resumed_config(saved: Config, resumed: Config) -> None:
+    """A resumed search may run more generations, never fewer (fewer would disagree with
+    the generations already done)."""
+    old, new = saved.search.generations, resumed.search.generations
+    if new < old:
+        raise UserError(f"--resume can raise search.generations, not lower it ({old} -> {new}); "
+                        "start a new run with --out instead")
 
 
 def _numbers(tree: Any):

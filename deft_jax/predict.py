@@ -27,11 +27,12 @@ class Predictor:
         ckpt = Path(run_dir) / rundir.CHECKPOINT
         if not ckpt.is_dir():
             raise UserError(f"{run_dir} has no checkpoint/ (did the run finish?)")
-        rundir.lock(run_dir, shared=True)  # no run may be rewriting it while it is read
+        taken = rundir.lock(run_dir, shared=True)  # no run may be rewriting it while it is read
         try:
             self.spec, self.variables, self.meta = restore_model(ckpt)
         finally:
-            rundir.release(run_dir)
+            if taken:
+                rundir.release(run_dir)
         self.class_names = list(self.meta["class_names"])
         self._cache: dict = {}
 

@@ -36,18 +36,20 @@ LOCK = ".lock"
 _held: dict[Path, int] = {}  # resolved folder -> file descriptor holding its lock
 
 
-def lock(path: Path, what: str = "run directory", shared: bool = False) -> None:
+def lock(path: Path, what: str = "run directory", shared: bool = False) -> bool:
     """Take the folder's lock (exclusive; `shared=True` for a reader) or raise a one-line
-    UserError naming the process that holds it. Re-entrant within one process."""
+    UserError naming the process that holds it. Returns False when nothing was taken: this
+    process holds it already, or a reader cannot create the lock file (a read-only folder
+    that nobody can be writing)."""
     path = Path(path)
     key = path.resolve()
     if key in _held:
-        return
+        return False
     try:
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        if shared:  # a reader of a read-only folder: nobody can be writing it
-            return
+        if shared:
+            return False
         raise UserError(f"cannot lock {what} {path}: {err.strerror}") from None
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -59,6 +61,7 @@ def lock(path: Path, what: str = "run directory", shared: bool = False) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[key] = fd
+    return True
 
 
 def release(path: Path) -> None:

@@ -12,6 +12,7 @@ as an uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -26,7 +27,7 @@ from flax import serialization
 
 from deft_jax import cli, rundir
 from deft_jax.config import (Config, SearchConfig, apply_overrides, check_resume_overrides,
-                             config_from_dict, load_config)
+                             check_resumed_config, config_from_dict, load_config)
 from deft_jax.errors import UserError, exit_on_user_error
 from deft_jax.fitness import MemoTable, evaluate_population
 from deft_jax.masks import GroupMask, decode_genome, mask_from_key, mask_key, searchable_groups
@@ -200,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             if distributed.is_writer():
                 rundir.lock(run_dir)
             raw = rundir.read_json(run_dir / rundir.CONFIG)
-            if overrides:
-                raw = apply_overrides(raw, overrides)
-            cfg = config_from_dict(raw)
+            saved = config_from_dict(raw)
+            cfg = config_from_dict(apply_overrides(copy.deepcopy(raw), overrides))
+            check_resumed_config(saved, cfg)
             run_pipeline(cfg, run_dir, resume=True)
         else:
             cfg = load_config(args.config, overrides, args.seed)

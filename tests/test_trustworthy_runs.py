@@ -98,7 +98,7 @@ def test_a_failed_resume_of_a_finished_run_keeps_its_metrics_and_report(finished
 def test_resume_refuses_keys_that_change_the_search_result_and_touches_nothing(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    for key in ("search.population_size=6", "finetune.learning_rate=0.1", "seed=3"):
+    for key in ("search.population_size=6", "finetune.learning_rate=0.1", "seed=3", "search.generations=1"):
         with pytest.raises(SystemExit):
             main(["--resume", str(run), "--set", key])
         assert key.split("=")[0] in one_error_line(capsys)
