@@ -1,14 +1,29 @@
-"""Orbax checkpoint of a trained model with everything inference needs."""
+"""Orbax checkpoint of a trained model with everything inference needs.
+
+Restoring is checked before anything large is allocated: the JSON metadata is read
+first and validated (model name, class names and their count, input size, normalisation,
+sampling), then the stored arrays' shapes (orbax metadata only, no data read) are compared
+with the shapes the metadata's model has. Any mismatch, or files that cannot be read, is
+one `UserError` line.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
+from deft_jax import rundir
+from deft_jax.divergence import all_finite
 from deft_jax.errors import UserError
+
+MAX_CROP = 1 << 15  # pixels: larger than any image this reads
 
 
 def save_checkpoint(path: Path, variables: dict, meta: dict) -> None:
@@ -26,18 +41,126 @@ def save_checkpoint(path: Path, variables: dict, meta: dict) -> None:
         meta=ocp.JsonCheckpointHandler(multiprocessing_options=local),
         composite_options=ocp.CompositeOptions(multiprocessing_options=local))
     checkpointer = ocp.Checkpointer(handler, multiprocessing_options=local)
-    checkpointer.save(path, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    try:
+        checkpointer.save(path, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as err:  # only a full disk becomes a user error; anything else is a bug
+        if not rundir.is_disk_full(err):
+            raise
+        raise UserError(rundir.disk_full_message(path)) from None
 
 
-def load_checkpoint(path: Path) -> tuple[dict, dict]:
+def _first_line(err: BaseException) -> str:
+    """orbax/tensorstore messages carry a long JSON spec after the reason; keep the reason."""
+    line = (str(err).splitlines() or [type(err).__name__])[0]
+    return line.split(" [tensorstore_spec=")[0][:400]
+
+
+def validate_meta(meta, where) -> dict:
+    """The checkpoint's metadata as inference needs it, or a one-line UserError."""
+    from deft_jax.config import GRANULARITIES, MAX_INPUT_SIZE
+    from deft_jax.models import MODEL_NAMES
+
+    def need(ok: bool, message: str):
+        if not ok:
+            raise UserError(f"checkpoint {where} has invalid metadata: {message}")
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def numbers(v) -> bool:
+        return (isinstance(v, list) and len(v) in (1, 3) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v))
+
+    need(isinstance(meta, dict), "not a JSON object")
+    need(meta.get("model") in MODEL_NAMES, f"unknown model {meta.get('model')!r}")
+    names = meta.get("class_names")
+    need(isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names),
+         "class_names must be a list of at least two names")
+    need(is_int(meta.get("num_classes")) and meta["num_classes"] == len(names),
+         f"num_classes {meta.get('num_classes')!r} does not match the {len(names)} class_names")
+    need(is_int(meta.get("input_size")) and 8 <= meta["input_size"] <= MAX_INPUT_SIZE,
+         f"input_size must be an integer in [8, {MAX_INPUT_SIZE}], got {meta.get('input_size')!r}")
+    need(numbers(meta.get("mean")), "mean must be one or three finite numbers")
+    need(numbers(meta.get("std")) and all(x > 0 for x in meta["std"]),
+         "std must be one or three positive numbers")
+    need(meta.get("granularity", "block") in GRANULARITIES,
+         f"granularity must be {' or '.join(GRANULARITIES)}, got {meta.get('granularity')!r}")
+    sampling = meta.get("sampling") or {}
+    need(isinstance(sampling, dict), "sampling must be an object")
+    for key in ("crop", "crop_stride", "image_size"):
+        value = sampling.get(key)
+        need(value is None or (is_int(value) and 1 <= value <= MAX_CROP),
+             f"sampling.{key} must be empty or an integer in [1, {MAX_CROP}], got {value!r}")
+    return meta
+
+
+def _shapes(tree) -> dict:
+    flat = traverse_util.flatten_dict(tree, sep="/") if tree else {}
+    return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """Reading a corrupt checkpoint leaves tensorstore reads in flight whose completion
+    callbacks later find orbax's asyncio loop closed; Python prints each as an
+    'unraisable' RuntimeError('Event loop is closed') traceback after our one error line.
+    Drop exactly those; every other unraisable exception still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "deft_jax_quiet", False):
+        return
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.deft_jax_quiet = True
+    sys.unraisablehook = hook
+
+
+def restore_model(path: Path):
+    """(ModelSpec, variables, meta) from a checkpoint written by `save_checkpoint`. Every
+    weight comes from the checkpoint; the model's structure comes from the validated
+    metadata, and the stored shapes must be exactly that structure's."""
+    from deft_jax.models import build_model
+
     path = Path(path).absolute()
     if not path.is_dir():
         raise UserError(f"no checkpoint at {path}")
+    _quiet_closed_loop_callbacks()
+    absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
+    absl.setLevel(logging.ERROR)  # orbax warns on stderr about a missing file; we say it once
     try:
-        checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-        restored = checkpointer.restore(path, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        meta = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
+            path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        stored = ocp.Checkpointer(ocp.StandardCheckpointHandler()).metadata(path / "state").item_metadata
     except Exception as err:  # orbax raises many types; the user needs one line
-        raise UserError(f"cannot restore checkpoint {path}: {str(err).splitlines()[0]}") from None
-    return dict(restored["state"]), dict(restored["meta"])
+        raise UserError(f"cannot restore checkpoint {path}: {_first_line(err)}") from None
+    finally:
+        absl.setLevel(level)
+    if stored is None or not isinstance(getattr(stored, "tree", None), dict):
+        raise UserError(f"cannot restore checkpoint {path}: its arrays' metadata is unreadable")
+    stored = stored.tree
+    meta = validate_meta(dict(meta) if meta is not None else None, path)
+    spec = build_model(meta["model"], meta["num_classes"], "none", meta["input_size"],
+                       meta.get("granularity", "block"))
+    expected = spec.variable_shapes()  # tracing only: nothing is allocated
+    have = {c: _shapes(stored.get(c) or {}) for c in ("params", "batch_stats")}
+    for collection in ("params", "batch_stats"):
+        want, got = _shapes(expected[collection]), have.get(collection, {})
+        for name in sorted(set(want) | set(got)):
+            if want.get(name) != got.get(name):
+                raise UserError(
+                    f"checkpoint {path} does not match its metadata ({meta['model']}, "
+                    f"{meta['num_classes']} classes): {collection}/{name} is stored as "
+                    f"{got.get(name, 'missing')}, the model needs {want.get(name, 'none')}")
+    try:
+        state = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
+            path, args=ocp.args.Composite(state=ocp.args.StandardRestore(expected)))["state"]
+    except Exception as err:
+        raise UserError(f"cannot restore checkpoint {path}: {_first_line(err)}") from None
+    variables = {"params": dict(state["params"]), "batch_stats": dict(state.get("batch_stats") or {})}
+    if not all_finite(variables):
+        raise UserError(f"checkpoint {path} holds non-finite parameters (a diverged model)")
+    return spec, variables, meta

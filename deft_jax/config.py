@@ -7,11 +7,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from deft_jax.errors import UserError
+
+
+GRANULARITIES = ("block", "stage")
+# Larger inputs than any model here was built for; the memory check in `inputs` bounds
+# what a dataset may need below this.
+MAX_INPUT_SIZE = 1024
+# `--resume --set` may change only these: they do not change the search's result (the
+# strategies give the same fitnesses; more generations continue the same DE, equal to an
+# uninterrupted run with that many) or only retrain the final model; the new values are
+# recorded in config.json when the final model is written.
+RESUME_SETTABLE = ("search.evaluation", "search.strategy", "search.generations", "final.epochs",
+                   "final.learning_rate")
 
 
 @dataclasses.dataclass
@@ -99,6 +112,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     if typ is float or name == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config {where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise UserError(f"config {where} must be a finite number, got {value!r}")
         return float(value)
     if typ is int or name == "int":
         if isinstance(value, bool) or not isinstance(value, int):
@@ -186,6 +201,37 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def check_resume_overrides(overrides: list[str]) -> None:
+    """`--resume --set KEY=...` is refused for keys that would change the search's result."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key not in RESUME_SETTABLE:
+            raise UserError(f"--resume cannot change {key}: it would change the search's result "
+                            f"(settable on --resume: {', '.join(RESUME_SETTABLE)}); start a new run "
+                            "with --out instead")
+
+
+def check_resumed_config(saved: Config, resumed: Config) -> None:
+    """A resumed search may run more generations, never fewer (fewer would disagree with
+    the generations already done)."""
+    old, new = saved.search.generations, resumed.search.generations
+    if new < old:
+        raise UserError(f"--resume can raise search.generations, not lower it ({old} -> {new}); "
+                        "start a new run with --out instead")
+
+
+def _numbers(tree: Any):
+    """Every number inside nested dicts/lists (for the finite check of free-form tables)."""
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _numbers(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _numbers(v)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield tree
+
+
 def merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for k, v in update.items():
@@ -215,6 +261,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_dict(raw: dict) -> Config:
+    if not isinstance(raw, dict):
+        raise UserError(f"a config must be a table of sections, got {type(raw).__name__}")
     cfg = _from_dict(Config, raw, "")
     validate(cfg)
     return cfg
@@ -225,7 +273,17 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise UserError(f"invalid config: {message}")
 
-    s, f = cfg.search, cfg.finetune
+    from deft_jax.models import MODEL_NAMES  # the registry's names (no model is built)
+
+    s, f, m = cfg.search, cfg.finetune, cfg.model
+    need(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
+    need(cfg.data.split_seed >= 0, f"data.split_seed must be >= 0, got {cfg.data.split_seed}")
+    need(m.name in MODEL_NAMES, f"model.name must be one of {', '.join(MODEL_NAMES)}, got {m.name!r}")
+    need(m.granularity in GRANULARITIES,
+         f"model.granularity must be {' or '.join(GRANULARITIES)}, got {m.granularity!r}")
+    need(8 <= m.input_size <= MAX_INPUT_SIZE,
+         f"model.input_size must be in [8, {MAX_INPUT_SIZE}], got {m.input_size}")
+    need(m.weights != "", "model.weights must be default, none or a file path")
     need(s.population_size >= 4, f"search.population_size must be >= 4 (DE needs 4), got {s.population_size}")
     need(s.generations >= 0, f"search.generations must be >= 0, got {s.generations}")
     need(0.0 <= s.differential_weight <= 2.0, f"search.differential_weight must be in [0, 2], got {s.differential_weight}")
@@ -245,11 +303,12 @@ def validate(cfg: Config) -> None:
     need(0 <= f.momentum < 1, f"finetune.momentum must be in [0, 1), got {f.momentum}")
     need(cfg.final.epochs >= 1, f"final.epochs must be >= 1, got {cfg.final.epochs}")
     need(cfg.final.learning_rate is None or cfg.final.learning_rate > 0, "final.learning_rate must be > 0")
-    need(cfg.model.input_size >= 8, f"model.input_size must be >= 8, got {cfg.model.input_size}")
     fr = cfg.data.fractions
     need(len(fr) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in fr) and abs(sum(fr) - 1) < 1e-6,
          f"data.fractions must be three positive numbers summing to 1, got {fr}")
     need(isinstance(cfg.data.source.get("kind"), str), "data.source.kind must be set")
+    need(all(math.isfinite(x) for x in _numbers(cfg.data.source)),
+         "data.source numbers must be finite")
     e = cfg.experiment
     need(e.seeds >= 1, f"experiment.seeds must be >= 1, got {e.seeds}")
     need(e.folds == "repeated", f"experiment.folds must be repeated, got {e.folds!r}")

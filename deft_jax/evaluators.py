@@ -18,6 +18,7 @@ import numpy as np
 
 from deft_jax.config import Config
 from deft_jax.fitness import SequentialEvaluator, SplitArrays
+from deft_jax.host_memory import available_bytes
 from deft_jax.masks import GroupMask
 from deft_jax.models.base import ModelSpec
 
@@ -73,27 +74,13 @@ def pick_mode(requested: str) -> tuple[str, str]:
 MEMORY_HEADROOM = 0.9  # share of a device's free memory a population program may use
 
 
-def host_available_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), else free physical pages; None if unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def device_memory_limit() -> int | None:
     """Bytes a population program may use per device: MEMORY_HEADROOM x the smallest free
     memory of this process's devices. CPU devices report none: there the host's available
     memory, shared by its devices, is the limit. None if unknown. In a multi-process run
     every process gets the smallest limit of all, so all choose the same program split."""
     devices = jax.local_devices()
-    host = host_available_bytes() if any(d.platform == "cpu" for d in devices) else None
+    host = available_bytes() if any(d.platform == "cpu" for d in devices) else None
     free: list[int] | None = []
     for device in devices:
         stats = device.memory_stats() if hasattr(device, "memory_stats") else None

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deft_jax import rundir
+from deft_jax import cli, rundir
 from deft_jax.config import Config, config_from_dict, load_config
 from deft_jax.data import load_dataset
 from deft_jax.errors import UserError, exit_on_user_error
@@ -70,21 +70,6 @@ def split_sha(splits: dict[str, np.ndarray]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _clean(obj):
-    """JSON-safe: numpy scalars to Python, nan/inf to None."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 def read_runs(path: Path) -> list[dict]:
     """Records of runs.jsonl; a torn last line (killed mid-write) is ignored."""
     if not path.exists():
@@ -102,7 +87,7 @@ def read_runs(path: Path) -> list[dict]:
 
 def append_run(path: Path, record: dict) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(_clean(record)) + "\n")
+        f.write(rundir.json_text(record, indent=None) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -125,6 +110,7 @@ def _prepare_out(out: Path, resume: bool) -> None:
     if resume:
         if not (out / META).is_file():
             raise UserError(f"{out} is not an experiment folder (no {META})")
+        rundir.lock(out, "experiment folder")  # held until the experiment ends
         return
     rundir.create_fresh(out, "output folder")
 
@@ -205,7 +191,7 @@ def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, see
                       "trained_groups": [g for g, on in result.mask.items() if on] if result.mask else None,
                       "history": result.history, "extra": result.extra,
                       "compiles_so_far": programs.compiles()}
-            record = _clean(record)
+            record = rundir.strict_json_value(record)
             append_run(out / RUNS, record)
             records.append(record)
             done.add((s, m))
@@ -314,7 +300,7 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
     chosen = {r["seed"]: set(r.get("trained_groups") or []) for r in by.get("deft", [])}
     group_counts = {g: sum(g in c for c in chosen.values()) for g in groups}
     seeds = sorted({r["seed"] for r in records})
-    summary = _clean({
+    summary = rundir.strict_json_value({
         "model": meta["model"], "pretrained": meta["pretrained"], "data": meta["data"],
         "scratch_architecture": meta["scratch_architecture"], "backend": meta["backend"],
         "seeds": seeds, "methods": methods, "table": table, "paired_vs_deft": paired,
@@ -458,8 +444,8 @@ def write_plots(by: dict, meta: dict, groups: list[str], chosen: dict, out: Path
 # Command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(
         prog="python -m deft_jax.experiment",
         description="Compare DEFT with baselines (" + ", ".join(METHODS) + ") over repeated "
                     "grouped stratified splits, with paired statistics and plots.",
@@ -490,6 +476,11 @@ def main(argv: list[str] | None = None) -> int:
             get_method(m)
         if not methods:
             raise UserError("--methods is empty")
+    with rundir.owned():  # the output folder's lock is held until the experiment ends
+        return _run(args, methods)
+
+
+def _run(args, methods: list[str] | None) -> int:
     if args.resume:
         if args.config or args.overrides or args.out:
             raise UserError("--resume uses the experiment's own config.json; drop --config/--set/--out")

@@ -18,12 +18,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from deft_jax import training
+from deft_jax import divergence, training
 from deft_jax.config import FineTuneConfig
 from deft_jax.finetune import FineTuner
 from deft_jax.groups import LayerGroups
 from deft_jax.masks import GroupMask, mask_key
-from deft_jax.metrics import metric_from_logits
 from deft_jax.models.base import ModelSpec
 
 
@@ -97,11 +96,6 @@ class PrefixFeatureCache:
                 "prefix_seconds_saved": round(self.seconds_saved, 3)}
 
 
-def fitness_from_logits(metric: str, logits: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """Fitness of a fine-tuned member: 1 - the validation metric (lower is better)."""
-    return 1.0 - metric_from_logits(metric, logits, labels, num_classes)
-
-
 def infeasible_fitness(fraction: float, limit: float) -> float:
     """Masks training more than the allowed parameter fraction are never trained: their
     fitness is 1 + the excess, worse than any real fitness and pointing back to feasibility."""
@@ -121,20 +115,24 @@ class SequentialEvaluator:
         self.cache_prefix = cache_prefix and not cfg.augment
         self.prefix = PrefixFeatureCache(spec, variables, data)
 
-    def evaluate_logits_one(self, mask: GroupMask) -> np.ndarray:
-        """Validation logits after the mask's fine-tune."""
+    def _fine_tune_one(self, mask: GroupMask) -> tuple[np.ndarray, list[float]]:
+        """Validation logits and training losses of the mask's fine-tune."""
         start = training.first_trainable_stage(self.spec, mask) if self.cache_prefix else 0
         x_train, x_val = self.prefix.features(start)
-        variables, _ = self.tuner.fine_tune(self.variables, mask, x_train, self.data.y_train,
-                                            seed=self.seed, start=start)
-        return self.tuner.logits(variables, x_val, start=start)
+        variables, losses = self.tuner.fine_tune(self.variables, mask, x_train, self.data.y_train,
+                                                 seed=self.seed, start=start)
+        return self.tuner.logits(variables, x_val, start=start), losses
 
     def evaluate_logits(self, masks: Sequence[GroupMask]) -> np.ndarray:
-        return np.stack([self.evaluate_logits_one(m) for m in masks])
+        return np.stack([self._fine_tune_one(m)[0] for m in masks])
 
     def evaluate(self, masks: Sequence[GroupMask]) -> list[float]:
-        return [fitness_from_logits(self.metric, self.evaluate_logits_one(m), self.data.y_val,
-                                    self.data.num_classes) for m in masks]
+        out = []
+        for mask in masks:
+            logits, losses = self._fine_tune_one(mask)
+            out.append(divergence.fitness_from_logits(self.metric, logits, self.data.y_val,
+                                                      self.data.num_classes, mask, losses))
+        return out
 
     def stats(self) -> dict:
         return {"compiles": self.tuner.compiles, **(self.prefix.stats() if self.cache_prefix else {})}

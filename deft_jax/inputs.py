@@ -40,7 +40,12 @@ def split_dataset(cfg: Config, dataset: Dataset, saved_splits: Path | None = Non
     `origin` says which: {"from_dataset": [...], "carved_from_train": [...], ...}."""
     origin = dict(dataset.origin or {})
     if saved_splits is not None and saved_splits.exists():
-        return load_splits(saved_splits), {**origin, "from": str(saved_splits)}
+        splits = load_splits(saved_splits)
+        largest = max((int(v.max()) for v in splits.values() if v.size), default=-1)
+        if largest >= len(dataset):
+            raise UserError(f"splits file {saved_splits} names sample {largest}, but the dataset has "
+                            f"{len(dataset)} samples (was the data changed since the run started?)")
+        return splits, {**origin, "from": str(saved_splits)}
     if dataset.predefined_splits is not None:
         splits, carved = complete_splits(dataset.labels, dataset.groups, dataset.predefined_splits,
                                          tuple(cfg.data.fractions), cfg.data.split_seed,
@@ -70,6 +75,20 @@ def describe_origin(origin: dict) -> str:
     return text
 
 
+def check_fits_in_memory(num_images: int, input_size: int, share: float = 0.5) -> None:
+    """The images resized to the input size (uint8) must fit in `share` of the host's
+    available memory; checked before anything is allocated, so a huge model.input_size is a
+    one-line error instead of an out-of-memory kill."""
+    from deft_jax.host_memory import available_bytes
+
+    needed = num_images * input_size * input_size * 3
+    available = available_bytes()
+    if available is not None and needed > share * available:
+        raise UserError(f"{num_images} images at model.input_size={input_size} need "
+                        f"{needed / 2**30:.1f} GiB as uint8, more than {share:.0%} of the "
+                        f"{available / 2**30:.1f} GiB of available memory; lower model.input_size")
+
+
 def prepare_data(cfg: Config, spec: ModelSpec, dataset: Dataset | None = None,
                  saved_splits: Path | None = None) -> PreparedData:
     if dataset is None:
@@ -80,6 +99,7 @@ def prepare_data(cfg: Config, spec: ModelSpec, dataset: Dataset | None = None,
     for name in ("train", "val", "test"):
         if len(splits.get(name, [])) == 0:
             raise UserError(f"the {name} split is empty")
+    check_fits_in_memory(len(dataset), spec.input_size)
     images = resize_images(dataset.images, spec.input_size)
     y = dataset.labels.astype(np.int32)
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import jax
 
-from deft_jax import distributed, rundir
+from deft_jax import distributed, divergence, rundir
 from deft_jax.checkpoint import save_checkpoint
 from deft_jax.config import Config
 from deft_jax.data import load_dataset, sampling_of
@@ -58,14 +57,12 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
 
     if writer and not resume:
         rundir.create_fresh(run_dir)
-        rundir.write_json(run_dir / rundir.CONFIG, cfg.to_dict())
         save_splits(run_dir / rundir.SPLITS, data.splits, dataset.groups,
                     seed=cfg.data.split_seed, fractions=list(cfg.data.fractions),
                     origin=data.split_origin)
-    if writer:
-        for stale in (rundir.METRICS, rundir.REPORT):  # a resumed run is complete only at the end
-            (run_dir / stale).unlink(missing_ok=True)
+        rundir.write_json(run_dir / rundir.CONFIG, cfg.to_dict())  # last: it marks a resumable run
 
+    divergence.set_log(log)
     evaluator, mode, reason = make_evaluator(cfg, spec, variables, data.arrays)
     n = {k: len(v) for k, v in data.splits.items()}
     log(f"data: {dataset.description}; train/val/test {n['train']}/{n['val']}/{n['test']}; "
@@ -86,12 +83,12 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     log(f"best mask (fitness {result.best_fitness:.4f}): fine-tune {', '.join(chosen)}")
 
     final = train_final(cfg, spec, variables, result.best_mask, data)
+    divergence.check_final_model(cfg, final, run_dir)  # before any write
     trained, metrics = final.variables, final_metrics(cfg, final, data)
     meta = inference_meta(cfg, spec, data.class_names, result.best_mask, spec.pretrained)
     ckpt = run_dir / rundir.CHECKPOINT
     if writer:
-        if ckpt.exists():
-            shutil.rmtree(ckpt)
+        rundir.clear_results(run_dir, cfg.to_dict())  # the old results go only now
         save_checkpoint(ckpt, trained, meta)
     t_end = time.perf_counter()
     seconds = {"setup (data, model)": t_ready - t_start, "search": t_search - t_ready,

@@ -45,10 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from deft_jax import training
+from deft_jax import divergence, training
 from deft_jax.config import FineTuneConfig
 from deft_jax.errors import UserError
-from deft_jax.fitness import PrefixFeatureCache, SplitArrays, fitness_from_logits
+from deft_jax.fitness import PrefixFeatureCache, SplitArrays
 from deft_jax.masks import GroupMask
 from deft_jax.models.base import ModelSpec
 
@@ -99,8 +99,9 @@ class PopulationEvaluator:
 
     def evaluate(self, masks: Sequence[GroupMask]) -> list[float]:
         """Fitness (1 - metric on the val split) per mask, in order."""
-        return [fitness_from_logits(self.metric, l, self.data.y_val, self.data.num_classes)
-                for l in self.evaluate_logits(masks)]
+        logits = self.evaluate_logits(masks)
+        return [divergence.fitness_from_logits(self.metric, l, self.data.y_val, self.data.num_classes, m)
+                for l, m in zip(logits, masks)]
 
     def evaluate_logits(self, masks: Sequence[GroupMask]) -> np.ndarray:
         """Validation logits [len(masks), n_val, classes] after each member's fine-tune."""

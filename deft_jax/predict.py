@@ -7,18 +7,16 @@ Prints one line per image: path, predicted class name, probability.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from deft_jax import rundir
-from deft_jax.checkpoint import load_checkpoint
+from deft_jax import cli, rundir
+from deft_jax.checkpoint import restore_model
 from deft_jax.data import LEGACY_RESIZE, Sampling, image_samples, preprocess
 from deft_jax.errors import UserError, exit_on_user_error
-from deft_jax.models import build_model
 from deft_jax.training import logits as model_logits
 
 
@@ -37,13 +35,14 @@ class Predictor:
         ckpt = Path(run_dir) / rundir.CHECKPOINT
         if not ckpt.is_dir():
             raise UserError(f"{run_dir} has no checkpoint/ (did the run finish?)")
-        self.variables, self.meta = load_checkpoint(ckpt)
-        m = self.meta
-        # Structure only: every weight comes from the checkpoint.
-        self.spec = build_model(m["model"], m["num_classes"], "none", m["input_size"],
-                                m.get("granularity", "block"))
-        self.class_names = list(m["class_names"])
-        self.sampling = checkpoint_sampling(m)
+        taken = rundir.lock(run_dir, shared=True)  # no run may be rewriting it while it is read
+        try:
+            self.spec, self.variables, self.meta = restore_model(ckpt)
+        finally:
+            if taken:
+                rundir.release(run_dir)
+        self.class_names = list(self.meta["class_names"])
+        self.sampling = checkpoint_sampling(self.meta)
         self._cache: dict = {}
 
     def logits(self, images_uint8: np.ndarray) -> np.ndarray:
@@ -61,6 +60,8 @@ class Predictor:
         results = []
         for path in paths:
             probs = self.probabilities(path)
+            if not np.isfinite(probs).all():  # never print nan as a probability
+                raise UserError(f"{path}: the model's output is not finite (a diverged model)")
             i = int(probs.argmax())
             results.append((path, self.class_names[i], float(probs[i])))
         return results
@@ -68,7 +69,7 @@ class Predictor:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m deft_jax.predict",
+    p = cli.ArgumentParser(prog="python -m deft_jax.predict",
                                 description="Classify images with a finished DEFT run's checkpoint.")
     p.add_argument("--run", required=True, help="run directory written by deft_jax.search")
     p.add_argument("images", nargs="+", help="image files (jpg, png, ...)")

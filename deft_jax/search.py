@@ -12,18 +12,20 @@ its last completed generation, with the same result as an uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
 
-from deft_jax import rundir
-from deft_jax.config import config_from_dict, load_config
+from deft_jax import cli, rundir
+from deft_jax.config import (apply_overrides, check_resume_overrides, check_resumed_config,
+                             config_from_dict, load_config)
 from deft_jax.errors import UserError, exit_on_user_error
 from deft_jax.evaluators import EVALUATION_MODES
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(
         prog="python -m deft_jax.search",
         description="DEFT: search with differential evolution for which layer groups of a "
                     "pretrained CNN to fine-tune, then train the winner and save a checkpoint.",
@@ -68,21 +70,25 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.evaluation:
         overrides.append(f"search.evaluation={json.dumps(args.evaluation)}")
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / rundir.CONFIG).is_file():
-            raise UserError(f"{run_dir} is not a run directory (no {rundir.CONFIG})")
-        if args.config or args.seed is not None:
-            raise UserError("--resume uses the run's own config.json; drop --config/--seed")
-        raw = rundir.read_json(run_dir / rundir.CONFIG)
-        if overrides:
-            from deft_jax.config import apply_overrides
-            raw = apply_overrides(raw, overrides)
-        cfg = config_from_dict(raw)
-        run_pipeline(cfg, run_dir, resume=True)
-    else:
-        cfg = load_config(args.config, overrides, args.seed)
-        run_pipeline(cfg, resolve_run_dir(args.out, cfg), resume=False)
+    with rundir.owned():  # the run directory's lock is held until the run ends
+        if args.resume:
+            run_dir = Path(args.resume)
+            if not (run_dir / rundir.CONFIG).is_file():
+                raise UserError(f"{run_dir} is not a run directory (no {rundir.CONFIG}; a run stopped "
+                                "before writing it computed nothing: delete the folder and start again)")
+            if args.config or args.seed is not None:
+                raise UserError("--resume uses the run's own config.json; drop --config/--seed")
+            check_resume_overrides(overrides)
+            if distributed.is_writer():
+                rundir.lock(run_dir)
+            raw = rundir.read_json(run_dir / rundir.CONFIG)
+            saved = config_from_dict(raw)
+            cfg = config_from_dict(apply_overrides(copy.deepcopy(raw), overrides))
+            check_resumed_config(saved, cfg)
+            run_pipeline(cfg, run_dir, resume=True)
+        else:
+            cfg = load_config(args.config, overrides, args.seed)
+            run_pipeline(cfg, resolve_run_dir(args.out, cfg), resume=False)
     return 0
 
 

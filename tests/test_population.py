@@ -40,7 +40,7 @@ def tiny_problem():
 
 def sequential_logits(ev: SequentialEvaluator, mask) -> np.ndarray:
     """The static-mask reference: validation logits after the mask's fine-tune."""
-    return ev.evaluate_logits_one(mask)
+    return ev.evaluate_logits([mask])[0]
 
 
 def clean_env(**extra) -> dict:
@@ -215,6 +215,7 @@ def test_a_population_member_that_cannot_fit_in_memory_is_a_one_line_user_error(
 
 
 def test_on_cpu_the_population_memory_limit_is_a_share_of_the_hosts_available_memory():
-    from deft_jax.evaluators import device_memory_limit, host_available_bytes
+    from deft_jax.evaluators import device_memory_limit
+    from deft_jax.host_memory import available_bytes as host_available_bytes
     limit = device_memory_limit()
     assert limit is not None and 0 < limit <= host_available_bytes()

@@ -134,12 +134,28 @@ def _npz_images(arr: np.ndarray, key: str, path: Path) -> np.ndarray:
                         f"got {list(arr.shape)}")
     if arr.dtype == np.uint8:
         return arr
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise UserError(f"{path.name}: '{key}' must hold numbers, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise UserError(f"{path.name}: '{key}' holds {int((~np.isfinite(arr)).sum())} non-finite "
+                        "values (NaN or infinity); images must be finite")
     if arr.size and np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0 and arr.max() <= 1:
         return np.rint(arr * 255.0).astype(np.uint8)
     if arr.size and (arr.min() < 0 or arr.max() > 255):
         raise UserError(f"{path.name}: '{key}' values must be in 0..255 (or 0..1 floats), "
                         f"got {arr.min()}..{arr.max()}")
     return np.rint(arr).astype(np.uint8)
+
+
+def _npz_array(npz, key: str, path: Path) -> np.ndarray:
+    """One array of an .npz; a pickled (object) array is refused as a user error."""
+    try:
+        return np.asarray(npz[key])
+    except ValueError as err:  # numpy refuses object arrays without allow_pickle
+        if "allow_pickle" not in str(err):
+            raise
+        raise UserError(f"{path.name}: '{key}' is a pickled (object) array, which is never loaded "
+                        "(unpickling can run code); store plain numeric arrays") from None
 
 
 def _load_npz(source: dict) -> Dataset:
@@ -162,20 +178,21 @@ def _load_npz(source: dict) -> Dataset:
                             f"expected MedMNIST keys {', '.join(_NPZ_KEYS)}")
         parts_img, parts_lab = [], []
         for split in ("train", "val", "test"):
-            imgs = _npz_images(npz[f"{split}_images"], f"{split}_images", p)
-            labs = np.asarray(npz[f"{split}_labels"])
+            imgs = _npz_images(_npz_array(npz, f"{split}_images", p), f"{split}_images", p)
+            labs = _npz_array(npz, f"{split}_labels", p)
             if labs.ndim == 2 and labs.shape[1] == 1:
                 labs = labs[:, 0]
             if labs.ndim != 1 or labs.shape[0] != imgs.shape[0]:
                 raise UserError(f"{p.name}: '{split}_labels' must be [N] or [N, 1] with "
                                 f"N = {imgs.shape[0]}, got {list(labs.shape)}")
-            if labs.size and not np.all(np.equal(np.mod(labs, 1), 0)):
+            if labs.size and (labs.dtype.kind not in "iuf"
+                              or not np.all(np.equal(np.mod(labs, 1), 0))):
                 raise UserError(f"{p.name}: '{split}_labels' must be integer class ids")
             parts_img.append(imgs)
             parts_lab.append(labs.astype(np.int64))
         class_names = None
         if "class_names" in npz.files:
-            class_names = [str(c) for c in np.asarray(npz["class_names"]).reshape(-1)]
+            class_names = [str(c) for c in _npz_array(npz, "class_names", p).reshape(-1)]
     shapes = {a.shape[1:] for a in parts_img if a.shape[0]}
     if len(shapes) > 1:
         raise UserError(f"{p.name}: train/val/test images have different sizes {sorted(shapes)}")

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from deft_jax.errors import UserError
 from deft_jax.models.base import ModelSpec
 
 MODEL_NAMES = ("small_cnn", "resnet20", "resnet32", "resnet44", "resnet56", "efficientnet_lite0")
-DEFAULT_CIFAR_WEIGHTS_DIR = Path("../shared/data/weights/cifar10_resnet")
+
+
+def default_cifar_weights_dir() -> Path:
+    """The shared CIFAR-10 ResNet weights: $DEFT_SHARED_DATA/weights/cifar10_resnet, else
+    ../shared/data/weights/cifar10_resnet next to this project (never relative to the
+    working directory)."""
+    shared = os.environ.get("DEFT_SHARED_DATA")
+    root = Path(shared) if shared else Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    return root / "weights" / "cifar10_resnet"
 
 
 def build_model(name: str, num_classes: int, weights: str = "default", input_size: int = 32,
@@ -28,8 +37,12 @@ def build_model(name: str, num_classes: int, weights: str = "default", input_siz
         depth = int(name[len("resnet"):])
         path = None
         if weights != "none":
-            path = Path(DEFAULT_CIFAR_WEIGHTS_DIR if weights == "default" else weights)
+            path = Path(default_cifar_weights_dir() if weights == "default" else weights)
             if not path.exists():
+                if weights == "default":
+                    raise UserError(f"the default {name} weights folder {path} does not exist; set "
+                                    "model.weights=PATH (a resnet*.th file or a folder of them), or "
+                                    "DEFT_SHARED_DATA to the shared data folder, or model.weights=none")
                 raise UserError(f"weights not found: {path}")
             if path.is_dir():
                 path = find_cifar_resnet_weights(depth, path)

@@ -1,0 +1,94 @@
+"""Divergence: a fine-tune whose numbers stop being finite.
+
+- In the search, a mask whose fine-tune ends with non-finite validation logits (or a
+  non-finite last training loss) gets the worst fitness, `WORST_FITNESS` = 1.0 (as bad as
+  classifying nothing right; NaN logits are never argmax'ed into a class), and one log
+  line; the search goes on.
+- The final model: non-finite parameters, BatchNorm statistics, last training loss or
+  validation/test logits are a one-line `UserError` naming what diverged and which setting
+  to lower, raised before anything is written as a finished run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from deft_jax.errors import UserError
+from deft_jax.metrics import metric_from_logits
+
+WORST_FITNESS = 1.0
+
+_log: Callable[[str], None] = print
+
+
+def set_log(log: Callable[[str], None]) -> None:
+    """Where the 'diverged' lines go (the run's log; a no-op on non-writing processes)."""
+    global _log
+    _log = log
+
+
+def all_finite(tree) -> bool:
+    """True when every floating-point leaf of `tree` (arrays, scalars) is finite."""
+    for leaf in jax.tree.leaves(tree):
+        a = np.asarray(leaf)
+        if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+            return False
+    return True
+
+
+def _describe(mask: Mapping[str, bool] | None) -> str:
+    if mask is None:
+        return "a mask"
+    on = [g for g, v in mask.items() if v]
+    return "mask [" + ", ".join(on) + "]"
+
+
+def fitness_from_logits(metric: str, logits: np.ndarray, labels: np.ndarray, num_classes: int,
+                        mask: Mapping[str, bool] | None = None,
+                        losses: Sequence[float] | None = None) -> float:
+    """Fitness = 1 - metric on the validation split, or `WORST_FITNESS` (with a log line)
+    when the fine-tune diverged: non-finite logits or a non-finite last loss."""
+    diverged = None
+    if not all_finite(logits):
+        diverged = "validation logits"
+    elif losses is not None and len(losses) and not math.isfinite(float(losses[-1])):
+        diverged = "training loss"
+    if diverged:
+        _log(f"diverged: {_describe(mask)} gave non-finite {diverged}; scored as the worst "
+             f"fitness {WORST_FITNESS:.1f} (lower finetune.learning_rate if this is frequent)")
+        return WORST_FITNESS
+    return 1.0 - metric_from_logits(metric, logits, labels, num_classes)
+
+
+def final_model_problems(trained: dict, logits: Mapping[str, np.ndarray],
+                         losses: Sequence[float] | None = None) -> list[str]:
+    """What is not finite in a trained model: parameters, BatchNorm statistics, the last
+    training loss, the logits per split. Empty when nothing diverged."""
+    problems = []
+    if not all_finite(trained.get("params", {})):
+        problems.append("parameters")
+    if not all_finite(trained.get("batch_stats", {})):
+        problems.append("BatchNorm statistics")
+    if losses and not math.isfinite(float(losses[-1])):
+        problems.append("training loss")
+    return problems + [f"{split} logits" for split, value in logits.items() if not all_finite(value)]
+
+
+def check_final_model(cfg, final, run_dir=None) -> None:
+    """Raise a one-line UserError if the final model (a `deft_jax.final.FinalModel`)
+    diverged: which numbers are not finite, and the learning rate to lower
+    (`--resume RUN_DIR --set final.learning_rate=` retrains only the final model of a
+    finished search)."""
+    logits = {"val": final.val_logits, "test": final.test_logits}
+    problems = final_model_problems(final.variables, logits, final.losses)
+    if not problems:
+        return
+    lr = cfg.final.learning_rate if cfg.final.learning_rate is not None else cfg.finetune.learning_rate
+    how = (f"; --resume {run_dir} --set final.learning_rate=... retrains only the final model"
+           if run_dir is not None else "")
+    raise UserError(f"final training diverged (non-finite {', '.join(problems)}); lower "
+                    f"final.learning_rate (now {lr:g}){how}")
