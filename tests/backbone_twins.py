@@ -60,11 +60,14 @@ def compare_with_twin(spec, model, layout, size: int, batch: int = 2, seed: int 
             v, x, train=True, mutable=["batch_stats"]))(variables, x)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     trained = copy.deepcopy(model).train()  # the train-mode forward updates its statistics
+    for module in trained.modules():  # deft_jax's models have no dropout
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
     with torch.no_grad():
         expected_eval = model.eval()(xt).numpy()
         expected_train = trained(xt).numpy()
     state = trained.state_dict()
-    flat = traverse_util.flatten_dict(dict(updates["batch_stats"]))
+    flat = traverse_util.flatten_dict(dict(updates.get("batch_stats", {})))
     stat_diff, stats = 0.0, 0
     for entry in layout:
         if entry.collection == "batch_stats":
