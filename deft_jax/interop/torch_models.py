@@ -224,7 +224,7 @@ def torch_twin(model_name: str, num_classes: int, variables: Mapping, input_size
         load_flax_variables(model, variables)
         groups = {name: [getattr(model, name)] for name in model.stage_names}
         return TorchTwin(model, groups)
-    if model_name.startswith("resnet"):
+    if model_name in ("resnet20", "resnet32", "resnet44", "resnet56"):
         model = resnet_cifar_torch(int(model_name[len("resnet"):]), num_classes, weights)
         copy_linear(model.linear, variables)
         return TorchTwin(model, _resnet_groups(model))

@@ -154,7 +154,7 @@ def _cache_fits(arrays: Mapping[str, np.ndarray], entries: list[Entry], shapes: 
 def pretrained_loader(path: str | Path, model_name: str, layouts: Mapping[str, list[Entry]],
                       shapes: Mapping, load_head: bool = False
                       ) -> tuple[Callable[[dict], dict], str]:
-    """(load_pretrained, description) for `ModelSpec`; see the module docstring."""
+    """(load_pretrained, the path as text) for `ModelSpec`; see the module docstring."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file {path} not found")
@@ -184,4 +184,4 @@ def pretrained_loader(path: str | Path, model_name: str, layouts: Mapping[str, l
             flat[key] = array
         return traverse_util.unflatten_dict(flat)
 
-    return load_pretrained, f"{path} ({naming} naming)"
+    return load_pretrained, str(path)
