@@ -48,16 +48,23 @@ def save_both(model, folder: Path, stem: str) -> tuple[Path, Path]:
 
 
 def compare_with_twin(spec, model, layout, size: int, batch: int = 2, seed: int = 1):
-    """Max |logit diff| in eval mode, train mode, and the largest BatchNorm running-stat diff
-    after one train-mode forward, between `spec` (pretrained from the twin's file) and `model`."""
+    """Max |logit diff| in eval mode, in train mode, and the largest relative BatchNorm
+    running-statistic diff (|a - b| / (1 + |b|)) after one train-mode forward, between
+    `spec` (pretrained from the twin's file) and `model`."""
     import torch
 
     x = np.random.default_rng(seed).normal(size=(batch, size, size, 3)).astype(np.float32)
     variables = spec.init(0)
+
+    @jax.jit
+    def both_modes(v, x):  # one compiled program for eval and train mode
+        eval_logits = spec.net.apply(v, x, train=False)
+        train_logits, updates = spec.net.apply(v, x, train=True, mutable=["batch_stats"])
+        return eval_logits, train_logits, updates
+
     with jax.default_matmul_precision("float32"):
-        eval_logits = np.asarray(jax.jit(lambda v, x: spec.net.apply(v, x, train=False))(variables, x))
-        train_logits, updates = jax.jit(lambda v, x: spec.net.apply(
-            v, x, train=True, mutable=["batch_stats"]))(variables, x)
+        eval_logits, train_logits, updates = both_modes(variables, x)
+    eval_logits = np.asarray(eval_logits)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     trained = copy.deepcopy(model).train()  # the train-mode forward updates its statistics
     for module in trained.modules():  # deft_jax's models have no dropout
@@ -71,8 +78,8 @@ def compare_with_twin(spec, model, layout, size: int, batch: int = 2, seed: int 
     stat_diff, stats = 0.0, 0
     for entry in layout:
         if entry.collection == "batch_stats":
-            ours = np.asarray(flat[entry.path])
-            stat_diff = max(stat_diff, float(np.abs(ours - state[entry.key].numpy()).max()))
+            ours, theirs = np.asarray(flat[entry.path]), state[entry.key].numpy()
+            stat_diff = max(stat_diff, float((np.abs(ours - theirs) / (1 + np.abs(theirs))).max()))
             stats += 1
     return {"eval": float(np.abs(eval_logits - expected_eval).max()),
             "train": float(np.abs(np.asarray(train_logits) - expected_train).max()),
