@@ -12,6 +12,8 @@ Source configs (a dict with a `kind` key):
   "crop": None, "crop_stride": None, "image_size": None, "max_images": None}``
 - ``{"kind": "npz", "path": ...}`` (MedMNIST layout; its own train/val/test become
   `predefined_splits`)
+- ``{"kind": "tfds", "name": ..., "split": None, "data_dir": None, ...}`` (a prepared
+  TensorFlow Datasets dataset; see `deft_jax.tfds_source`)
 
 Folder notes. Labels come from class sub-folders (each immediate sub-folder is a class,
 sorted by name) unless `label_regex` is set, in which case the label is the regex's named
@@ -46,14 +48,16 @@ import numpy as np
 from PIL import Image
 
 from deft_jax.errors import UserError
+from deft_jax.tfds_source import OPTIONS as TFDS_OPTIONS  # tensorflow_datasets itself: lazily
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-KINDS = ("digits", "folder", "npz")
+KINDS = ("digits", "folder", "npz", "tfds")
 _OPTIONS = {
     "digits": {"kind", "max_per_class"},
     "folder": {"kind", "path", "label_regex", "group_regex", "crop", "crop_stride",
                "image_size", "max_images"},
     "npz": {"kind", "path"},
+    "tfds": TFDS_OPTIONS,
 }
 _NPZ_KEYS = ("train_images", "train_labels", "val_images", "val_labels",
              "test_images", "test_labels")
@@ -197,6 +201,9 @@ def load_dataset(source: dict) -> Dataset:
         return _load_digits(source)
     if kind == "folder":
         return _load_folder(source)
+    if kind == "tfds":  # optional extra, imported only when used
+        from deft_jax.tfds_source import load_tfds
+        return load_tfds(source)
     return _load_npz(source)
 
 
