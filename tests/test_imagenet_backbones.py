@@ -247,3 +247,22 @@ def test_convnext_layer_norms_freeze_with_their_group_and_it_has_no_batch_statis
     for path, trainable in norms.items():
         assert trainable == path[0].startswith("stage4"), path
     assert not any(v for k, v in trains.items() if re.match(r"stage[123]", k[0]))
+
+
+@pytest.mark.parametrize("name, layout", [
+    ("resnet34", resnet_imagenet.torch_layout(34)),
+    ("mobilenet_v2", mobilenet_v2.torch_layout()),
+    ("efficientnet_b0", efficientnet_b0.torchvision_layout()),
+    ("convnext_tiny", convnext.torchvision_layout()),
+    ("efficientnet_lite4", efficientnet_lite.torch_layout(4)),
+])  # VGG-16's 138M-parameter file is left out for speed; its converter is tested above
+def test_the_registry_loads_a_full_size_file_in_the_real_layout(name, layout, tmp_path):
+    """`model.name` + `model.weights=FILE`, as the search CLI builds it, at a non-native size."""
+    full = build_model(name, 1000, "none", 64)
+    state = {k: v + 0.5 for k, v in _fake_state_dict(full, layout).items()}
+    path = _save(state, tmp_path / f"{name}.safetensors")
+    spec = build_model(name, 3, str(path), 64, "stage")
+    loaded = _variables_of(spec)
+    backbone = [k for k in loaded if k[1] != "head"]
+    assert backbone and all(np.all(loaded[k] == 0.5) for k in backbone)
+    assert loaded[("params", "head", "fc", "kernel")].shape[-1] == 3
