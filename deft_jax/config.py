@@ -39,7 +39,7 @@ class ModelConfig:
     name: str = "efficientnet_lite0"
     weights: str = "default"  # "default" (the model's known source), "none", or a file path
     input_size: int = 32
-    granularity: str = "block"  # EfficientNet-Lite0 only: "block" or "stage"
+    granularity: str = "block"  # "block" or "stage" (all models but small_cnn and CIFAR ResNets)
 
 
 @dataclasses.dataclass

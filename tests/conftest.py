@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 # tests never read or write the user's persistent compile cache (tests that need one set
 # their own folder); subprocesses started by tests inherit this
 os.environ["DEFT_JAX_COMPILE_CACHE"] = "off"
+# nor the user's cache of converted weight files
+os.environ.setdefault("DEFT_JAX_WEIGHT_CACHE", tempfile.mkdtemp(prefix="deft_jax_weight_cache_"))
 SHARED_DATA = Path(os.environ.get("DEFT_SHARED_DATA", REPO.parent / "shared" / "data"))
 OSTEO_TILES = SHARED_DATA / "osteosarcoma_tiles"
 CIFAR_RESNET_WEIGHTS = SHARED_DATA / "weights" / "cifar10_resnet"

@@ -47,12 +47,14 @@ from deft_jax.data.dataset import Dataset
 from deft_jax.data.folder import positive_int as _positive_int
 from deft_jax.data.images import DEFAULT_RESIZE, Sampling
 from deft_jax.errors import UserError
+from deft_jax.tfds_source import OPTIONS as TFDS_OPTIONS  # tensorflow_datasets itself: lazily
 
-KINDS = ("digits", "folder", "npz")
+KINDS = ("digits", "folder", "npz", "tfds")
 _OPTIONS = {
     "digits": {"kind", "max_per_class"},
     "folder": folder.OPTIONS,
     "npz": {"kind", "path"},
+    "tfds": TFDS_OPTIONS,
 }
 _NPZ_KEYS = ("train_images", "train_labels", "val_images", "val_labels",
              "test_images", "test_labels")
@@ -87,6 +89,9 @@ def load_dataset(source: dict, input_size: int | None = None, log=None) -> Datas
                         f"'{kind}'; allowed: {', '.join(sorted(_OPTIONS[kind] - {'kind'}))}")
     if kind == "digits":
         return _load_digits(source)
+    if kind == "tfds":  # optional extra, imported only when used
+        from deft_jax.tfds_source import load_tfds
+        return load_tfds(source)
     if kind == "folder":
         return folder.load_folder(source, input_size, log)
     return _load_npz(source)

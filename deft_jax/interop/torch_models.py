@@ -242,7 +242,7 @@ def torch_twin(model_name: str, num_classes: int, variables: Mapping, input_size
         groups = {name: [getattr(model, name)] for name in model.stage_names}
         stages = [(name, lambda m, x, n=name: getattr(m, n)(x)) for name in model.stage_names]
         return TorchTwin(model, groups, stages)
-    if model_name.startswith("resnet"):
+    if model_name in ("resnet20", "resnet32", "resnet44", "resnet56"):
         model = resnet_cifar_torch(int(model_name[len("resnet"):]), num_classes, weights)
         copy_linear(model.linear, variables)
         return TorchTwin(model, _resnet_groups(model), _resnet_stages(model))

