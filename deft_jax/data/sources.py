@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deft_jax.data import folder
+import deft_jax.data.folder as folder
 from deft_jax.data.dataset import Dataset
 from deft_jax.data.folder import positive_int as _positive_int
 from deft_jax.data.images import DEFAULT_RESIZE, Sampling
