@@ -1,6 +1,6 @@
 """Time one fitness evaluation (fine-tune + validation) per backbone on this machine.
 
-One evaluation = `SequentialEvaluator.evaluate_one` with every layer group trainable (the
+One evaluation = `SequentialEvaluator.evaluate` of one mask with every layer group trainable (the
 most expensive mask: nothing frozen, no cached prefix), `finetune.epochs=1`, batch 32, on
 random inputs (`--train` / `--val` images at `--size` px, 10 classes), random weights (the
 timing does not depend on their values). The first call includes XLA compilation; the
@@ -45,7 +45,7 @@ def time_model(name: str, size: int, n_train: int, n_val: int) -> dict:
     times = []
     for _ in range(2):
         start = time.perf_counter()
-        evaluator.evaluate_one(mask)
+        evaluator.evaluate([mask])
         times.append(time.perf_counter() - start)
     return {"model": name, "size": size, "params": params, "groups": len(spec.group_names),
             "first_s": round(times[0], 2), "repeat_s": round(times[1], 2)}

@@ -19,7 +19,7 @@ from flax import traverse_util
 from backbone_twins import LOGIT_TOLERANCE, compare_with_twin, randomise, save_both
 from deft_jax.errors import UserError
 from deft_jax.groups import assign_groups
-from deft_jax.masks import param_mask
+
 from deft_jax.models import (IMAGENET_MODELS, LITE_MODELS, build_model, convnext, efficientnet_b0,
                              efficientnet_lite, mobilenet_v2, resnet_imagenet, vgg, weight_files)
 from deft_jax.models.weight_layout import torch_shape
@@ -241,7 +241,7 @@ def test_convnext_layer_norms_freeze_with_their_group_and_it_has_no_batch_statis
     assert shapes["batch_stats"] == {}
     assert spec.group_names == ("stem", "stage1", "stage2", "stage3", "stage4", "final_norm", "head")
     mask = {g: g in ("stage4", "head") for g in spec.group_names}
-    trains = traverse_util.flatten_dict(param_mask(shapes["params"], spec.group_rules, mask))
+    trains = traverse_util.flatten_dict(spec.layer_groups.leaf_values(mask))
     norms = {k: v for k, v in trains.items() if k[-2] == "norm"}
     assert len(norms) == 2 * (1 + 3 + 3 + 9 + 3 + 3 + 1)  # stem, blocks, downsamples, final
     for path, trainable in norms.items():

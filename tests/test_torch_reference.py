@@ -78,7 +78,7 @@ def test_pytorch_reference_and_deft_jax_give_the_same_fitness_for_the_same_mask_
         np.testing.assert_allclose(losses, torch_losses, atol=1e-4)
         np.testing.assert_allclose(ours, theirs, atol=LOGIT_ATOL)
         fitness = evaluator.evaluate([mask])[0]
-        assert fitness == reference.evaluate_one(mask)
+        assert fitness == reference.evaluate_one(mask)  # the PyTorch reference's own API
         fitnesses.append(fitness)
     assert all(0.0 <= f <= 1.0 for f in fitnesses)
 
