@@ -100,7 +100,7 @@ def make_optimizer(params: Sequence[nn.Parameter], cfg) -> torch.optim.Optimizer
 
 
 def _nchw(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
 
 
 class TorchReference:
