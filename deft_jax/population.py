@@ -62,7 +62,7 @@ class PopulationEvaluator:
                  metric: str = "accuracy", seed: int = 0, sharded: bool = False,
                  cache_prefix: bool = True, pad_to: int | None = None,
                  eval_images_per_call: int = 2048, members_per_program: int | None = None,
-                 memory_limit_bytes: int | None = None):
+                 memory_limit_bytes: int | None = None, compile_after: int = 3):
         self.spec, self.data, self.cfg = spec, data, cfg
         self.metric, self.seed, self.sharded = metric, seed, sharded
         if sharded:
@@ -80,6 +80,12 @@ class PopulationEvaluator:
         # device, run one after another, each from its own members' lowest trainable stage
         self.members_per_program = members_per_program
         self.memory_limit_bytes = memory_limit_bytes
+        # members_per_program mode: a member's own first stage gets its program once that
+        # stage has been wanted `compile_after` times (rent or buy: until then the member
+        # runs from the highest first stage already compiled below its own)
+        self.compile_after = compile_after
+        self._wanted: dict[int, int] = {}
+        self._starts: set[int] = set()
         self.memory_fit: dict | None = None  # what fitting the program to memory decided
         self._fitted: set[tuple[int, int]] = set()
         if sharded:
@@ -152,6 +158,23 @@ class PopulationEvaluator:
         the prefix cache is off)."""
         return training.first_trainable_stage(self.spec, mask) if self.cache_prefix else 0
 
+    def _program_start(self, mask: GroupMask, population: Sequence[GroupMask]) -> int:
+        """Where a member's program starts (members_per_program mode): its own first stage
+        when that stage's program exists or has been wanted `compile_after` times, else the
+        highest compiled start below it (or the population's lowest first stage). Compiling
+        a program costs several fine-tunes on CPU, so a start is compiled only once it
+        recurs."""
+        own = self.start_of(mask)
+        self._wanted[own] = self._wanted.get(own, 0) + 1
+        if own in self._starts or self._wanted[own] >= self.compile_after:
+            self._starts.add(own)
+            return own
+        floor = min(self.start_of(m) for m in population)
+        below = [s for s in self._starts | {floor} if s <= own]
+        start = max(below)
+        self._starts.add(start)
+        return start
+
     def _programs_for(self, masks: Sequence[GroupMask]):
         """[(start, member indices, chunks of padded masks)]: the whole population from its
         lowest first stage, or (members_per_program) members grouped by first stage."""
@@ -164,7 +187,7 @@ class PopulationEvaluator:
         else:
             by_start: dict[int, list[int]] = {}
             for i, m in enumerate(masks):
-                by_start.setdefault(self.start_of(m), []).append(i)
+                by_start.setdefault(self._program_start(m, masks), []).append(i)
             groups = sorted(by_start.items())
         plan = []
         for start, idx in groups:

@@ -39,10 +39,10 @@ def test_every_evaluation_mode_gives_the_static_mask_references_validation_logit
     np.testing.assert_allclose(evaluator.evaluate_logits(masks), reference, atol=1e-4)
 
 
-def test_vmap_1_starts_each_member_at_its_own_first_trainable_stage():
+def test_vmap_1_can_start_each_member_at_its_own_first_trainable_stage():
     spec, variables, data, cfg = problem()
     masks = [mask_from_names(n, spec.group_names) for n in MASKS]
-    one = build_evaluator("vmap-1", spec, variables, data, cfg)
+    one = PopulationEvaluator(spec, variables, data, cfg, members_per_program=1, compile_after=1)
     one.evaluate(masks)
     stages = len(spec.stage_names)  # conv1..conv4 + head
     firsts = [0, 1, 2, 3, 4, 0]
@@ -50,6 +50,21 @@ def test_vmap_1_starts_each_member_at_its_own_first_trainable_stage():
     whole = build_evaluator("vmap", spec, variables, data, cfg)
     whole.evaluate(masks)  # one program for the whole population: from its lowest first stage
     assert whole.stats()["stages_trained"] == stages * len(masks)
+
+
+def test_a_first_stage_gets_its_own_program_only_once_it_recurs():
+    """Rent or buy (default compile_after=3): a member whose first stage is rarely wanted
+    runs from the population's lowest first stage; once that stage has been wanted three
+    times it gets its own program, and later members with it train from there."""
+    spec, variables, data, cfg = problem()
+    population = [mask_from_names(n, spec.group_names) for n in (["conv1"], [])]  # first stages 0, 4
+    ev = build_evaluator("vmap-1", spec, variables, data, cfg)
+    trained = []
+    for _ in range(3):
+        before = ev.stats()["stages_trained"]
+        ev.evaluate(population)
+        trained.append(ev.stats()["stages_trained"] - before)
+    assert trained == [5 + 5, 5 + 5, 5 + 1]
 
 
 def _convolutions(jaxpr) -> int:
