@@ -61,7 +61,8 @@ class FineTuner:
         model = self.step_model(start)
         params = training.suffix(variables["params"], self.spec, start)
         stats = training.suffix(variables["batch_stats"], self.spec, start)
-        state = training.init_state(model, jax.tree.map(jnp.array, params), 
+        # copies: the program donates its state, never the caller's variables
+        state = training.init_state(model, jax.tree.map(jnp.array, params),
                                     jax.tree.map(jnp.array, stats), mask)
         batches = [(jnp.asarray(xs), jnp.asarray(ys))
                    for xs, ys in training.training_batches(x, y, self.cfg, self.epochs, seed)]

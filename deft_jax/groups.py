@@ -70,6 +70,12 @@ def group_sizes(params: Mapping, rules: Rules) -> dict[str, int]:
     return sizes
 
 
+def leaf_values(labels: Mapping, per_group: Mapping) -> dict:
+    """A label tree (group name per leaf) with each leaf replaced by `per_group[group]`."""
+    return traverse_util.unflatten_dict(
+        {k: per_group[g] for k, g in traverse_util.flatten_dict(dict(labels)).items()})
+
+
 class LayerGroups:
     """Layer groups of one network, derived once from its variables' structure.
 
@@ -86,18 +92,14 @@ class LayerGroups:
         self.names = tuple(names)
         self.labels = group_tree(params, rules)
         self.stats_labels = group_tree(stats, rules)
-        flat = traverse_util.flatten_dict(dict(params))
-        self.sizes = {g: 0 for g in self.names}
-        for k, leaf in flat.items():
-            self.sizes[group_of("/".join(k), rules)] += int(np.prod(np.shape(leaf)))
+        sizes = group_sizes(params, rules)
+        self.sizes = {g: sizes.get(g, 0) for g in self.names}
         self.total = sum(self.sizes.values())
 
     def leaf_values(self, per_group: Mapping, labels: Mapping | None = None) -> dict:
         """`labels` (default: the parameters') with each leaf replaced by `per_group[group]`;
         labels of a sub-tree (e.g. the stages from `start` on) give a tree of that sub-tree."""
-        labels = self.labels if labels is None else labels
-        return traverse_util.unflatten_dict(
-            {k: per_group[g] for k, g in traverse_util.flatten_dict(dict(labels)).items()})
+        return leaf_values(self.labels if labels is None else labels, per_group)
 
     def fraction(self, mask: Mapping[str, bool]) -> float:
         """Share of all parameters that `mask` trains."""

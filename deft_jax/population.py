@@ -158,10 +158,10 @@ class PopulationEvaluator:
         the prefix cache is off)."""
         return training.first_trainable_stage(self.spec, mask) if self.cache_prefix else 0
 
-    def _program_start(self, mask: GroupMask, population: Sequence[GroupMask]) -> int:
+    def _program_start(self, mask: GroupMask, floor: int) -> int:
         """Where a member's program starts (members_per_program mode): its own first stage
         when that stage's program exists or has been wanted `compile_after` times, else the
-        highest compiled start below it (or the population's lowest first stage). Compiling
+        highest compiled start below it (or `floor`, the population's lowest). Compiling
         a program costs several fine-tunes on CPU, so a start is compiled only once it
         recurs."""
         own = self.start_of(mask)
@@ -169,7 +169,6 @@ class PopulationEvaluator:
         if own in self._starts or self._wanted[own] >= self.compile_after:
             self._starts.add(own)
             return own
-        floor = min(self.start_of(m) for m in population)
         below = [s for s in self._starts | {floor} if s <= own]
         start = max(below)
         self._starts.add(start)
@@ -185,9 +184,10 @@ class PopulationEvaluator:
             self._fit_to_memory(len(masks), start)
             groups = [(start, list(range(len(masks))))]
         else:
+            floor = min(self.start_of(m) for m in masks)
             by_start: dict[int, list[int]] = {}
             for i, m in enumerate(masks):
-                by_start.setdefault(self._program_start(m, masks), []).append(i)
+                by_start.setdefault(self._program_start(m, floor), []).append(i)
             groups = sorted(by_start.items())
         plan = []
         for start, idx in groups:
@@ -280,12 +280,16 @@ class PopulationEvaluator:
         self.memory_fit = {"members_per_program": self.members_per_program, "program_bytes": int(needed),
                            "limit_bytes": int(self.memory_limit_bytes)}
 
+    def _member_state(self, start: int) -> training.TrainState:
+        """One member's initial state from stage `start` (pretrained suffix, fresh optimizer
+        state over every leaf: the gates do not enter it)."""
+        return training.init_state(self._step_model(start),
+                                   training.suffix(self.variables["params"], self.spec, start),
+                                   training.suffix(self.variables["batch_stats"], self.spec, start),
+                                   {g: 0.5 for g in self.groups})
+
     def _state_shapes(self, size: int, start: int):
-        params = training.suffix(self.variables["params"], self.spec, start)
-        stats = training.suffix(self.variables["batch_stats"], self.spec, start)
-        model = self._step_model(start)
-        state = jax.eval_shape(lambda p, s: training.init_state(model, p, s, {g: 0.5 for g in self.groups}),
-                               params, stats)
+        state = jax.eval_shape(lambda: self._member_state(start))
         member = NamedSharding(self.mesh, P(AXIS)) if self.sharded else None
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct((size,) + tuple(a.shape), a.dtype,
                                                            sharding=member), state)
@@ -346,11 +350,7 @@ class PopulationEvaluator:
         """Fine-tune `masks` (one program's worth) on the features entering stage `start`;
         returns the TrainState, each leaf with a leading member axis."""
         size = len(masks)
-        model = self._step_model(start)
-        params = training.suffix(self.variables["params"], self.spec, start)
-        stats = training.suffix(self.variables["batch_stats"], self.spec, start)
-        one = jax.tree.map(np.asarray, training.init_state(model, params, stats,
-                                                           {g: 0.5 for g in self.groups}))
+        one = jax.tree.map(np.asarray, self._member_state(start))
         state = jax.tree.map(
             lambda a: self._put(np.broadcast_to(a, (size,) + np.shape(a)), P(AXIS)), one)
         gates = {g: self._put(np.asarray([1.0 if m[g] else 0.0 for m in masks], np.float32), P(AXIS))

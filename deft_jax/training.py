@@ -37,6 +37,7 @@ import optax
 from flax import traverse_util
 
 from deft_jax.config import FineTuneConfig
+from deft_jax.groups import leaf_values
 from deft_jax.models.base import ModelSpec
 
 AUGMENT_STREAM = 7  # augmentation draws come from default_rng([seed, AUGMENT_STREAM])
@@ -173,9 +174,8 @@ class StepModel(NamedTuple):
     @classmethod
     def of(cls, spec: ModelSpec, tx: optax.GradientTransformation, start: int = 0,
            compute_dtype: str = "float32") -> "StepModel":
-        names = set(spec.stage_names[start:])
-        labels = {k: v for k, v in spec.layer_groups.labels.items() if k in names}
-        return cls(spec.net, start, labels, tx, COMPUTE_DTYPES[compute_dtype])
+        return cls(spec.net, start, suffix(spec.layer_groups.labels, spec, start), tx,
+                   COMPUTE_DTYPES[compute_dtype])
 
 
 def suffix(tree: Mapping, spec: ModelSpec, start: int) -> dict:
@@ -195,8 +195,7 @@ def init_state(model: StepModel, params: Mapping, batch_stats: Mapping, flags: G
 
 
 def _leaf_mask(model: StepModel, flags: GroupFlags) -> dict:
-    return traverse_util.unflatten_dict(
-        {k: flags[g] for k, g in traverse_util.flatten_dict(model.labels).items()})
+    return leaf_values(model.labels, flags)
 
 
 def _loss(model: StepModel, params, batch_stats, flags, x, y):
