@@ -32,6 +32,9 @@ class DataConfig:
     source: dict = dataclasses.field(default_factory=lambda: {"kind": "digits", "max_per_class": 60})
     fractions: list = dataclasses.field(default_factory=lambda: [0.6, 0.2, 0.2])
     split_seed: int = 0
+    # keep at most this many training images per class (seeded by split_seed; val and test
+    # are untouched): the low-data setting on a large set. 0 = all.
+    train_per_class: int = 0
 
 
 @dataclasses.dataclass
@@ -70,12 +73,35 @@ class SearchConfig:
     metric: str = "accuracy"  # accuracy | macro_f1
     max_trainable_fraction: float = 1.0  # masks above it are penalised, never trained
     evaluation: str = "auto"  # auto | sequential | vmap | vmap-1 | sharded ("strategy" is an alias)
+    # what a gene sets: "mask" (the paper: train or freeze) or "mask+lr" (also the group's
+    # learning-rate multiplier, 10^-2..1 of the base rate on a log scale)
+    space: str = "mask"
+    # the fitness fine-tune's recipe: "short" ([finetune] epochs and learning rate, the
+    # paper) or "final" (final.epochs, final.learning_rate and final.keep: the fitness is the
+    # validation score the final training of that mask would reach)
+    schedule: str = "short"
+    # "full": every new member gets the whole fitness budget; "halving": every new member
+    # first trains finetune.epochs epochs of the fitness schedule, and only the best
+    # promote_fraction of a generation's new members (at least one) the whole schedule
+    fidelity: str = "full"
+    promote_fraction: float = 0.34
+    # start the initial population with the baselines' masks: head only, everything, the
+    # last group, the last half of the groups (the search can then not end worse on
+    # validation than the best of them)
+    seed_baselines: bool = False
+    # which evaluated mask wins: "best" fitness, or "smallest-within-1se": the fewest
+    # trainable parameters among masks within one standard error (binomial, of the best
+    # validation accuracy) of the best (only masks trained with the whole budget)
+    select: str = "best"
 
 
 @dataclasses.dataclass
 class FinalConfig:
     epochs: int = 5
     learning_rate: float | None = None  # None: the fine-tune learning rate
+    # which model the final training returns: "last" (after the last epoch) or "best-val"
+    # (the epoch with the best validation metric, earliest on ties)
+    keep: str = "last"
 
 
 DEFAULT_EXPERIMENT_METHODS = ("scratch", "linear-probe", "handpicked", "full", "auto-rgn", "deft",
@@ -91,6 +117,9 @@ class ExperimentConfig:
     handpicked: list = dataclasses.field(default_factory=list)  # groups the `handpicked` method trains
     folds: str = "repeated"  # repeated grouped stratified splits (the only strategy so far)
     scratch_model: str = ""  # architecture of `scratch`; "" = model.name
+    # learning-rate grid for every method's final training (each picks its rate on the
+    # validation split); [] = final.learning_rate only
+    learning_rates: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -293,6 +322,17 @@ def validate(cfg: Config) -> None:
     need(0.0 < s.max_trainable_fraction <= 1.0, f"search.max_trainable_fraction must be in (0, 1], got {s.max_trainable_fraction}")
     need(s.evaluation in ("sequential", "vmap", "vmap-1", "sharded", "auto"),
          f"search.evaluation must be auto, sequential, vmap, vmap-1 or sharded, got {s.evaluation!r}")
+    need(s.space in ("mask", "mask+lr"), f"search.space must be mask or mask+lr, got {s.space!r}")
+    need(s.schedule in ("short", "final"), f"search.schedule must be short or final, got {s.schedule!r}")
+    need(s.fidelity in ("full", "halving"), f"search.fidelity must be full or halving, got {s.fidelity!r}")
+    need(0.0 < s.promote_fraction <= 1.0, f"search.promote_fraction must be in (0, 1], got {s.promote_fraction}")
+    need(s.select in ("best", "smallest-within-1se"),
+         f"search.select must be best or smallest-within-1se, got {s.select!r}")
+    need(s.fidelity == "full" or (s.schedule == "final" and f.epochs < cfg.final.epochs),
+         "search.fidelity = halving needs search.schedule = final and finetune.epochs (the short "
+         f"budget) < final.epochs (the whole one), got {s.schedule!r}, {f.epochs} and {cfg.final.epochs}")
+    need(cfg.final.keep in ("last", "best-val"), f"final.keep must be last or best-val, got {cfg.final.keep!r}")
+    need(cfg.data.train_per_class >= 0, f"data.train_per_class must be >= 0, got {cfg.data.train_per_class}")
     need(f.compute_dtype in ("float32", "bfloat16"),
          f"finetune.compute_dtype must be float32 or bfloat16, got {f.compute_dtype!r}")
     need(f.optimizer in ("sgd", "adam", "adamw"), f"finetune.optimizer must be sgd, adam or adamw, got {f.optimizer!r}")
@@ -313,5 +353,7 @@ def validate(cfg: Config) -> None:
     need(e.seeds >= 1, f"experiment.seeds must be >= 1, got {e.seeds}")
     need(e.folds == "repeated", f"experiment.folds must be repeated, got {e.folds!r}")
     need(all(isinstance(g, str) for g in e.handpicked), "experiment.handpicked must be a list of layer-group names")
+    need(all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 and math.isfinite(r)
+             for r in e.learning_rates), "experiment.learning_rates must be a list of positive numbers")
     need(len(e.methods) > 0 and all(isinstance(m, str) for m in e.methods),
          "experiment.methods must be a non-empty list of method names")

@@ -8,15 +8,15 @@ Names: the *evaluation mode* (`search.evaluation`, `--evaluation`; `search.strat
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import jax
 import numpy as np
 
-from deft_jax.config import Config
+from deft_jax.config import Config, FineTuneConfig
 from deft_jax.fitness import SequentialEvaluator, SplitArrays
 from deft_jax.host_memory import available_bytes
 from deft_jax.masks import GroupMask
@@ -30,11 +30,13 @@ class Evaluator(Protocol):
     """Scores layer-group masks: fitness = 1 - validation metric after a short fine-tune."""
 
     name: str  # the evaluation mode it implements
+    on_member_done: Callable[[int], None] | None  # told how many members just finished
 
-    def evaluate(self, masks: Sequence[GroupMask]) -> list[float]:
-        """Fitness per mask, in order (lower is better)."""
+    def evaluate(self, masks: Sequence[GroupMask], epochs: int | None = None) -> list[float]:
+        """Fitness per mask, in order (lower is better). `epochs` (default: the whole
+        fitness recipe) trains only the first epochs of the same plan (a lower fidelity)."""
 
-    def evaluate_logits(self, masks: Sequence[GroupMask]) -> np.ndarray:
+    def evaluate_logits(self, masks: Sequence[GroupMask], epochs: int | None = None) -> np.ndarray:
         """Validation logits [len(masks), n_val, classes] after each mask's fine-tune."""
 
     def stats(self) -> dict:
@@ -102,17 +104,29 @@ def device_memory_limit() -> int | None:
 
 def build_evaluator(mode: str, spec: ModelSpec, variables: dict, data: SplitArrays, finetune,
                     metric: str = "accuracy", seed: int = 0,
-                    memory_limit_bytes: int | None = None) -> Evaluator:
+                    memory_limit_bytes: int | None = None, keep: str = "last",
+                    lr_multipliers: bool = False) -> Evaluator:
     """The evaluator of a concrete evaluation mode (not `auto`; see `pick_mode`)."""
     if mode == "sequential":
-        return SequentialEvaluator(spec, variables, data, finetune, metric=metric, seed=seed)
+        return SequentialEvaluator(spec, variables, data, finetune, metric=metric, seed=seed, keep=keep)
     from deft_jax.population import PopulationEvaluator
     if mode not in ("vmap", "vmap-1", "sharded"):
         raise ValueError(f"unknown evaluation mode {mode!r}")
     return PopulationEvaluator(spec, variables, data, finetune, metric=metric, seed=seed,
                                sharded=mode == "sharded",
                                members_per_program=1 if mode == "vmap-1" else None,
-                               memory_limit_bytes=memory_limit_bytes)
+                               memory_limit_bytes=memory_limit_bytes, keep=keep,
+                               lr_multipliers=lr_multipliers)
+
+
+def fitness_recipe(cfg: Config) -> tuple[FineTuneConfig, str]:
+    """(fine-tune recipe, keep rule) of a candidate's fitness: the paper's short fine-tune
+    ([finetune], last epoch) or, with `search.schedule = "final"`, the final training's
+    epochs, learning rate and `final.keep`."""
+    if cfg.search.schedule == "short":
+        return cfg.finetune, "last"
+    lr = cfg.final.learning_rate if cfg.final.learning_rate is not None else cfg.finetune.learning_rate
+    return dataclasses.replace(cfg.finetune, epochs=cfg.final.epochs, learning_rate=lr), cfg.final.keep
 
 
 def make_evaluator(cfg: Config, spec: ModelSpec, variables: dict,
@@ -121,6 +135,8 @@ def make_evaluator(cfg: Config, spec: ModelSpec, variables: dict,
     mode, reason = pick_mode(cfg.search.evaluation)
     # the model's and population's size decide how many members share a program
     limit = device_memory_limit() if mode != "sequential" else None
-    evaluator = build_evaluator(mode, spec, variables, data, cfg.finetune, metric=cfg.search.metric,
-                                seed=cfg.seed, memory_limit_bytes=limit)
+    recipe, keep = fitness_recipe(cfg)
+    evaluator = build_evaluator(mode, spec, variables, data, recipe, metric=cfg.search.metric,
+                                seed=cfg.seed, memory_limit_bytes=limit, keep=keep,
+                                lr_multipliers=cfg.search.space == "mask+lr")
     return evaluator, mode, reason

@@ -4,12 +4,18 @@ One readable loop: ask -> decode masks -> evaluate -> tell -> persist -> log. Th
 state, the memo table and the history are persisted atomically after every generation
 (before its line is logged), so a resumed search continues from the last completed
 generation with the same result as an uninterrupted one.
+
+Options past the paper (config `[search]`, see `deft_jax.config.SearchConfig`): genes that
+also set learning-rate multipliers (`space`), successive halving inside a generation
+(`fidelity`), the baselines' masks in the initial population (`seed_baselines`), and the
+one-standard-error rule toward fewer trainable parameters (`select`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,17 +29,52 @@ from deft_jax import rundir
 from deft_jax.config import Config, SearchConfig
 from deft_jax.errors import UserError
 from deft_jax.evaluators import Evaluator
-from deft_jax.fitness import MemoTable, evaluate_population
+from deft_jax.fitness import Halving, MemoTable, evaluate_population
 from deft_jax.groups import LayerGroups
 from deft_jax.masks import GroupMask, decode_genome, mask_from_key, mask_key, searchable_groups
+from deft_jax.progress import SearchProgress
 
 
 @dataclasses.dataclass
 class SearchResult:
-    best_mask: GroupMask
-    best_fitness: float
+    best_mask: GroupMask         # the selected mask (search.select)
+    best_fitness: float          # its fitness
     history: list[dict]
-    memo: dict[str, float]
+    memo: dict[str, float]       # every mask evaluated -> fitness
+    memo_epochs: dict[str, int] = dataclasses.field(default_factory=dict)  # lower-fidelity entries
+    selection: dict = dataclasses.field(default_factory=dict)  # how best_mask was chosen
+
+
+def baseline_genomes(num_genes: int) -> list[np.ndarray]:
+    """Genomes of the baselines' masks: head only, everything, the last group, the last half
+    of the groups (genes 0 or 1: frozen, or trained at the base rate)."""
+    head_only = np.zeros(num_genes, np.float32)
+    last = head_only.copy()
+    last[-1] = 1.0
+    half = head_only.copy()
+    half[num_genes // 2:] = 1.0
+    return [head_only, np.ones(num_genes, np.float32), last, half]
+
+
+def select_mask(memo: MemoTable, groups: LayerGroups, rule: str, n_val: int) -> tuple[str, dict]:
+    """(mask key, how it was chosen) among the masks scored with the whole fitness budget:
+    the best fitness (earliest evaluated on ties), or "smallest-within-1se": the fewest
+    trainable parameters among masks whose fitness is within one standard error of the
+    best's, SE = sqrt(e (1 - e) / n_val) for the best validation error e (binomial)."""
+    full = memo.full_budget()
+    best_key = min(full, key=lambda k: full[k])  # dicts keep evaluation order: earliest on ties
+    best = full[best_key]
+    if rule == "best":
+        return best_key, {"rule": "best", "best_fitness": best}
+    e = min(max(best, 0.0), 1.0)
+    se = math.sqrt(e * (1.0 - e) / max(n_val, 1))
+    within = [k for k in full if full[k] <= best + se + 1e-12]
+    names = groups.names
+    chosen = min(within, key=lambda k: (groups.fraction(mask_from_key(k, names)), full[k]))
+    return chosen, {"rule": rule, "best_fitness": best, "best_mask": best_key, "standard_error": se,
+                    "candidates_within": len(within),
+                    "trainable_fraction": groups.fraction(mask_from_key(chosen, names)),
+                    "best_trainable_fraction": groups.fraction(mask_from_key(best_key, names))}
 
 
 def make_differential_evolution(cfg: SearchConfig, num_genes: int):
@@ -54,7 +95,8 @@ def make_differential_evolution(cfg: SearchConfig, num_genes: int):
 def _save_state(path: Path, generation: int, de_state, memo: MemoTable, history: list[dict]) -> None:
     payload = {"generation": generation,
                "de_state": jax.tree.map(np.asarray, serialization.to_state_dict(de_state)),
-               "memo": json.dumps(memo.entries), "history": json.dumps(history)}
+               "memo": json.dumps(memo.entries), "memo_epochs": json.dumps(memo.epochs),
+               "history": json.dumps(history)}
     rundir.write_bytes_atomic(path, serialization.msgpack_serialize(payload))
 
 
@@ -62,31 +104,46 @@ def _load_state(path: Path, template):
     try:
         payload = serialization.msgpack_restore(path.read_bytes())
         de_state = serialization.from_state_dict(template, payload["de_state"])
-        return (int(payload["generation"]), de_state, MemoTable(json.loads(payload["memo"])),
-                json.loads(payload["history"]))
+        memo = MemoTable(json.loads(payload["memo"]), json.loads(payload.get("memo_epochs", "{}")))
+        return int(payload["generation"]), de_state, memo, json.loads(payload["history"])
     except Exception as err:
         raise UserError(f"cannot read search state {path}: {err}") from None
 
 
 def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
                state_path: Path | None = None, log: Callable[[str], None] = print,
-               stop_after: int | None = None, save_state: bool = True) -> SearchResult:
+               stop_after: int | None = None, save_state: bool = True, n_val: int = 0,
+               progress: SearchProgress | None = None) -> SearchResult:
     """The DE loop over the masks of `groups` (whose sizes give the trainable-fraction
     constraint). `stop_after` ends the loop after that many completed generations (used to
     test resumption). `save_state=False` only reads an existing state (processes other than
-    0 of a multi-process run)."""
+    0 of a multi-process run). `n_val`: validation size (the standard error of
+    `search.select = "smallest-within-1se"`). `progress`: live per-member progress."""
     s = cfg.search
     group_names = groups.names
     genes = searchable_groups(group_names)
     de, de_params = make_differential_evolution(s, len(genes))
     base_key = jax.random.key(cfg.seed)
+    halving = Halving(cfg.finetune.epochs, s.promote_fraction) if s.fidelity == "halving" else None
+    if s.select != "best" and n_val < 1:
+        raise ValueError("search.select = smallest-within-1se needs the validation size n_val")
 
     def decode(population) -> list[GroupMask]:
-        return [decode_genome(g, group_names, s.threshold) for g in np.asarray(population)]
+        return [decode_genome(g, group_names, s.threshold, s.space) for g in np.asarray(population)]
 
     def evaluate(population, generation: int, t0: float, history: list[dict], memo: MemoTable):
         masks = decode(population)
-        fitness, info = evaluate_population(evaluator, masks, memo, groups, s.max_trainable_fraction)
+        if progress is not None:
+            new = len({mask_key(m) for m in masks} - set(memo.entries))
+            runs = new + (halving.promoted(new) if halving is not None and new else 0)
+            with progress.generation(generation, members=runs) as bar:
+                evaluator.on_member_done = bar.advance
+                fitness, info = evaluate_population(evaluator, masks, memo, groups,
+                                                    s.max_trainable_fraction, halving)
+            evaluator.on_member_done = None
+        else:
+            fitness, info = evaluate_population(evaluator, masks, memo, groups, s.max_trainable_fraction,
+                                                halving)
         fitness = np.asarray(fitness, np.float32)
         running = min([fitness.min()] + [h["best_fitness"] for h in history])
         best_idx = int(np.argmin(fitness))
@@ -97,16 +154,22 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
                "masks_evaluated": info["evaluated"], "memo_hits": info["memo_hits"],
                "infeasible": info["infeasible"], "distinct_masks_so_far": len(memo.entries),
                "seconds": round(time.perf_counter() - t0, 3), **evaluator.stats()}
+        if halving is not None:
+            row["promoted"] = info["promoted"]
         history.append(row)
         return jnp.asarray(fitness)
 
     def report(row: dict) -> None:
+        promoted = f" (whole budget {row['promoted']})" if "promoted" in row else ""
         log(f"gen {row['generation']:>3}/{s.generations}  best {row['best_fitness']:.4f}  "
-            f"mean {row['mean_fitness']:.4f}  evaluated {row['masks_evaluated']}  "
+            f"mean {row['mean_fitness']:.4f}  evaluated {row['masks_evaluated']}{promoted}  "
             f"memo hits {row['memo_hits']}  {row['seconds']:.1f} s")
 
     init_population = jax.random.uniform(jax.random.fold_in(base_key, 0),
                                          (s.population_size, len(genes)))
+    if s.seed_baselines:
+        seeds = baseline_genomes(len(genes))[:s.population_size]
+        init_population = init_population.at[:len(seeds)].set(jnp.asarray(np.stack(seeds)))
     if state_path is not None and state_path.exists():
         template = de.init(jax.random.key(0), init_population,
                                  jnp.zeros(s.population_size), de_params)
@@ -134,9 +197,13 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
             _save_state(state_path, generation, de_state, memo, history)
         report(history[-1])
 
-    best = min(memo.entries.items(), key=lambda kv: (kv[1], kv[0])) if memo.entries else None
-    best_de = decode_genome(np.asarray(de_state.best_solution), group_names, s.threshold)
-    best_mask, best_fitness = best_de, float(de_state.best_fitness)
-    if best is not None and best[1] < best_fitness:  # cannot happen; kept as a guard
-        best_mask, best_fitness = mask_from_key(best[0], group_names), best[1]
-    return SearchResult(best_mask, best_fitness, history, dict(memo.entries))
+    if not memo.full_budget():
+        raise UserError("the search evaluated no mask within search.max_trainable_fraction; raise it")
+    best_de = decode_genome(np.asarray(de_state.best_solution), group_names, s.threshold, s.space)
+    key, selection = select_mask(memo, groups, s.select, n_val)
+    if s.select == "best" and mask_key(best_de) in memo.full_budget() \
+            and memo.entries[mask_key(best_de)] == memo.entries[key]:
+        key = mask_key(best_de)  # DE's own best (the paper's answer) where it ties
+    selection["mask"] = key
+    return SearchResult(mask_from_key(key, group_names), memo.entries[key], history,
+                        dict(memo.entries), dict(memo.epochs), selection)

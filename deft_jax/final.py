@@ -1,14 +1,22 @@
 """Final training: the one path that fine-tunes a chosen static mask with the full budget
 (`final.epochs`, `final.learning_rate`) and scores it once on val and test. The search
-pipeline and every baseline method of the experiment use it."""
+pipeline and every baseline method of the experiment use it.
+
+`final.keep = "best-val"` returns the model of the epoch with the best validation metric
+(`search.metric`, earliest on ties) instead of the last one: a mask that overfits after its
+first epochs keeps its good early model. A search with `search.schedule = "final"` scores
+its candidates with exactly this recipe, so its fitness is the final model's validation
+score."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 
+import jax
 import numpy as np
 
+from deft_jax import divergence
 from deft_jax.config import Config
 from deft_jax.finetune import FineTuner
 from deft_jax.inputs import PreparedData
@@ -25,6 +33,7 @@ class FinalModel:
     losses: list[float]         # per step
     trainable_fraction: float
     train_seconds: float
+    epoch_kept: int = -1        # 0-based epoch of the returned model (final.keep)
 
 
 def final_tuner(cfg: Config, spec: ModelSpec) -> FineTuner:
@@ -33,14 +42,31 @@ def final_tuner(cfg: Config, spec: ModelSpec) -> FineTuner:
 
 def train_final(cfg: Config, spec: ModelSpec, variables: dict, mask: GroupMask, data: PreparedData,
                 tuner: FineTuner | None = None) -> FinalModel:
-    """Train `mask` from `variables` with the final recipe (or the given tuner's), then score."""
+    """Train `mask` from `variables` with the final recipe (or the given tuner's), keep the
+    model `final.keep` says, then score it on val and test."""
     tuner = final_tuner(cfg, spec) if tuner is None else tuner
     t0 = time.perf_counter()
     a = data.arrays
-    trained, losses = tuner.fine_tune(variables, dict(mask), a.x_train, a.y_train, seed=cfg.seed)
+    if cfg.final.keep == "last":
+        trained, losses = tuner.fine_tune(variables, dict(mask), a.x_train, a.y_train, seed=cfg.seed)
+        seconds = time.perf_counter() - t0
+        return FinalModel(trained, tuner.logits(trained, a.x_val), tuner.logits(trained, data.x_test),
+                          losses, spec.layer_groups.fraction(mask), seconds, tuner.epochs - 1)
+    best: dict = {"fitness": np.inf}
+
+    def after_epoch(epoch: int, current: dict) -> None:
+        val = tuner.logits(current, a.x_val)
+        fitness = divergence.fitness_from_logits(cfg.search.metric, val, a.y_val, a.num_classes, mask)
+        if fitness < best["fitness"]:  # strict: the earliest epoch on ties (a diverged epoch
+            # scores the worst finite fitness, so the first epoch is always recorded)
+            best.update(fitness=fitness, epoch=epoch, val=val, variables=jax.device_get(current))
+
+    _, losses = tuner.fine_tune(variables, dict(mask), a.x_train, a.y_train, seed=cfg.seed,
+                                after_epoch=after_epoch)
     seconds = time.perf_counter() - t0
-    return FinalModel(trained, tuner.logits(trained, a.x_val), tuner.logits(trained, data.x_test),
-                      losses, spec.layer_groups.fraction(mask), seconds)
+    trained = best["variables"]
+    return FinalModel(trained, best["val"], tuner.logits(trained, data.x_test), losses,
+                      spec.layer_groups.fraction(mask), seconds, best["epoch"])
 
 
 def final_metrics(cfg: Config, final: FinalModel, data: PreparedData) -> dict:
@@ -51,6 +77,8 @@ def final_metrics(cfg: Config, final: FinalModel, data: PreparedData) -> dict:
         "val": classification_report(final.val_logits, data.arrays.y_val, names),
         "trainable_fraction": final.trainable_fraction,
         "final_epochs": cfg.final.epochs,
+        "final_keep": cfg.final.keep,
+        "final_epoch_kept": final.epoch_kept,
         "final_loss_first_last": [final.losses[0], final.losses[-1]] if final.losses else None,
         "final_train_seconds": round(final.train_seconds, 2),
     }

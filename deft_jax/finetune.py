@@ -11,7 +11,7 @@ mask seen again costs no compile. `start > 0` trains on cached features entering
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ import optax
 
 from deft_jax import training
 from deft_jax.config import FineTuneConfig
-from deft_jax.masks import mask_key
+from deft_jax.masks import frozen_pattern, has_lr_multipliers, lr_multiplier, mask_key
 from deft_jax.models.base import ModelSpec
 
 
@@ -42,36 +42,55 @@ class FineTuner:
     def step_model(self, start: int) -> training.StepModel:
         return training.StepModel.of(self.spec, self.tx, start, self.cfg.compute_dtype)
 
-    def program(self, mask: Mapping[str, bool], start: int):
-        """The jitted program of `mask` from stage `start` (cached): the whole fine-tune on
-        accelerators, one step on CPU (see `training.scan_steps`)."""
-        key = (mask_key(mask), start)
+    def program(self, mask: Mapping, start: int):
+        """The jitted program of `mask`'s frozen pattern from stage `start` (cached): the
+        whole fine-tune on accelerators, one step on CPU (see `training.scan_steps`).
+        Per-group learning-rate multipliers live in the state, so they share the program."""
+        flags = frozen_pattern(mask)
+        key = (mask_key(flags), has_lr_multipliers(mask), start)
         if key not in self._programs:
-            flags = {g: bool(v) for g, v in mask.items()}
             run = training.program(self.step_model(start), flags)
             self._programs[key] = jax.jit(run, donate_argnums=(0,))
             self.compiles += 1
         return self._programs[key]
 
-    def fine_tune(self, variables: dict, mask: Mapping[str, bool], x: np.ndarray, y: np.ndarray,
-                  seed: int, start: int = 0) -> tuple[dict, list[float]]:
+    def fine_tune(self, variables: dict, mask: Mapping, x: np.ndarray, y: np.ndarray,
+                  seed: int, start: int = 0, epochs: int | None = None,
+                  after_epoch: Callable[[int, dict], None] | None = None) -> tuple[dict, list[float]]:
         """Train `variables` under `mask` on (x, y); x enters stage `start`. Returns the new
-        variables (the stages below `start` unchanged) and the loss per step."""
-        mask = dict(mask)
+        variables (the stages below `start` unchanged) and the loss per step. `epochs`
+        overrides the tuner's; `after_epoch(epoch, variables)` is called after every epoch
+        (the variables are the live device arrays: copy what must outlive the call)."""
+        flags = frozen_pattern(mask)
+        epochs = self.epochs if epochs is None else epochs
         model = self.step_model(start)
         params = training.suffix(variables["params"], self.spec, start)
         stats = training.suffix(variables["batch_stats"], self.spec, start)
+        multipliers = ({g: lr_multiplier(v) for g, v in mask.items()} if has_lr_multipliers(mask)
+                       else None)
         # copies: the program donates its state, never the caller's variables
         state = training.init_state(model, jax.tree.map(jnp.array, params),
-                                    jax.tree.map(jnp.array, stats), mask)
-        batches = [(jnp.asarray(xs), jnp.asarray(ys))
-                   for xs, ys in training.training_batches(x, y, self.cfg, self.epochs, seed)]
-        state, losses = training.run_batches(self.program(mask, start), state, None, batches)
+                                    jax.tree.map(jnp.array, stats), flags, multipliers)
+
+        def merged(state: training.TrainState) -> dict:
+            return {"params": {**variables["params"], **state.params},
+                    "batch_stats": {**variables["batch_stats"], **state.batch_stats}}
+
+        program = self.program(mask, start)
+        losses: list = []
+        if after_epoch is None:
+            batches = [(jnp.asarray(xs), jnp.asarray(ys))
+                       for xs, ys in training.training_batches(x, y, self.cfg, epochs, seed)]
+            state, losses = training.run_batches(program, state, None, batches)
+        else:
+            for epoch, chunks in enumerate(training.epoch_batches(x, y, self.cfg, epochs, seed)):
+                batches = [(jnp.asarray(xs), jnp.asarray(ys)) for xs, ys in chunks]
+                state, epoch_losses = training.run_batches(program, state, None, batches)
+                losses += epoch_losses
+                after_epoch(epoch, merged(state))
         losses = [np.atleast_1d(np.asarray(loss)) for loss in losses]
         self.last_state = state
-        trained = {"params": {**variables["params"], **state.params},
-                   "batch_stats": {**variables["batch_stats"], **state.batch_stats}}
-        return trained, [float(v) for v in np.concatenate(losses)] if losses else []
+        return merged(state), [float(v) for v in np.concatenate(losses)] if losses else []
 
     def logits(self, variables: dict, x: np.ndarray, start: int = 0, batch_size: int = 256) -> np.ndarray:
         """Inference-mode logits (all BatchNorms use running statistics)."""

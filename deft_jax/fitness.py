@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -38,11 +39,19 @@ class SplitArrays:
 
 
 class MemoTable:
-    """mask key -> fitness, shared by all strategies; persisted with the search state."""
+    """mask key -> fitness, shared by all evaluation modes; persisted with the search state.
+    `epochs[key]`: the fine-tune epochs behind that fitness where it is a lower fidelity
+    than the whole fitness recipe (`search.fidelity = "halving"`); absent = the whole."""
 
-    def __init__(self, entries: Mapping[str, float] | None = None):
+    def __init__(self, entries: Mapping[str, float] | None = None,
+                 epochs: Mapping[str, int] | None = None):
         self.entries: dict[str, float] = dict(entries or {})
+        self.epochs: dict[str, int] = dict(epochs or {})
         self.hits = 0
+
+    def full_budget(self) -> dict[str, float]:
+        """The entries scored with the whole fitness recipe."""
+        return {k: v for k, v in self.entries.items() if k not in self.epochs}
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
@@ -102,46 +111,92 @@ def infeasible_fitness(fraction: float, limit: float) -> float:
     return 1.0 + (fraction - limit)
 
 
+class BestEpoch:
+    """Per member, the validation logits of its best epoch so far (`final.keep = "best-val"`:
+    fitness = the best validation score along the fine-tune, earliest epoch on ties) or of
+    its last epoch (`"last"`)."""
+
+    def __init__(self, keep: str, metric: str, y_val: np.ndarray, num_classes: int):
+        self.keep, self.metric, self.y_val, self.num_classes = keep, metric, y_val, num_classes
+        self.fitness: dict[int, float] = {}
+        self.logits: dict[int, np.ndarray] = {}
+
+    def offer(self, member: int, logits: np.ndarray, mask: GroupMask) -> None:
+        if self.keep == "last":
+            self.logits[member] = logits
+            return
+        fitness = divergence.fitness_from_logits(self.metric, logits, self.y_val, self.num_classes, mask)
+        if fitness < self.fitness.get(member, np.inf):
+            self.fitness[member], self.logits[member] = fitness, logits
+
+
 class SequentialEvaluator:
     """Evaluates masks one after another with static masks (compile cache per mask)."""
 
     name = "sequential"
+    on_member_done = None  # callback(number of members just finished), e.g. progress
 
     def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, cfg: FineTuneConfig,
-                 metric: str = "accuracy", seed: int = 0, cache_prefix: bool = True):
+                 metric: str = "accuracy", seed: int = 0, cache_prefix: bool = True,
+                 keep: str = "last"):
         self.spec, self.variables, self.data = spec, variables, data
-        self.cfg, self.metric, self.seed = cfg, metric, seed
+        self.cfg, self.metric, self.seed, self.keep = cfg, metric, seed, keep
         self.tuner = FineTuner(spec, cfg)
         self.cache_prefix = cache_prefix and not cfg.augment
         self.prefix = PrefixFeatureCache(spec, variables, data)
 
-    def _fine_tune_one(self, mask: GroupMask) -> tuple[np.ndarray, list[float]]:
-        """Validation logits and training losses of the mask's fine-tune."""
+    def _fine_tune_one(self, mask: GroupMask, epochs: int | None) -> tuple[np.ndarray, list[float]]:
+        """Validation logits (of the epoch `keep` says) and training losses of the mask's
+        fine-tune."""
         start = training.first_trainable_stage(self.spec, mask) if self.cache_prefix else 0
         x_train, x_val = self.prefix.features(start)
-        variables, losses = self.tuner.fine_tune(self.variables, mask, x_train, self.data.y_train,
-                                                 seed=self.seed, start=start)
-        return self.tuner.logits(variables, x_val, start=start), losses
+        kept = BestEpoch(self.keep, self.metric, self.data.y_val, self.data.num_classes)
+        variables, losses = self.tuner.fine_tune(
+            self.variables, mask, x_train, self.data.y_train, seed=self.seed, start=start, epochs=epochs,
+            after_epoch=None if self.keep == "last" else
+            lambda epoch, v: kept.offer(0, self.tuner.logits(v, x_val, start=start), mask))
+        if self.keep == "last":
+            return self.tuner.logits(variables, x_val, start=start), losses
+        return kept.logits[0], losses
 
-    def evaluate_logits(self, masks: Sequence[GroupMask]) -> np.ndarray:
-        return np.stack([self._fine_tune_one(m)[0] for m in masks])
+    def evaluate_logits(self, masks: Sequence[GroupMask], epochs: int | None = None) -> np.ndarray:
+        return np.stack([self._fine_tune_one(m, epochs)[0] for m in masks])
 
-    def evaluate(self, masks: Sequence[GroupMask]) -> list[float]:
+    def evaluate(self, masks: Sequence[GroupMask], epochs: int | None = None) -> list[float]:
         out = []
         for mask in masks:
-            logits, losses = self._fine_tune_one(mask)
+            logits, losses = self._fine_tune_one(mask, epochs)
             out.append(divergence.fitness_from_logits(self.metric, logits, self.data.y_val,
-                                                      self.data.num_classes, mask, losses))
+                                                      self.data.num_classes, mask,
+                                                      losses if self.keep == "last" else None))
+            if self.on_member_done is not None:
+                self.on_member_done(1)
         return out
 
     def stats(self) -> dict:
         return {"compiles": self.tuner.compiles, **(self.prefix.stats() if self.cache_prefix else {})}
 
 
+@dataclasses.dataclass(frozen=True)
+class Halving:
+    """Successive halving inside a generation: every new member trains `short_epochs` of the
+    fitness schedule, the best `promote_fraction` (at least one) the whole schedule."""
+
+    short_epochs: int
+    promote_fraction: float
+
+    def promoted(self, n: int) -> int:
+        return min(n, max(1, math.ceil(self.promote_fraction * n - 1e-9)))
+
+
 def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
-                        groups: LayerGroups, max_fraction: float = 1.0) -> tuple[list[float], dict]:
+                        groups: LayerGroups, max_fraction: float = 1.0,
+                        halving: Halving | None = None) -> tuple[list[float], dict]:
     """Fitness per mask: memo hits and infeasible masks cost nothing; the distinct new
-    feasible masks go to the evaluator in one call (one population program for vmap)."""
+    feasible masks go to the evaluator in one call (one population program for vmap). With
+    `halving`, they all get the short budget first and the most promising the whole one; a
+    member left at the short budget keeps its short fitness (with keep = "best-val" never
+    better than its whole-budget fitness would be: the short run is a prefix of the long)."""
     keys = [mask_key(m) for m in masks]
     fitness: dict[str, float] = {}
     hits = infeasible = 0
@@ -160,10 +215,27 @@ def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
             infeasible += 1
             continue
         todo[key] = mask
+    promoted = 0
     if todo:
-        values = evaluator.evaluate(list(todo.values()))
-        for key, value in zip(todo, values):
+        new_keys, new_masks = list(todo), list(todo.values())
+        if halving is None:
+            values = evaluator.evaluate(new_masks)
+        else:
+            values = list(evaluator.evaluate(new_masks, epochs=halving.short_epochs))
+            ranked = sorted(range(len(values)), key=lambda i: (values[i], i))
+            best = ranked[:halving.promoted(len(new_masks))]
+            # also every member whose short fitness already beats the best whole-budget one:
+            # the incumbent best is then always scored with the whole budget
+            incumbent = min(memo.full_budget().values(), default=np.inf)
+            best += [i for i in ranked[len(best):] if values[i] < incumbent]
+            promoted = len(best)
+            for i, value in zip(best, evaluator.evaluate([new_masks[i] for i in best])):
+                values[i] = value
+            for i, key in enumerate(new_keys):
+                if i not in best:
+                    memo.epochs[key] = halving.short_epochs
+        for key, value in zip(new_keys, values):
             memo.put(key, value)
             fitness[key] = value
     return [fitness[k] for k in keys], {"evaluated": len(todo), "memo_hits": hits,
-                                         "infeasible": infeasible}
+                                         "infeasible": infeasible, "promoted": promoted}

@@ -13,6 +13,7 @@ from deft_jax.config import Config
 from deft_jax.data import load_dataset, sampling_of
 from deft_jax.evaluators import make_evaluator
 from deft_jax.evolution import run_search
+from deft_jax.progress import SearchProgress
 from deft_jax.final import final_metrics, train_final
 from deft_jax.inputs import describe_origin, prepare_data
 from deft_jax.masks import searchable_groups
@@ -72,12 +73,14 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     log(f"evaluation: {mode} ({reason}); run directory: {run_dir}")
 
     # other processes read a resumed run's state (shared file system) but never write it
+    progress = SearchProgress(cfg.search.generations + 1, cfg.search.population_size) if writer else None
     result = run_search(cfg, evaluator, groups,
                         state_path=run_dir / rundir.STATE if writer or resume else None, log=log,
-                        save_state=writer)
+                        save_state=writer, n_val=len(data.arrays.y_val), progress=progress)
     if writer:
         rundir.write_jsonl(run_dir / rundir.HISTORY, result.history)
-        rundir.write_json(run_dir / rundir.BEST, {"fitness": result.best_fitness, "mask": result.best_mask})
+        rundir.write_json(run_dir / rundir.BEST, {"fitness": result.best_fitness, "mask": result.best_mask,
+                                                  "selection": result.selection})
     t_search = time.perf_counter()
     chosen = [g for g, on in result.best_mask.items() if on]
     log(f"best mask (fitness {result.best_fitness:.4f}): fine-tune {', '.join(chosen)}")
@@ -93,7 +96,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     t_end = time.perf_counter()
     seconds = {"setup (data, model)": t_ready - t_start, "search": t_search - t_ready,
                "final training + checkpoint": t_end - t_search, "total": t_end - t_start}
-    metrics.update({"search": {"best_fitness": result.best_fitness,
+    metrics.update({"search": {"best_fitness": result.best_fitness, "selection": result.selection,
                                "distinct_masks_evaluated": len(result.memo),
                                "evaluation": mode, **evaluator.stats()},
                     "seconds": {k: round(v, 2) for k, v in seconds.items()}})

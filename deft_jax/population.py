@@ -48,8 +48,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from deft_jax import divergence, training
 from deft_jax.config import FineTuneConfig
 from deft_jax.errors import UserError
-from deft_jax.fitness import PrefixFeatureCache, SplitArrays
-from deft_jax.masks import GroupMask
+from deft_jax.fitness import BestEpoch, PrefixFeatureCache, SplitArrays
+from deft_jax.groups import leaf_values
+from deft_jax.masks import GroupMask, lr_multiplier, trains
 from deft_jax.models.base import ModelSpec
 
 AXIS = "pop"
@@ -62,9 +63,15 @@ class PopulationEvaluator:
                  metric: str = "accuracy", seed: int = 0, sharded: bool = False,
                  cache_prefix: bool = True, pad_to: int | None = None,
                  eval_images_per_call: int = 2048, members_per_program: int | None = None,
-                 memory_limit_bytes: int | None = None, compile_after: int = 3):
+                 memory_limit_bytes: int | None = None, compile_after: int = 3,
+                 keep: str = "last", lr_multipliers: bool = False):
+        """`keep`: a member's fitness is of its last epoch, or of its best one ("best-val");
+        `lr_multipliers`: masks carry per-group learning-rate multipliers (`mask+lr`), which
+        enter the program as traced per-member scales (no recompiles)."""
         self.spec, self.data, self.cfg = spec, data, cfg
         self.metric, self.seed, self.sharded = metric, seed, sharded
+        self.keep, self.lr_multipliers = keep, lr_multipliers
+        self.on_member_done = None  # callback(number of members just finished), e.g. progress
         if sharded:
             self.name = "sharded"
         else:
@@ -103,26 +110,49 @@ class PopulationEvaluator:
 
     # --- public API ------------------------------------------------------------------------
 
-    def evaluate(self, masks: Sequence[GroupMask]) -> list[float]:
-        """Fitness (1 - metric on the val split) per mask, in order."""
-        logits = self.evaluate_logits(masks)
+    def evaluate(self, masks: Sequence[GroupMask], epochs: int | None = None) -> list[float]:
+        """Fitness (1 - metric on the val split) per mask, in order; `epochs` (default: the
+        fine-tune config's) trains the first epochs of the same batch plan."""
+        logits = self.evaluate_logits(masks, epochs)
         return [divergence.fitness_from_logits(self.metric, l, self.data.y_val, self.data.num_classes, m)
                 for l, m in zip(logits, masks)]
 
-    def evaluate_logits(self, masks: Sequence[GroupMask]) -> np.ndarray:
-        """Validation logits [len(masks), n_val, classes] after each member's fine-tune."""
+    def evaluate_logits(self, masks: Sequence[GroupMask], epochs: int | None = None) -> np.ndarray:
+        """Validation logits [len(masks), n_val, classes] after each member's fine-tune (of
+        its last epoch, or its best one with keep = "best-val")."""
         if not masks:
             return np.zeros((0, len(self.data.y_val), self.data.num_classes), np.float32)
         t0 = time.perf_counter()
         out: list[np.ndarray | None] = [None] * len(masks)
         for start, idx, chunks in self._programs_for(masks):
             _, x_val = self.prefix.features(start)
-            logits = np.concatenate([self._val_logits(start, self._train(c, start), x_val)
-                                     for c in chunks])
+            done = 0
+            logits = []
+            for chunk in chunks:
+                logits.append(self._chunk_logits(chunk, start, x_val, epochs))
+                real = min(len(chunk), len(idx) - done)  # padding members are not reported
+                done += real
+                if self.on_member_done is not None and real > 0:
+                    self.on_member_done(real)
+            logits = np.concatenate(logits)
             for j, i in enumerate(idx):
                 out[i] = logits[j]
         self.seconds += time.perf_counter() - t0
         return np.stack(out)
+
+    def _chunk_logits(self, chunk: Sequence[GroupMask], start: int, x_val: np.ndarray,
+                      epochs: int | None) -> np.ndarray:
+        if self.keep == "last":
+            return self._val_logits(start, self._train(chunk, start, epochs), x_val)
+        kept = BestEpoch(self.keep, self.metric, self.data.y_val, self.data.num_classes)
+
+        def after_epoch(epoch: int, state: training.TrainState) -> None:
+            logits = self._val_logits(start, state, x_val)
+            for j, mask in enumerate(chunk):
+                kept.offer(j, logits[j], mask)
+
+        self._train(chunk, start, epochs, after_epoch)
+        return np.stack([kept.logits[j] for j in range(len(chunk))])
 
     def fine_tune(self, masks: Sequence[GroupMask]) -> list[dict]:
         """Fine-tuned variables {'params', 'batch_stats'} (numpy) per mask, in order."""
@@ -241,15 +271,15 @@ class PopulationEvaluator:
     def _step_model(self, start: int) -> training.StepModel:
         return training.StepModel.of(self.spec, self.base_tx, start, self.cfg.compute_dtype)
 
-    def _batches(self, start: int) -> list[tuple]:
-        """This seed's stacked training batches of the features entering stage `start`, on
-        the device (replicated when sharded); kept for the whole search."""
+    def _batches(self, start: int) -> list[list[tuple]]:
+        """This seed's stacked training batches of the features entering stage `start`, per
+        epoch, on the device (replicated when sharded); kept for the whole search."""
         if start not in self._batch_cache:
             x_train, _ = self.prefix.features(start)
             self._batch_cache[start] = [
-                (self._put(xs, P()), self._put(ys, P()))
-                for xs, ys in training.training_batches(x_train, self.data.y_train, self.cfg,
-                                                        self.cfg.epochs, self.seed)]
+                [(self._put(xs, P()), self._put(ys, P())) for xs, ys in epoch]
+                for epoch in training.epoch_batches(x_train, self.data.y_train, self.cfg,
+                                                    self.cfg.epochs, self.seed)]
         return self._batch_cache[start]
 
     def _fit_to_memory(self, n_masks: int, start: int) -> None:
@@ -286,7 +316,8 @@ class PopulationEvaluator:
         return training.init_state(self._step_model(start),
                                    training.suffix(self.variables["params"], self.spec, start),
                                    training.suffix(self.variables["batch_stats"], self.spec, start),
-                                   {g: 0.5 for g in self.groups})
+                                   {g: 0.5 for g in self.groups},
+                                   {g: 1.0 for g in self.groups} if self.lr_multipliers else None)
 
     def _state_shapes(self, size: int, start: int):
         state = jax.eval_shape(lambda: self._member_state(start))
@@ -300,7 +331,7 @@ class PopulationEvaluator:
         return self._program_bytes(size, start)
 
     def _program_bytes(self, size: int, start: int) -> int:
-        xs, ys = self._batches(start)[0]
+        xs, ys = self._batches(start)[0][0]
         steps = xs.shape[0] if training.scan_steps() else 1
         if not training.scan_steps():  # one step per call: one batch per argument
             xs, ys = xs[0], ys[0]
@@ -346,18 +377,28 @@ class PopulationEvaluator:
         self._programs[key] = fn
         return fn
 
-    def _train(self, masks: Sequence[GroupMask], start: int) -> training.TrainState:
-        """Fine-tune `masks` (one program's worth) on the features entering stage `start`;
-        returns the TrainState, each leaf with a leading member axis."""
+    def _train(self, masks: Sequence[GroupMask], start: int, epochs: int | None = None,
+               after_epoch=None) -> training.TrainState:
+        """Fine-tune `masks` (one program's worth) on the features entering stage `start`
+        for the first `epochs` epochs of the plan (default all); returns the TrainState, each
+        leaf with a leading member axis. `after_epoch(epoch, state)` runs after each epoch."""
         size = len(masks)
         one = jax.tree.map(np.asarray, self._member_state(start))
         state = jax.tree.map(
             lambda a: self._put(np.broadcast_to(a, (size,) + np.shape(a)), P(AXIS)), one)
-        gates = {g: self._put(np.asarray([1.0 if m[g] else 0.0 for m in masks], np.float32), P(AXIS))
+        gates = {g: self._put(np.asarray([1.0 if trains(m[g]) else 0.0 for m in masks], np.float32), P(AXIS))
                  for g in self.groups}
-        for xs, ys in self._batches(start):
-            compiled = self._program("train", size, start, xs.shape[0] if training.scan_steps() else 1)
-            state, _ = training.run_batches(compiled, state, gates, [(xs, ys)])
+        if self.lr_multipliers:
+            per_group = {g: np.asarray([lr_multiplier(m[g]) for m in masks], np.float32) for g in self.groups}
+            scales = leaf_values(self._step_model(start).labels, per_group)
+            state = state._replace(lr_scales=jax.tree.map(lambda a: self._put(a, P(AXIS)), scales))
+        plan = self._batches(start)
+        for epoch, chunks in enumerate(plan[:len(plan) if epochs is None else epochs]):
+            for xs, ys in chunks:
+                compiled = self._program("train", size, start, xs.shape[0] if training.scan_steps() else 1)
+                state, _ = training.run_batches(compiled, state, gates, [(xs, ys)])
+            if after_epoch is not None:
+                after_epoch(epoch, state)
         return state
 
     def _val_logits(self, start: int, state: training.TrainState, x_val: np.ndarray) -> np.ndarray:

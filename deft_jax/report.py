@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deft_jax.masks import GroupMask
+from deft_jax.masks import GroupMask, lr_multiplier, trains
 
 
 def render_report(*, cfg: dict, description: str, model: str, pretrained: str | None,
@@ -29,7 +29,7 @@ def render_report(*, cfg: dict, description: str, model: str, pretrained: str | 
         f"trainable parameters {metrics['trainable_fraction']:.1%} of {total:,}.", "",
         "| group | parameters | fine-tuned |", "|---|---:|:---:|",
     ]
-    lines += [f"| {g} | {group_sizes.get(g, 0):,} | {'yes' if on else 'no'} |" for g, on in best_mask.items()]
+    lines += [f"| {g} | {group_sizes.get(g, 0):,} | {_trains(on)} |" for g, on in best_mask.items()]
     lines += ["", "## Search progress", "",
               "| generation | best fitness | mean fitness | masks trained | memo hits | seconds |",
               "|---:|---:|---:|---:|---:|---:|"]
@@ -50,3 +50,11 @@ def render_report(*, cfg: dict, description: str, model: str, pretrained: str | 
     lines += ["", "## Time", ""] + [f"- {k}: {v:.1f} s" for k, v in seconds.items()]
     lines += ["", "The test split was used once, for the final model only; the search saw val only.", ""]
     return "\n".join(lines)
+
+
+def _trains(value) -> str:
+    """'yes', 'no', or 'yes (x0.1 lr)' for a learning-rate multiplier (`search.space = mask+lr`)."""
+    if not trains(value):
+        return "no"
+    m = lr_multiplier(value)
+    return "yes" if m == 1.0 else f"yes (x{m:.3g} lr)"

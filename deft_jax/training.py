@@ -51,6 +51,9 @@ class TrainState(NamedTuple):
     params: dict
     batch_stats: dict
     opt_state: Any
+    # per-leaf learning-rate multipliers (`search.space = "mask+lr"`), with the structure of
+    # the leaves the optimizer updates; None: every trained leaf at the base rate
+    lr_scales: Any = None
 
 
 def make_optimizer(cfg: FineTuneConfig, learning_rate: float | None = None) -> optax.GradientTransformation:
@@ -118,15 +121,13 @@ def augment_batch(x: np.ndarray, cfg: FineTuneConfig, rng: np.random.Generator) 
     return x
 
 
-def training_batches(x: np.ndarray, y: np.ndarray, cfg: FineTuneConfig, epochs: int,
-                     seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The whole fine-tune's batches (plan + augmentation) as stacked arrays, in chunks of at
-    most MAX_STEPS_BYTES: [(xs [steps, batch, ...], ys [steps, batch]), ...]. Equal-length
-    chunks share one compiled program; only a shorter last chunk adds a second."""
+def _augmented(x: np.ndarray, y: np.ndarray, cfg: FineTuneConfig, epochs: int, seed: int):
     plan = batch_plan(len(x), cfg.batch_size, epochs, seed)
     rng = np.random.default_rng([seed, AUGMENT_STREAM])
-    xs = [augment_batch(x[idx], cfg, rng) for idx in plan]
-    ys = [y[idx] for idx in plan]
+    return [augment_batch(x[idx], cfg, rng) for idx in plan], [y[idx] for idx in plan]
+
+
+def _stacked_chunks(xs: list, ys: list) -> list[tuple[np.ndarray, np.ndarray]]:
     if not xs:
         return []
     per_chunk = max(1, MAX_STEPS_BYTES // max(xs[0].nbytes, 1))
@@ -135,6 +136,25 @@ def training_batches(x: np.ndarray, y: np.ndarray, cfg: FineTuneConfig, epochs: 
     per_chunk = -(-steps // chunks)  # balanced: one program length for all but the last
     return [(np.stack(xs[i:i + per_chunk]), np.stack(ys[i:i + per_chunk]))
             for i in range(0, steps, per_chunk)]
+
+
+def training_batches(x: np.ndarray, y: np.ndarray, cfg: FineTuneConfig, epochs: int,
+                     seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The whole fine-tune's batches (plan + augmentation) as stacked arrays, in chunks of at
+    most MAX_STEPS_BYTES: [(xs [steps, batch, ...], ys [steps, batch]), ...]. Equal-length
+    chunks share one compiled program; only a shorter last chunk adds a second."""
+    return _stacked_chunks(*_augmented(x, y, cfg, epochs, seed))
+
+
+def epoch_batches(x: np.ndarray, y: np.ndarray, cfg: FineTuneConfig, epochs: int,
+                  seed: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """The same batches as `training_batches`, chunked per epoch: [epoch][chunk] -> (xs, ys),
+    for fine-tunes that score the model after every epoch. The first k epochs of an
+    E-epoch plan are the batches of a k-epoch plan (same permutations, same augmentation)."""
+    xs, ys = _augmented(x, y, cfg, epochs, seed)
+    per_epoch = len(x) // min(cfg.batch_size, len(x))
+    return [_stacked_chunks(xs[e * per_epoch:(e + 1) * per_epoch], ys[e * per_epoch:(e + 1) * per_epoch])
+            for e in range(epochs)]
 
 
 # --- the train step --------------------------------------------------------------------------
@@ -184,14 +204,30 @@ def suffix(tree: Mapping, spec: ModelSpec, start: int) -> dict:
     return {k: v for k, v in tree.items() if k in names}
 
 
-def init_state(model: StepModel, params: Mapping, batch_stats: Mapping, flags: GroupFlags) -> TrainState:
+def init_state(model: StepModel, params: Mapping, batch_stats: Mapping, flags: GroupFlags,
+               lr_multipliers: Mapping[str, Any] | None = None) -> TrainState:
     """A fresh optimizer state: over the trainable leaves for a static mask, over every leaf
-    (the gates do not enter it) for a gated member."""
+    (the gates do not enter it) for a gated member. `lr_multipliers` (group -> multiplier,
+    a float or a [members] array) scale each group's updates (per-group learning rates)."""
     params, batch_stats = dict(params), dict(batch_stats)
     if is_static(flags):
         trainable, _ = _partition(params, _leaf_mask(model, flags))
-        return TrainState(params, batch_stats, model.tx.init(trainable))
-    return TrainState(params, batch_stats, model.tx.init(params))
+        scales = None
+        if lr_multipliers is not None:
+            flat_labels = traverse_util.flatten_dict(dict(model.labels))
+            scales = {k: jnp.asarray(lr_multipliers[flat_labels[k]], jnp.float32) for k in trainable}
+        return TrainState(params, batch_stats, model.tx.init(trainable), scales)
+    scales = None
+    if lr_multipliers is not None:
+        scales = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32),
+                              leaf_values(model.labels, lr_multipliers))
+    return TrainState(params, batch_stats, model.tx.init(params), scales)
+
+
+def _scale(updates, lr_scales):
+    if lr_scales is None:
+        return updates
+    return jax.tree.map(lambda u, s: u * s.astype(u.dtype), updates, lr_scales)
 
 
 def _leaf_mask(model: StepModel, flags: GroupFlags) -> dict:
@@ -218,8 +254,9 @@ def train_step(model: StepModel, state: TrainState, flags: GroupFlags, x, y) -> 
 
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         updates, opt_state = model.tx.update(grads, state.opt_state, trainable)
+        updates = _scale(updates, state.lr_scales)
         params = _merge(optax.apply_updates(trainable, updates), frozen)
-        return TrainState(params, stats, opt_state), loss
+        return TrainState(params, stats, opt_state, state.lr_scales), loss
 
     def loss_fn(p):
         return _loss(model, p, state.batch_stats, flags, x, y)
@@ -228,7 +265,8 @@ def train_step(model: StepModel, state: TrainState, flags: GroupFlags, x, y) -> 
     gated = optax.chain(model.tx, gate_updates(_leaf_mask(model, flags)))
     # the chain's state is (base state, EmptyState); only the base state is carried
     updates, (opt_state, _) = gated.update(grads, (state.opt_state, optax.EmptyState()), state.params)
-    return TrainState(optax.apply_updates(state.params, updates), stats, opt_state), loss
+    updates = _scale(updates, state.lr_scales)
+    return TrainState(optax.apply_updates(state.params, updates), stats, opt_state, state.lr_scales), loss
 
 
 def scan_steps() -> bool:

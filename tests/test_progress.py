@@ -15,33 +15,33 @@ class FakeClock:
         return self.now
 
 
-def test_plain_lines_report_each_member_and_an_eta_from_the_evaluated_members():
+def test_plain_lines_report_each_member_and_an_eta_from_the_trained_members():
     out, clock = io.StringIO(), FakeClock()
     progress = SearchProgress(generations=3, population=2, stream=out, clock=clock)
     assert progress.live is False  # a StringIO is not a terminal
-    with progress.generation(0) as gen:
+    with progress.generation(0, members=2) as gen:
         clock.now += 10
-        gen.member_done(0, 0.5)
+        gen.advance(1)   # 10 s per member; 1 left here + 2 generations x 2 members
         clock.now += 20
-        gen.member_done(1, 0.75)
-    with progress.generation(1) as gen:
-        clock.now += 0.01
-        gen.member_done(0, 0.75, cached=True)  # a memo hit does not lower the estimate
+        gen.advance(1)   # 15 s per member; 0 left here + 4
+    with progress.generation(1, members=1) as gen:  # one new member, one memo hit
+        clock.now += 30
+        gen.advance(1)   # 20 s per member; 0 left here + 1 generation x 2
     lines = out.getvalue().splitlines()
-    assert lines[0] == "generation 0/2 member 1/2: fitness 0.5000, search ETA 50s"
-    assert lines[1] == "generation 0/2 member 2/2: fitness 0.7500, search ETA 1m00s"
-    assert lines[2] == "generation 1/2 member 1/2: fitness 0.7500 (cached), search ETA 45s"
-    assert progress.eta_seconds() == 45.0
+    assert lines == ["generation 0/2: 1/2 members trained, search ETA 50s",
+                     "generation 0/2: 2/2 members trained, search ETA 1m00s",
+                     "generation 1/2: 1/1 members trained, search ETA 40s"]
+    assert progress.eta_seconds() == 40.0
 
 
 def test_a_terminal_gets_a_live_bar_that_is_removed_when_the_generation_ends():
     out = io.StringIO()
     progress = SearchProgress(generations=1, population=3, stream=out, live=True)
-    with progress.generation(0) as gen:
-        for i in range(3):
-            gen.member_done(i, 0.1 * i)
-    assert "member 1/3" not in out.getvalue()  # no plain lines
-    assert progress.done == 3
+    with progress.generation(0, members=3) as gen:
+        for _ in range(3):
+            gen.advance(1)
+    assert "members trained" not in out.getvalue()  # no plain lines
+    assert progress.trained == 3
 
 
 def test_durations_read_as_seconds_minutes_or_hours():
