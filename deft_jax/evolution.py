@@ -28,7 +28,7 @@ from flax import serialization
 from deft_jax import rundir
 from deft_jax.config import Config, SearchConfig
 from deft_jax.errors import UserError
-from deft_jax.evaluators import Evaluator
+from deft_jax.evaluators import Evaluator, fitness_recipe
 from deft_jax.fitness import Halving, MemoTable, evaluate_population
 from deft_jax.groups import LayerGroups
 from deft_jax.masks import GroupMask, decode_genome, mask_from_key, mask_key, searchable_groups
@@ -125,6 +125,7 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
     de, de_params = make_differential_evolution(s, len(genes))
     base_key = jax.random.key(cfg.seed)
     halving = Halving(cfg.finetune.epochs, s.promote_fraction) if s.fidelity == "halving" else None
+    whole_epochs = fitness_recipe(cfg)[0].epochs
     if s.select != "best" and n_val < 1:
         raise ValueError("search.select = smallest-within-1se needs the validation size n_val")
 
@@ -156,6 +157,9 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
                "seconds": round(time.perf_counter() - t0, 3), **evaluator.stats()}
         if halving is not None:
             row["promoted"] = info["promoted"]
+            row["epochs_trained"] = info["evaluated"] * halving.short_epochs + info["promoted"] * whole_epochs
+        else:
+            row["epochs_trained"] = info["evaluated"] * whole_epochs
         history.append(row)
         return jnp.asarray(fitness)
 

@@ -186,7 +186,7 @@ class Halving:
     promote_fraction: float
 
     def promoted(self, n: int) -> int:
-        return min(n, max(1, math.ceil(self.promote_fraction * n - 1e-9)))
+        return min(n, max(1, int(self.promote_fraction * n + 0.5)))  # rounded, at least one
 
 
 def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
@@ -224,13 +224,18 @@ def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
             values = list(evaluator.evaluate(new_masks, epochs=halving.short_epochs))
             ranked = sorted(range(len(values)), key=lambda i: (values[i], i))
             best = ranked[:halving.promoted(len(new_masks))]
-            # also every member whose short fitness already beats the best whole-budget one:
-            # the incumbent best is then always scored with the whole budget
-            incumbent = min(memo.full_budget().values(), default=np.inf)
-            best += [i for i in ranked[len(best):] if values[i] < incumbent]
-            promoted = len(best)
             for i, value in zip(best, evaluator.evaluate([new_masks[i] for i in best])):
                 values[i] = value
+            # then every member whose short score already beats the best whole-budget score
+            # (of earlier generations or just promoted): the incumbent is always scored
+            # with the whole budget
+            incumbent = min(list(memo.full_budget().values()) + [values[i] for i in best])
+            more = [i for i in ranked[len(best):] if values[i] < incumbent]
+            if more:
+                for i, value in zip(more, evaluator.evaluate([new_masks[i] for i in more])):
+                    values[i] = value
+                best += more
+            promoted = len(best)
             for i, key in enumerate(new_keys):
                 if i not in best:
                     memo.epochs[key] = halving.short_epochs

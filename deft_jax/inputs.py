@@ -16,7 +16,7 @@ from deft_jax.data import Dataset, NormalizedImages, load_dataset, resize_images
 from deft_jax.errors import UserError
 from deft_jax.fitness import SplitArrays
 from deft_jax.models.base import ModelSpec
-from deft_jax.splits import complete_splits, load_splits, make_splits
+from deft_jax.splits import complete_splits, load_splits, make_splits, subsample_per_class
 
 
 @dataclasses.dataclass
@@ -50,11 +50,19 @@ def split_dataset(cfg: Config, dataset: Dataset, saved_splits: Path | None = Non
         splits, carved = complete_splits(dataset.labels, dataset.groups, dataset.predefined_splits,
                                          tuple(cfg.data.fractions), cfg.data.split_seed,
                                          class_names=dataset.class_names)
-        return splits, {**origin, "from_dataset": sorted(dataset.predefined_splits, key=_order),
-                        "carved_from_train": carved}
-    splits = make_splits(dataset.labels, dataset.groups, tuple(cfg.data.fractions),
-                         cfg.data.split_seed, class_names=dataset.class_names)
-    return splits, {**origin, "from_dataset": [], "made_here": ["train", "val", "test"]}
+        origin = {**origin, "from_dataset": sorted(dataset.predefined_splits, key=_order),
+                  "carved_from_train": carved}
+    else:
+        splits = make_splits(dataset.labels, dataset.groups, tuple(cfg.data.fractions),
+                             cfg.data.split_seed, class_names=dataset.class_names)
+        origin = {**origin, "from_dataset": [], "made_here": ["train", "val", "test"]}
+    if cfg.data.train_per_class:
+        before = len(splits["train"])
+        splits = {**splits, "train": subsample_per_class(splits["train"], np.asarray(dataset.labels),
+                                                         cfg.data.train_per_class, cfg.data.split_seed)}
+        origin["train_per_class"] = {"kept": int(len(splits["train"])), "of": before,
+                                     "per_class": cfg.data.train_per_class}
+    return splits, origin
 
 
 def _order(name: str) -> int:
@@ -67,11 +75,15 @@ def describe_origin(origin: dict) -> str:
     if given is None:
         return f"splits from {origin.get('from', 'a saved file')}"
     if not given:
-        return "splits made here (stratified, grouped)"
-    carved = origin.get("carved_from_train") or []
-    text = f"splits {', '.join(given)} from the data"
-    if carved:
-        text += f"; {', '.join(carved)} carved out of train (stratified, grouped)"
+        text = "splits made here (stratified, grouped)"
+    else:
+        carved = origin.get("carved_from_train") or []
+        text = f"splits {', '.join(given)} from the data"
+        if carved:
+            text += f"; {', '.join(carved)} carved out of train (stratified, grouped)"
+    sub = origin.get("train_per_class")
+    if sub:
+        text += f"; train subsampled to {sub['per_class']} per class ({sub['kept']} of {sub['of']})"
     return text
 
 

@@ -208,3 +208,20 @@ def load_splits(path) -> dict[str, np.ndarray]:
     if np.unique(seen).size != seen.size:
         raise UserError(f"splits file {path}: a sample index appears in more than one split")
     return out
+
+
+TRAIN_SUBSAMPLE_STREAM = 11  # `data.train_per_class` draws from default_rng([seed, 11, class_id])
+
+
+def subsample_per_class(train: np.ndarray, labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """At most `per_class` indices of each class from `train` (seeded, one stream per class;
+    sorted). The low-data setting on a large set: val and test stay as they are."""
+    train = np.asarray(train)
+    kept = []
+    for c in np.unique(labels[train]):
+        members = train[labels[train] == c]
+        if members.size > per_class:
+            rng = np.random.default_rng([int(seed), TRAIN_SUBSAMPLE_STREAM, int(c)])
+            members = rng.choice(members, per_class, replace=False)
+        kept.append(members)
+    return np.sort(np.concatenate(kept)) if kept else train

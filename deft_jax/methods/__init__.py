@@ -8,24 +8,25 @@ evaluation count). Adding a method = one small module + one line here.
 
 from __future__ import annotations
 
-from types import ModuleType
+from typing import Any
 
 from deft_jax.errors import UserError
 from deft_jax.methods import auto_rgn, deft, full, handpicked, linear_probe, random_search, scratch
 from deft_jax.methods.common import MethodContext, MethodResult, ProgramCache
 
-METHODS: dict[str, ModuleType] = {
+METHODS: dict[str, Any] = {  # name -> an object with run(ctx) and optionally AFTER
     "scratch": scratch,
     "linear-probe": linear_probe,
     "handpicked": handpicked,
     "full": full,
     "auto-rgn": auto_rgn,
-    "deft": deft,
+    **{name: deft.variant(name) for name in deft.VARIANTS},
     "random-search": random_search,
 }
+SEARCH_METHODS = tuple(deft.VARIANTS) + ("random-search",)
 
 
-def get_method(name: str) -> ModuleType:
+def get_method(name: str) -> Any:
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     return METHODS[name]
@@ -51,4 +52,4 @@ def run_order(names: list[str]) -> list[str]:
     return ordered
 
 
-__all__ = ["METHODS", "MethodContext", "MethodResult", "ProgramCache", "get_method", "run_order"]
+__all__ = ["METHODS", "SEARCH_METHODS", "MethodContext", "MethodResult", "ProgramCache", "get_method", "run_order"]

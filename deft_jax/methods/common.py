@@ -147,12 +147,43 @@ def result_of(final: FinalModel, data: PreparedData, mask: Mapping[str, bool] | 
         extra={"final_loss_first_last": [final.losses[0], final.losses[-1]] if final.losses else None})
 
 
-def final_fit(ctx: MethodContext, mask: Mapping[str, bool], spec: ModelSpec | None = None,
-              variables: dict | None = None, data: PreparedData | None = None) -> MethodResult:
-    """Final training of a static mask (the core recipe), scored on val and test."""
+def fit_with_learning_rates(ctx: MethodContext, mask: Mapping, tuner_for: Callable[[float | None], FineTuner],
+                            spec: ModelSpec | None = None, variables: dict | None = None,
+                            data: PreparedData | None = None) -> tuple[MethodResult, FineTuner]:
+    """Final training of `mask` at final.learning_rate, or at each rate of
+    `experiment.learning_rates` keeping the one with the best validation metric
+    (`search.metric`; the first rate of the grid on ties). Returns the result (with the
+    grid's validation scores in `extra`) and the winning rate's tuner."""
     spec = ctx.spec if spec is None else spec
     variables = ctx.variables if variables is None else variables
     data = ctx.data if data is None else data
     cfg = ctx.cfg
-    tuner = ctx.programs.tuner(spec, cfg.finetune, cfg.final.learning_rate, cfg.final.epochs)
-    return result_of(train_final(cfg, spec, variables, mask, data, tuner=tuner), data, mask)
+    grid = list(cfg.experiment.learning_rates) or [cfg.final.learning_rate]
+    best = None
+    scores = {}
+    for lr in grid:
+        tuner = tuner_for(lr)
+        final = train_final(cfg, spec, variables, mask, data, tuner=tuner)
+        result = result_of(final, data, mask)
+        score = result.val["macro_f1" if cfg.search.metric == "macro_f1" else "accuracy"]
+        scores[str(lr)] = score
+        if best is None or score > best[0]:
+            best = (score, result, tuner, lr, final)
+    _, result, tuner, lr, final = best
+    result.extra["final_epoch_kept"] = final.epoch_kept
+    if len(grid) > 1:
+        result.extra.update({"learning_rate": lr, "learning_rate_val_scores": scores})
+    return result, tuner
+
+
+def final_fit(ctx: MethodContext, mask: Mapping, spec: ModelSpec | None = None,
+              variables: dict | None = None, data: PreparedData | None = None) -> MethodResult:
+    """Final training of a static mask (the core recipe; the learning-rate grid when the
+    experiment has one), scored on val and test."""
+    spec = ctx.spec if spec is None else spec
+    cfg = ctx.cfg
+
+    def tuner_for(learning_rate: float | None) -> FineTuner:
+        return ctx.programs.tuner(spec, cfg.finetune, learning_rate, cfg.final.epochs)
+
+    return fit_with_learning_rates(ctx, mask, tuner_for, spec, variables, data)[0]

@@ -1,6 +1,18 @@
-"""`deft`: differential-evolution search over layer-group masks (the core's `run_search`
-with the configured evaluator), then final training of the best mask with the shared
-recipe.
+"""`deft` and its variants: differential-evolution search over layer-group masks (the
+core's `run_search` with the configured evaluator), then final training of the selected
+mask with the shared recipe.
+
+Variants are the paper's DEFT with search options switched on (each a config override of
+`[search]`, so a variant is reproducible with `python -m deft_jax.search --set ...`):
+
+- `deft`: the search as configured (the paper: `space = "mask"`, short fitness).
+- `deft-lr`: genes also set each group's learning-rate multiplier (`space = "mask+lr"`).
+- `deft-mf`: fitness with the final training's recipe (`schedule = "final"`, so a mask is
+  scored by the validation score its final training reaches), made affordable by successive
+  halving inside a generation (`fidelity = "halving"`), the baselines' masks in the initial
+  population (`seed_baselines`) and the one-standard-error rule toward fewer trainable
+  parameters (`select = "smallest-within-1se"`) against selection on a noisy validation set.
+- `deft-lr-mf`: both.
 
 The DE state is persisted per generation under the run's state folder, so an interrupted
 experiment resumes inside the search (the wall time then covers the resumed part only).
@@ -8,33 +20,67 @@ experiment resumes inside the search (the wall time then covers the resumed part
 
 from __future__ import annotations
 
+import copy
 import time
+import types
 
 from deft_jax.evaluators import Evaluator, make_evaluator
 from deft_jax.evolution import run_search
 from deft_jax.fitness import SequentialEvaluator
 from deft_jax.methods.common import MethodContext, MethodResult, final_fit
 
+MULTI_FIDELITY = {"schedule": "final", "fidelity": "halving", "seed_baselines": True,
+                  "select": "smallest-within-1se"}
+VARIANTS: dict[str, dict] = {
+    "deft": {},
+    "deft-lr": {"space": "mask+lr"},
+    "deft-mf": dict(MULTI_FIDELITY),
+    "deft-lr-mf": {"space": "mask+lr", **MULTI_FIDELITY},
+}
+
 
 def make_shared_evaluator(ctx: MethodContext) -> tuple[Evaluator, str]:
-    """The configured evaluator; a sequential one reuses the experiment's compiled steps."""
+    """The configured evaluator; a sequential one reuses the experiment's compiled steps
+    where its recipe is the [finetune] one."""
     evaluator, mode, _ = make_evaluator(ctx.cfg, ctx.spec, ctx.variables, ctx.data.arrays)
-    if isinstance(evaluator, SequentialEvaluator):
+    if isinstance(evaluator, SequentialEvaluator) and ctx.cfg.search.schedule == "short":
         evaluator.tuner = ctx.programs.tuner(ctx.spec, ctx.cfg.finetune)
     return evaluator, mode
 
 
-def run(ctx: MethodContext) -> MethodResult:
+def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
     t0 = time.perf_counter()
     evaluator, mode = make_shared_evaluator(ctx)
-    state = ctx.state_dir / f"seed{ctx.seed}-deft.msgpack" if ctx.state_dir else None
+    state = ctx.state_dir / f"seed{ctx.seed}-{name}.msgpack" if ctx.state_dir else None
     search = run_search(ctx.cfg, evaluator, ctx.spec.layer_groups, state_path=state,
-                        log=lambda line: ctx.log("    " + line))
+                        log=lambda line: ctx.log("    " + line), n_val=len(ctx.data.arrays.y_val))
     t1 = time.perf_counter()
     result = final_fit(ctx, search.best_mask)
     result.fitness_evaluations = len(search.memo)
     result.history = search.history
     result.extra.update({"best_fitness": search.best_fitness, "evaluation": mode,
+                         "selection": search.selection,
+                         "fitness_epochs": sum(h.get("epochs_trained", 0) for h in search.history),
+                         "memo": search.memo, "memo_short_budget": search.memo_epochs,
                          "search_seconds": round(t1 - t0, 2),
                          "final_seconds": round(time.perf_counter() - t1, 2)})
     return result
+
+
+def variant(name: str) -> types.SimpleNamespace:
+    """The method `name` of VARIANTS: `run(ctx)` with the variant's [search] overrides."""
+    overrides = VARIANTS[name]
+
+    def run_variant(ctx: MethodContext) -> MethodResult:
+        if overrides:
+            cfg = copy.deepcopy(ctx.cfg)
+            for key, value in overrides.items():
+                setattr(cfg.search, key, value)
+            ctx = copy.copy(ctx)
+            ctx.cfg = cfg
+        return search_and_fit(ctx, name)
+
+    return types.SimpleNamespace(run=run_variant, AFTER=(), __doc__=f"`{name}`: {overrides or 'as configured'}")
+
+
+run = variant("deft").run

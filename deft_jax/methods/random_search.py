@@ -17,13 +17,14 @@ import time
 import numpy as np
 
 from deft_jax.errors import UserError
+from deft_jax.evaluators import fitness_recipe
 from deft_jax.fitness import MemoTable, evaluate_population
 from deft_jax.masks import decode_genome, mask_from_key, mask_key, searchable_groups
 from deft_jax.methods.common import MethodContext, MethodResult, final_fit
 from deft_jax.methods.deft import make_shared_evaluator
 
-AFTER = ("deft",)
-DRAW_STREAM = 20230  # random-search's genomes come from default_rng([seed, DRAW_STREAM])  # run after deft on the same seed, to match its evaluation count
+AFTER = ("deft",)  # run after deft on the same seed, to match its evaluation count
+DRAW_STREAM = 20230  # random-search's genomes come from default_rng([seed, DRAW_STREAM])
 
 
 def budget(ctx: MethodContext) -> tuple[int, str]:
@@ -75,6 +76,7 @@ def run(ctx: MethodContext) -> MethodResult:
     result.extra.update({"budget": n, "budget_source": source, "draws": draws,
                          "space_exhausted": len(memo.entries) < n,
                          "best_fitness": memo.entries[best_key], "best_fitness_so_far": best_so_far,
+                         "fitness_epochs": len(memo.entries) * fitness_recipe(cfg)[0].epochs,
                          "evaluation": mode, "search_seconds": round(t1 - t0, 2),
                          "final_seconds": round(time.perf_counter() - t1, 2)})
     return result
