@@ -39,7 +39,8 @@ os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 import jax  # noqa: E402
 
 from deft_jax.config import FineTuneConfig  # noqa: E402
-from deft_jax.fitness import SequentialEvaluator, SplitArrays  # noqa: E402
+from deft_jax.fitness import SequentialEvaluator  # noqa: E402
+from deft_jax.inputs import SplitArrays  # noqa: E402
 from deft_jax.evaluators import device_memory_limit  # noqa: E402
 from deft_jax.masks import decode_genome, searchable_groups  # noqa: E402
 from deft_jax.models import build_model  # noqa: E402

@@ -95,7 +95,7 @@ def run_jax(args, model: str, workdir: Path) -> dict:
 
     from deft_jax.config import FineTuneConfig
     from deft_jax.evaluators import build_evaluator, device_memory_limit
-    from deft_jax.fitness import SplitArrays
+    from deft_jax.inputs import SplitArrays
     from deft_jax.masks import mask_key
     from deft_jax.models import build_model
     from deft_jax.training import batch_plan

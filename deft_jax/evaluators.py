@@ -17,7 +17,8 @@ import jax
 import numpy as np
 
 from deft_jax.config import Config
-from deft_jax.fitness import SequentialEvaluator, SplitArrays
+from deft_jax.fitness import SequentialEvaluator
+from deft_jax.inputs import SplitArrays
 from deft_jax.host_memory import available_bytes
 from deft_jax.masks import GroupMask
 from deft_jax.models.base import ModelSpec

@@ -48,7 +48,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from deft_jax import divergence, training
 from deft_jax.config import FineTuneConfig
 from deft_jax.errors import UserError
-from deft_jax.fitness import PrefixFeatureCache, SplitArrays
+from deft_jax.fitness import PrefixFeatureCache
+from deft_jax.inputs import SplitArrays
 from deft_jax.masks import GroupMask
 from deft_jax.models.base import ModelSpec
 

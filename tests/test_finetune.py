@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from deft_jax.config import FineTuneConfig
-from deft_jax.fitness import SequentialEvaluator, SplitArrays
+from deft_jax.fitness import SequentialEvaluator
+from deft_jax.inputs import SplitArrays
 from deft_jax.finetune import FineTuner
 from deft_jax.training import batch_plan
 from deft_jax.masks import mask_from_names

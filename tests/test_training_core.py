@@ -9,7 +9,8 @@ import pytest
 from deft_jax import training
 from deft_jax.config import FineTuneConfig
 from deft_jax.evaluators import Evaluator, build_evaluator
-from deft_jax.fitness import SequentialEvaluator, SplitArrays
+from deft_jax.fitness import SequentialEvaluator
+from deft_jax.inputs import SplitArrays
 from deft_jax.masks import mask_from_names
 from deft_jax.models.small_cnn import small_cnn
 from deft_jax.population import PopulationEvaluator
