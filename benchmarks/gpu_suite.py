@@ -44,6 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import nvidia_smi  # noqa: E402
+
 MODELS = {  # name -> (input size, layer-group granularity)
     "resnet20": (32, "block"),
     "efficientnet_lite0": (96, "block"),
@@ -191,7 +193,7 @@ def run_torch(model: str, workdir: Path) -> dict:
     import torch
 
     from benchmarks.torch_reference import TorchReference, set_threads
-    from deft_jax.interop.torch_models import torch_twin
+    from benchmarks.torch_twins.torch_models import torch_twin
 
     meta = json.loads((workdir / f"{model}-meta.json").read_text())
     arrays = np.load(workdir / f"{model}-arrays.npz")
@@ -256,13 +258,9 @@ def _side(args, side: str, model: str, workdir: Path) -> dict:
 
 def machine() -> dict:
     info = {"host": platform.node(), "python": platform.python_version(), "cpu_cores": os.cpu_count()}
-    try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
-        if smi.returncode == 0:
-            info["nvidia_smi"] = smi.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    smi = nvidia_smi("name,memory.total,driver_version")
+    if smi:
+        info["nvidia_smi"] = smi
     return info
 
 

@@ -4,12 +4,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
+from conftest import REPO
 from deft_jax import rundir
 from deft_jax.config import FineTuneConfig
 from deft_jax.fitness import SequentialEvaluator
@@ -21,8 +21,7 @@ from deft_jax.search import main
 
 from helpers import random_arrays, tiny_overrides
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+TESTS = REPO / "tests"
 
 # six members (padded to 8 on 4 devices), conv1 trains in one of them: the program runs
 # from stage 0; the second population starts at conv3 (frozen prefix cached)
