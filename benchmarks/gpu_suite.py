@@ -107,7 +107,7 @@ def run_jax(args, model: str, workdir: Path) -> dict:
     probe = build_model(model, 10, weights, input_size, granularity)
     x_train, y_train, x_val, y_val, classes = _digits(input_size, args.train, args.val, probe)
     spec = build_model(model, classes, weights, input_size, granularity)
-    variables = spec.init(jax.random.key(0))
+    variables = spec.init(0)
     data = SplitArrays(x_train, y_train, x_val, y_val, classes)
     recipe = {**RECIPE, "batch_size": args.batch_size}
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -122,7 +122,7 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
     spec = build_model(cfg.model.name, len(dataset.class_names), cfg.model.weights,
                        cfg.model.input_size, cfg.model.granularity)
     data = prepare_data(cfg, spec, dataset)
-    variables = spec.init(jax.random.key(cfg.seed))
+    variables = spec.init(cfg.seed)
     if strategy == NO_PREFIX:
         inner = SequentialEvaluator(spec, variables, data.arrays, cfg.finetune,
                                     metric=cfg.search.metric, seed=cfg.seed, cache_prefix=False)

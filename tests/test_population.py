@@ -31,7 +31,7 @@ SUFFIX_POPULATION = [["conv4"], [], ["conv3"]]
 
 def tiny_problem():
     spec = small_cnn(3, input_size=16)
-    variables = spec.init(jax.random.key(1))
+    variables = spec.init(1)
     x, y = random_arrays(96)
     data = SplitArrays(x[:64], y[:64], x[64:], y[64:], 3)
     cfg = FineTuneConfig(batch_size=16, learning_rate=0.1, momentum=0.9, weight_decay=0.01, epochs=1)
@@ -98,7 +98,7 @@ def test_sequential_vmap_and_sharded_give_the_same_fitness_for_the_same_masks(tm
 
 def test_frozen_leaves_are_bit_identical_after_a_vmapped_fine_tune():
     spec = small_cnn(3, input_size=16)
-    v0 = spec.init(jax.random.key(0))
+    v0 = spec.init(0)
     x, y = random_arrays()
     data = SplitArrays(x[:48], y[:48], x[48:], y[48:], 3)
     cfg = FineTuneConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.05,

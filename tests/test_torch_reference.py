@@ -43,7 +43,7 @@ def tiny():
     dataset = load_dataset(cfg.data.source)
     spec = build_model("small_cnn", len(dataset.class_names), "none", cfg.model.input_size)
     data = prepare_data(cfg, spec, dataset).arrays
-    variables = spec.init(jax.random.key(cfg.seed))
+    variables = spec.init(cfg.seed)
     twin = torch_twin("small_cnn", data.num_classes, jax.tree.map(np.asarray, variables),
                       cfg.model.input_size)
     set_threads()

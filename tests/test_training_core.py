@@ -23,7 +23,7 @@ MASKS = [["conv1", "conv3"], ["conv2", "conv4"], ["conv3"], ["conv4"], [], ["con
 
 def problem(**cfg):
     spec = small_cnn(3, input_size=16)
-    variables = spec.init(jax.random.key(3))
+    variables = spec.init(3)
     x, y = random_arrays(96)
     data = SplitArrays(x[:64], y[:64], x[64:], y[64:], 3)
     base = dict(batch_size=16, learning_rate=0.1, momentum=0.9, weight_decay=0.01, epochs=2)

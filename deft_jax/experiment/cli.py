@@ -35,7 +35,8 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-@exit_on_user_error
+@exit_on_user_error(on_interrupt="interrupted: finished runs are saved in runs.jsonl (and DEFT's "
+                                 "completed generations); continue with --resume DIR")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from deft_jax import compile_cache
