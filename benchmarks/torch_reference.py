@@ -302,7 +302,7 @@ def run_worker(inputs: Path, out: Path, threads: int | None = None, cache_prefix
     masks = [{g: c == "1" for g, c in zip(group_names, key)} for key in meta["masks"]]
     setup_s = time.perf_counter() - t_start
 
-    from benchmarks.vs_pytorch import OtherLoad  # numpy-only helpers (no JAX)
+    from benchmarks.machine import OtherLoad  # no JAX
     other = OtherLoad()
     t0 = time.perf_counter()
     fitness, finished = [], []

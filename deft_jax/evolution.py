@@ -64,7 +64,7 @@ def _load_state(path: Path, template):
         de_state = serialization.from_state_dict(template, payload["de_state"])
         return (int(payload["generation"]), de_state, MemoTable(json.loads(payload["memo"])),
                 json.loads(payload["history"]))
-    except Exception as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:  # unreadable, corrupt, or not a state
         raise UserError(f"cannot read search state {path}: {err}") from None
 
 
