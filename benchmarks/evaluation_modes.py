@@ -38,8 +38,10 @@ sys.path.insert(0, str(REPO))
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 import jax  # noqa: E402
 
+from benchmarks.machine import cpu_model  # noqa: E402
 from deft_jax.config import FineTuneConfig  # noqa: E402
-from deft_jax.fitness import SequentialEvaluator, SplitArrays  # noqa: E402
+from deft_jax.fitness import SequentialEvaluator  # noqa: E402
+from deft_jax.inputs import SplitArrays  # noqa: E402
 from deft_jax.evaluators import device_memory_limit  # noqa: E402
 from deft_jax.masks import decode_genome, searchable_groups  # noqa: E402
 from deft_jax.models import build_model  # noqa: E402
@@ -49,16 +51,8 @@ INPUT_SIZES = {"resnet20": 32, "efficientnet_lite0": 96}
 
 
 def machine() -> dict:
-    cpu = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     devices = jax.devices()
-    return {"host": socket.gethostname(), "cpu_model": cpu or platform.processor(),
+    return {"host": socket.gethostname(), "cpu_model": cpu_model(),
             "cpu_cores": os.cpu_count(),
             "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "python": platform.python_version(), "jax": jax.__version__,

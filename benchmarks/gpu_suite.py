@@ -44,6 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import nvidia_smi  # noqa: E402
+
 MODELS = {  # name -> (input size, layer-group granularity)
     "resnet20": (32, "block"),
     "efficientnet_lite0": (96, "block"),
@@ -95,7 +97,7 @@ def run_jax(args, model: str, workdir: Path) -> dict:
 
     from deft_jax.config import FineTuneConfig
     from deft_jax.evaluators import build_evaluator, device_memory_limit
-    from deft_jax.fitness import SplitArrays
+    from deft_jax.inputs import SplitArrays
     from deft_jax.masks import mask_key
     from deft_jax.models import build_model
     from deft_jax.training import batch_plan
@@ -105,7 +107,7 @@ def run_jax(args, model: str, workdir: Path) -> dict:
     probe = build_model(model, 10, weights, input_size, granularity)
     x_train, y_train, x_val, y_val, classes = _digits(input_size, args.train, args.val, probe)
     spec = build_model(model, classes, weights, input_size, granularity)
-    variables = spec.init(jax.random.key(0))
+    variables = spec.init(0)
     data = SplitArrays(x_train, y_train, x_val, y_val, classes)
     recipe = {**RECIPE, "batch_size": args.batch_size}
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -191,7 +193,7 @@ def run_torch(model: str, workdir: Path) -> dict:
     import torch
 
     from benchmarks.torch_reference import TorchReference, set_threads
-    from deft_jax.interop.torch_models import torch_twin
+    from benchmarks.torch_twins.torch_models import torch_twin
 
     meta = json.loads((workdir / f"{model}-meta.json").read_text())
     arrays = np.load(workdir / f"{model}-arrays.npz")
@@ -256,13 +258,9 @@ def _side(args, side: str, model: str, workdir: Path) -> dict:
 
 def machine() -> dict:
     info = {"host": platform.node(), "python": platform.python_version(), "cpu_cores": os.cpu_count()}
-    try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
-        if smi.returncode == 0:
-            info["nvidia_smi"] = smi.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    smi = nvidia_smi("name,memory.total,driver_version")
+    if smi:
+        info["nvidia_smi"] = smi
     return info
 
 

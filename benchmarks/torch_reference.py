@@ -3,7 +3,7 @@
 For every layer-group mask, one after another:
 
 1. a fresh copy of the pretrained model (`copy.deepcopy`), the same initial head as the
-   JAX side (copied from its variables, see `deft_jax.interop.torch_models.torch_twin`);
+   JAX side (copied from its variables, see `benchmarks.torch_twins.torch_models.torch_twin`);
 2. frozen groups: `requires_grad_(False)`; `model.train()` and then the frozen groups'
    BatchNorms back to `.eval()`, so they normalise with, and never update, their running
    statistics (BN momentum 0.1 in both frameworks);
@@ -51,7 +51,7 @@ from torch import nn
 if __package__ in (None, ""):  # run as a script: make `deft_jax` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deft_jax.interop.torch_models import TorchTwin, torch_twin  # noqa: E402
+from benchmarks.torch_twins.torch_models import TorchTwin, torch_twin  # noqa: E402
 from deft_jax.metrics import metric_from_logits  # noqa: E402
 
 VAL_BATCH = 256  # as deft_jax.training.logits
@@ -302,7 +302,7 @@ def run_worker(inputs: Path, out: Path, threads: int | None = None, cache_prefix
     masks = [{g: c == "1" for g, c in zip(group_names, key)} for key in meta["masks"]]
     setup_s = time.perf_counter() - t_start
 
-    from benchmarks.vs_pytorch import OtherLoad  # numpy-only helpers (no JAX)
+    from benchmarks.machine import OtherLoad  # no JAX
     other = OtherLoad()
     t0 = time.perf_counter()
     fitness, finished = [], []

@@ -135,7 +135,7 @@ def restore_model(path: Path):
         meta = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
             path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         stored = ocp.Checkpointer(ocp.StandardCheckpointHandler()).metadata(path / "state").item_metadata
-    except Exception as err:  # orbax raises many types; the user needs one line
+    except (OSError, ValueError, KeyError, TypeError) as err:  # missing or corrupt files; one line
         raise UserError(f"cannot restore checkpoint {path}: {_first_line(err)}") from None
     finally:
         absl.setLevel(level)
@@ -158,7 +158,7 @@ def restore_model(path: Path):
     try:
         state = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
             path, args=ocp.args.Composite(state=ocp.args.StandardRestore(expected)))["state"]
-    except Exception as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:  # missing or corrupt array files
         raise UserError(f"cannot restore checkpoint {path}: {_first_line(err)}") from None
     variables = {"params": dict(state["params"]), "batch_stats": dict(state.get("batch_stats") or {})}
     if not all_finite(variables):

@@ -52,14 +52,6 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
     return True
 
 
-def process_index() -> int:
-    return jax.process_index()
-
-
-def process_count() -> int:
-    return jax.process_count()
-
-
 def is_writer() -> bool:
     """Whether this process writes the run directory and logs (process 0)."""
     return jax.process_index() == 0

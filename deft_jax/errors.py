@@ -10,19 +10,23 @@ class UserError(Exception):
     """A problem with the user's input (path, data, config, weights), not a bug."""
 
 
-def exit_on_user_error(main):
-    """Decorator for CLI entry points: print `error: <message>` and exit 2 on UserError."""
+def exit_on_user_error(main=None, *, on_interrupt: str = "interrupted"):
+    """Decorator for CLI entry points: print `error: <message>` and exit 2 on UserError;
+    on Ctrl-C print `on_interrupt` (what the command can continue from, if anything) and
+    exit 130. Use as `@exit_on_user_error` or `@exit_on_user_error(on_interrupt=...)`."""
 
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted: completed generations are saved; continue with --resume RUN_DIR",
-                  file=sys.stderr)
-            sys.exit(130)
+    def decorate(entry):
+        @functools.wraps(entry)
+        def wrapper(*args, **kwargs):
+            try:
+                return entry(*args, **kwargs)
+            except UserError as err:
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
+            except KeyboardInterrupt:
+                print(on_interrupt, file=sys.stderr)
+                sys.exit(130)
 
-    return wrapper
+        return wrapper
+
+    return decorate if main is None else decorate(main)

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import jax
 import numpy as np
 
 from deft_jax.config import Config, FineTuneConfig
-from deft_jax.fitness import SequentialEvaluator, SplitArrays
+from deft_jax.fitness import SequentialEvaluator
+from deft_jax.inputs import SplitArrays
 from deft_jax.host_memory import available_bytes
 from deft_jax.masks import GroupMask
 from deft_jax.models.base import ModelSpec

@@ -106,7 +106,7 @@ def _load_state(path: Path, template):
         de_state = serialization.from_state_dict(template, payload["de_state"])
         memo = MemoTable(json.loads(payload["memo"]), json.loads(payload.get("memo_epochs", "{}")))
         return int(payload["generation"]), de_state, memo, json.loads(payload["history"])
-    except Exception as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:  # unreadable, corrupt, or not a state
         raise UserError(f"cannot read search state {path}: {err}") from None
 
 

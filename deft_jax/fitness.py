@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -23,19 +22,9 @@ from deft_jax import divergence, training
 from deft_jax.config import FineTuneConfig
 from deft_jax.finetune import FineTuner
 from deft_jax.groups import LayerGroups
+from deft_jax.inputs import SplitArrays
 from deft_jax.masks import GroupMask, mask_key
 from deft_jax.models.base import ModelSpec
-
-
-@dataclasses.dataclass
-class SplitArrays:
-    """Preprocessed inputs (float32 NHWC) and labels of the train and val splits."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    num_classes: int
 
 
 class MemoTable:

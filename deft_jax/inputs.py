@@ -14,9 +14,20 @@ import numpy as np
 from deft_jax.config import Config
 from deft_jax.data import Dataset, NormalizedImages, load_dataset, resize_images
 from deft_jax.errors import UserError
-from deft_jax.fitness import SplitArrays
 from deft_jax.models.base import ModelSpec
 from deft_jax.splits import complete_splits, load_splits, make_splits, subsample_per_class
+
+
+@dataclasses.dataclass
+class SplitArrays:
+    """Inputs (NHWC: `NormalizedImages` views over uint8, or float32 arrays) and labels of the
+    train and val splits: what a search fine-tunes and scores on."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    num_classes: int
 
 
 @dataclasses.dataclass
@@ -105,8 +116,6 @@ def prepare_data(cfg: Config, spec: ModelSpec, dataset: Dataset | None = None,
                  saved_splits: Path | None = None) -> PreparedData:
     if dataset is None:
         dataset = load_dataset(cfg.data.source, input_size=spec.input_size)
-    if len(dataset.class_names) < 2:
-        raise UserError(f"dataset has {len(dataset.class_names)} class; need at least 2")
     splits, origin = split_dataset(cfg, dataset, saved_splits)
     for name in ("train", "val", "test"):
         if len(splits.get(name, [])) == 0:

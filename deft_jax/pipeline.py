@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import jax
 
 from deft_jax import distributed, divergence, rundir
 from deft_jax.checkpoint import save_checkpoint
@@ -51,7 +50,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     spec = build_model(cfg.model.name, len(dataset.class_names), cfg.model.weights,
                        cfg.model.input_size, cfg.model.granularity)
     data = prepare_data(cfg, spec, dataset, run_dir / rundir.SPLITS if resume else None)
-    variables = spec.init(jax.random.key(cfg.seed))
+    variables = spec.init(cfg.seed)
     groups = spec.layer_groups  # derived once, with the coverage check
     sizes = groups.sizes
     t_ready = time.perf_counter()

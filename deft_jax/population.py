@@ -48,8 +48,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from deft_jax import divergence, training
 from deft_jax.config import FineTuneConfig
 from deft_jax.errors import UserError
-from deft_jax.fitness import BestEpoch, PrefixFeatureCache, SplitArrays
+from deft_jax.fitness import BestEpoch, PrefixFeatureCache
 from deft_jax.groups import leaf_values
+from deft_jax.inputs import SplitArrays
 from deft_jax.masks import GroupMask, lr_multiplier, trains
 from deft_jax.models.base import ModelSpec
 

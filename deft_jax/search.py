@@ -59,7 +59,8 @@ def build_parser() -> cli.ArgumentParser:
     return p
 
 
-@exit_on_user_error
+@exit_on_user_error(on_interrupt="interrupted: completed generations are saved; "
+                                 "continue with --resume RUN_DIR")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from deft_jax import distributed

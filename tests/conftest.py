@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # the one REPO constant of the tests
+if str(REPO) not in sys.path:  # tests import benchmarks.* (the PyTorch side and its twins)
+    sys.path.insert(0, str(REPO))
 # tests never read or write the user's persistent compile cache (tests that need one set
 # their own folder); subprocesses started by tests inherit this
 os.environ["DEFT_JAX_COMPILE_CACHE"] = "off"

@@ -46,7 +46,7 @@ CASES = {
 
 
 def _twin(manifest: str):
-    from deft_jax.interop import torch_classic, torch_modern
+    from benchmarks.torch_twins import torch_classic, torch_modern
 
     twins = {
         "resnet18": lambda: torch_classic.ResNet(18), "resnet34": lambda: torch_classic.ResNet(34),

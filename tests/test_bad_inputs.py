@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deft_jax import experiment, predict, rundir, search
+from deft_jax import predict, rundir, search
 from deft_jax.checkpoint import save_checkpoint
 from deft_jax.config import load_config
 from deft_jax.errors import UserError
+from deft_jax.experiment import cli as experiment_cli
 from deft_jax.models import build_model
 from deft_jax.pipeline import inference_meta
 
@@ -155,7 +156,7 @@ def case_predict_without_run(tmp_path, monkeypatch):
 
 
 def case_an_unknown_experiment_option(tmp_path, monkeypatch):
-    return experiment.main, ["--nope"], "--nope"
+    return experiment_cli.main, ["--nope"], "--nope"
 
 
 def case_default_resnet_weights_that_are_absent(tmp_path, monkeypatch):

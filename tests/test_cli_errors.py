@@ -122,3 +122,30 @@ def test_predict_on_a_missing_image_and_a_missing_run_exits_with_one_line(tmp_pa
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_in_predict_exits_130_without_promising_a_resume(capsys, monkeypatch):
+    from deft_jax import predict
+
+    def interrupted(_run):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "Predictor", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        predict.main(["--run", "anywhere", "image.png"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 130
+    assert err.splitlines()[-1] == "interrupted" and "--resume" not in err
+
+
+def test_ctrl_c_in_a_search_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    from deft_jax import pipeline
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_pipeline", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "run"), "--set", *tiny_overrides()])
+    assert exc.value.code == 130
+    assert "continue with --resume RUN_DIR" in capsys.readouterr().err

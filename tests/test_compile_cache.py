@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import REPO
 from deft_jax import rundir
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def search(out: Path, cache) -> str:

@@ -207,6 +207,17 @@ def test_a_single_class_is_a_user_error(tmp_path):
         load_dataset({"kind": "folder", "path": str(tmp_path)})
 
 
+def test_an_npz_whose_labels_hold_one_class_is_a_user_error(tmp_path):
+    arrays = {}
+    for split, n in (("train", 4), ("val", 2), ("test", 2)):
+        arrays[f"{split}_images"] = np.zeros((n, 5, 5), dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.ones(n, dtype=np.int64)
+    path = tmp_path / "one.npz"
+    np.savez(path, class_names=np.array(["cat", "dog"]), **arrays)
+    with pytest.raises(UserError, match="only one class.*'dog'"):
+        load_dataset({"kind": "npz", "path": str(path)})
+
+
 def test_a_corrupt_image_is_a_user_error_naming_the_file(tmp_path):
     make_class_folders(tmp_path)
     (tmp_path / "benign" / "broken.jpg").write_bytes(b"\xff\xd8\xff this is not a jpeg")

@@ -12,8 +12,12 @@ import pytest
 from PIL import Image
 
 from deft_jax.config import config_from_dict, load_config
-from deft_jax.experiment import (PLOTS, RUNS, SUMMARY_JSON, SUMMARY_MD, holm, main, paired_comparison,
-                                 read_runs, run_experiment, seed_config)
+from deft_jax.experiment.cli import main
+from deft_jax.experiment.plots import PLOTS
+from deft_jax.experiment.records import RUNS, read_runs
+from deft_jax.experiment.runner import run_experiment, seed_config
+from deft_jax.experiment.stats import holm, paired_comparison
+from deft_jax.experiment.summary import SUMMARY_JSON, SUMMARY_MD
 from deft_jax.inputs import prepare_data
 from deft_jax.methods import METHODS, MethodContext, ProgramCache, run_order
 from deft_jax.methods.auto_rgn import rgn_multipliers, scale_by_rgn

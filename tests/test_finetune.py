@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from deft_jax.config import FineTuneConfig
-from deft_jax.fitness import SequentialEvaluator, SplitArrays
+from deft_jax.fitness import SequentialEvaluator
+from deft_jax.inputs import SplitArrays
 from deft_jax.finetune import FineTuner
 from deft_jax.training import batch_plan
 from deft_jax.masks import mask_from_names
@@ -19,7 +20,7 @@ def leaves(tree):
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_frozen_parameters_and_batchnorm_statistics_are_bit_identical_after_fine_tuning(optimizer):
     spec = small_cnn(3, input_size=16)
-    v0 = spec.init(jax.random.key(0))
+    v0 = spec.init(0)
     x, y = random_arrays()
     cfg = FineTuneConfig(optimizer=optimizer, learning_rate=0.1, momentum=0.9,
                          weight_decay=0.05, batch_size=16, epochs=2)
@@ -34,7 +35,7 @@ def test_frozen_parameters_and_batchnorm_statistics_are_bit_identical_after_fine
 
 def test_trainable_groups_update_their_batchnorm_running_statistics():
     spec = small_cnn(3, input_size=16)
-    v0 = spec.init(jax.random.key(0))
+    v0 = spec.init(0)
     x, y = random_arrays()
     mask = mask_from_names(["conv3"], spec.group_names)
     v1, _ = FineTuner(spec, FineTuneConfig(batch_size=16)).fine_tune(v0, mask, x, y, seed=0)
@@ -52,7 +53,7 @@ def test_batch_plan_is_identical_for_a_seed_and_uses_full_batches_only():
 
 def _evaluator(cache_prefix, **cfg):
     spec = small_cnn(3, input_size=16)
-    v0 = spec.init(jax.random.key(1))
+    v0 = spec.init(1)
     x, y = random_arrays(96)
     data = SplitArrays(x[:64], y[:64], x[64:], y[64:], 3)
     return spec, SequentialEvaluator(spec, v0, data, FineTuneConfig(batch_size=16, learning_rate=0.1, **cfg),

@@ -2,7 +2,7 @@
 is detected, bad files are one-line errors, conversions are cached, every parameter has a
 layer group (LayerNorm included).
 
-The twins (deft_jax.interop.torch_classic / torch_modern) carry the real libraries' key
+The twins (benchmarks.torch_twins.torch_classic / torch_modern) carry the real libraries' key
 names and shapes (tests/test_backbone_manifests.py); here each is built with random
 weights, saved as .pth or .safetensors, converted, and compared on small inputs in eval
 mode (logits) and after one train-mode forward (logits and BatchNorm running statistics).
@@ -25,7 +25,7 @@ from deft_jax.models import (IMAGENET_MODELS, LITE_MODELS, build_model, convnext
 from deft_jax.models.weight_layout import torch_shape
 
 torch = pytest.importorskip("torch")
-from deft_jax.interop import torch_classic, torch_modern  # noqa: E402  (needs torch)
+from benchmarks.torch_twins import torch_classic, torch_modern  # noqa: E402  (needs torch)
 
 
 # name -> (twin factory, deft_jax builder(path, size), layout, input size, file format);

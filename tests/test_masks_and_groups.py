@@ -24,7 +24,7 @@ def test_genome_of_the_wrong_length_is_rejected():
 
 def test_every_small_cnn_parameter_belongs_to_exactly_one_group():
     spec = small_cnn(3)
-    v = spec.init(jax.random.key(0))
+    v = spec.init(0)
     assignment = assign_groups(v["params"], spec.group_rules, spec.group_names)
     assert set(assignment.values()) == set(spec.group_names)
     groups = spec.layer_groups
@@ -34,21 +34,21 @@ def test_every_small_cnn_parameter_belongs_to_exactly_one_group():
 
 def test_coverage_check_fails_when_a_parameter_has_no_group():
     spec = small_cnn(3)
-    v = spec.init(jax.random.key(0))
+    v = spec.init(0)
     with pytest.raises(ValueError, match="without a group"):
         assign_groups(v["params"], spec.group_rules[:-1])
 
 
 def test_coverage_check_fails_when_a_declared_group_owns_nothing():
     spec = small_cnn(3)
-    v = spec.init(jax.random.key(0))
+    v = spec.init(0)
     with pytest.raises(ValueError, match="without parameters"):
         assign_groups(v["params"], spec.group_rules, spec.group_names + ("ghost",))
 
 
 def test_trainable_fraction_counts_parameters_of_trained_groups():
     spec = small_cnn(3)
-    v = spec.init(jax.random.key(0))
+    v = spec.init(0)
     mask = mask_from_names(["conv2"], spec.group_names)
     count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
     expected = (count(v["params"]["conv2"]) + count(v["params"]["head"])) / count(v["params"])
@@ -81,3 +81,15 @@ def test_a_leaf_mask_is_the_group_mask_mapped_over_the_group_labels():
 def test_layer_groups_are_derived_once_per_model():
     spec = small_cnn(3)
     assert spec.layer_groups is spec.layer_groups
+
+
+def test_a_seed_gives_one_initial_model_and_a_jax_key_is_refused():
+    """search and experiment both call spec.init(cfg.seed): one seed, one initial head."""
+    spec = small_cnn(3)
+    a, b, other = spec.init(7), spec.init(np.int64(7)), spec.init(8)
+    same = jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b)
+    assert all(jax.tree.leaves(same))
+    differs = jax.tree.map(lambda x, y: not np.array_equal(x, y), a["params"]["head"], other["params"]["head"])
+    assert any(jax.tree.leaves(differs))
+    with pytest.raises(TypeError, match="integer seed"):
+        spec.init(jax.random.key(7))

@@ -4,15 +4,16 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
+from conftest import REPO
 from deft_jax import rundir
 from deft_jax.config import FineTuneConfig
-from deft_jax.fitness import SequentialEvaluator, SplitArrays
+from deft_jax.fitness import SequentialEvaluator
+from deft_jax.inputs import SplitArrays
 from deft_jax.masks import mask_from_names
 from deft_jax.models.small_cnn import small_cnn
 from deft_jax.population import PopulationEvaluator
@@ -20,8 +21,7 @@ from deft_jax.search import main
 
 from helpers import random_arrays, tiny_overrides
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+TESTS = REPO / "tests"
 
 # six members (padded to 8 on 4 devices), conv1 trains in one of them: the program runs
 # from stage 0; the second population starts at conv3 (frozen prefix cached)
@@ -31,7 +31,7 @@ SUFFIX_POPULATION = [["conv4"], [], ["conv3"]]
 
 def tiny_problem():
     spec = small_cnn(3, input_size=16)
-    variables = spec.init(jax.random.key(1))
+    variables = spec.init(1)
     x, y = random_arrays(96)
     data = SplitArrays(x[:64], y[:64], x[64:], y[64:], 3)
     cfg = FineTuneConfig(batch_size=16, learning_rate=0.1, momentum=0.9, weight_decay=0.01, epochs=1)
@@ -98,7 +98,7 @@ def test_sequential_vmap_and_sharded_give_the_same_fitness_for_the_same_masks(tm
 
 def test_frozen_leaves_are_bit_identical_after_a_vmapped_fine_tune():
     spec = small_cnn(3, input_size=16)
-    v0 = spec.init(jax.random.key(0))
+    v0 = spec.init(0)
     x, y = random_arrays()
     data = SplitArrays(x[:48], y[:48], x[48:], y[48:], 3)
     cfg = FineTuneConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.05,

@@ -20,7 +20,7 @@ BATCH = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype(np.float
 
 def _torch_model(depth):
     torch = pytest.importorskip("torch")
-    from deft_jax.interop.torch_resnet_cifar import ResNetCifar, load_checkpoint
+    from benchmarks.torch_twins.torch_resnet_cifar import ResNetCifar, load_checkpoint
 
     torch.manual_seed(0)
     return torch, load_checkpoint(ResNetCifar(depth, 10),

@@ -1,13 +1,11 @@
 import json
-from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
 from deft_jax import rundir
 from deft_jax.config import load_config
-from deft_jax.data import load_dataset, preprocess
+from deft_jax.data import load_dataset
 from deft_jax.fitness import MemoTable, evaluate_population
 from deft_jax.masks import mask_key
 from deft_jax.predict import Predictor

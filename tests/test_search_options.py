@@ -10,13 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from deft_jax import training
 from deft_jax.config import FineTuneConfig
 from deft_jax.evaluators import build_evaluator, make_evaluator
 from deft_jax.evolution import baseline_genomes, run_search, select_mask
 from deft_jax.final import train_final
 from deft_jax.finetune import FineTuner
-from deft_jax.fitness import Halving, MemoTable, SequentialEvaluator, SplitArrays, evaluate_population
+from deft_jax.fitness import Halving, MemoTable, SequentialEvaluator, evaluate_population
+from deft_jax.inputs import SplitArrays
 from deft_jax.groups import LayerGroups
 from deft_jax.inputs import prepare_data
 from deft_jax.data import load_dataset

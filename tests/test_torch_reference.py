@@ -4,7 +4,6 @@ what deft_jax computes: same model, weights, batches, recipe and frozen-group se
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,10 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
+from conftest import REPO  # noqa: E402
 from benchmarks.torch_reference import (TorchReference, freeze, make_optimizer,  # noqa: E402
                                         set_threads, set_train_modes)
 from deft_jax.data import load_dataset  # noqa: E402
@@ -23,7 +20,7 @@ from deft_jax.finetune import FineTuner  # noqa: E402
 from deft_jax.training import batch_plan, make_optimizer as make_optax  # noqa: E402
 from deft_jax.fitness import SequentialEvaluator  # noqa: E402
 from deft_jax.inputs import prepare_data  # noqa: E402
-from deft_jax.interop.torch_models import torch_twin  # noqa: E402
+from benchmarks.torch_twins.torch_models import torch_twin  # noqa: E402
 from deft_jax.masks import mask_from_names  # noqa: E402
 from deft_jax.models import build_model  # noqa: E402
 from helpers import tiny_config  # noqa: E402
@@ -46,7 +43,7 @@ def tiny():
     dataset = load_dataset(cfg.data.source)
     spec = build_model("small_cnn", len(dataset.class_names), "none", cfg.model.input_size)
     data = prepare_data(cfg, spec, dataset).arrays
-    variables = spec.init(jax.random.key(cfg.seed))
+    variables = spec.init(cfg.seed)
     twin = torch_twin("small_cnn", data.num_classes, jax.tree.map(np.asarray, variables),
                       cfg.model.input_size)
     set_threads()

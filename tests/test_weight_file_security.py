@@ -153,7 +153,7 @@ def test_the_benchmarks_weight_loaders_refuse_malicious_files_without_running_th
     """The PyTorch side of the benchmarks loads weights with torch.load(weights_only=True)
     (torch's own allow-list unpickler); the JAX side with the reader above."""
     torch = pytest.importorskip("torch")
-    from deft_jax.interop.torch_models import resnet_cifar_torch
+    from benchmarks.torch_twins.torch_models import resnet_cifar_torch
     from deft_jax.models import build_model
 
     for path, marker in malicious_files(tmp_path):

@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from deft_jax.errors import UserError
+
 
 @dataclasses.dataclass
 class Dataset:
@@ -29,3 +31,11 @@ class Dataset:
     @property
     def image_size(self) -> tuple[int, int]:
         return int(self.images.shape[1]), int(self.images.shape[2])
+
+
+def require_two_classes(labels: np.ndarray, class_names: list[str], where: str) -> None:
+    """The check that a dataset has at least 2 classes present (every source kind)."""
+    present = np.unique(labels)
+    if present.size < 2:
+        name = class_names[int(present[0])] if present.size else "none"
+        raise UserError(f"only one class found in {where} ('{name}'); need at least 2 classes")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from deft_jax import host_memory
-from deft_jax.data.dataset import Dataset
+from deft_jax.data.dataset import Dataset, require_two_classes
 from deft_jax.data.images import DEFAULT_RESIZE, Sampling, crop_count, header_size, image_samples
 from deft_jax.data.layout import FolderScan, compile_regex, regex_value, scan_folder
 from deft_jax.errors import UserError
@@ -186,9 +186,8 @@ def load_folder(source: dict, input_size: int | None = None, log=None) -> Datase
 
     scan = scan_folder(root, source.get("label_regex"))
     class_names = sorted(set(scan.labels))
-    if len(class_names) < 2:
-        raise UserError(f"only one class found in {root} ('{class_names[0]}'); "
-                        f"need at least 2 classes")
+    require_two_classes(np.array([class_names.index(n) for n in scan.labels], dtype=np.int64),
+                        class_names, str(root))  # before any image is decoded
     keep = list(range(len(scan.files))) if max_images is None else _first_per_class(scan, max_images)
     files = [scan.files[i] for i in keep]
     class_index = {n: i for i, n in enumerate(class_names)}

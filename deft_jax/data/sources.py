@@ -37,13 +37,12 @@ group `group` or the first capture group). For
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 import deft_jax.data.folder as folder
-from deft_jax.data.dataset import Dataset
+from deft_jax.data.dataset import Dataset, require_two_classes
 from deft_jax.data.folder import positive_int as _positive_int
 from deft_jax.data.images import DEFAULT_RESIZE, Sampling
 from deft_jax.errors import UserError
@@ -65,13 +64,6 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def _check_classes(labels: np.ndarray, class_names: Sequence[str], what: str) -> None:
-    present = np.unique(labels)
-    if present.size < 2:
-        name = class_names[int(present[0])] if present.size else "none"
-        raise UserError(f"only one class found in {what} ('{name}'); need at least 2 classes")
-
-
 def load_dataset(source: dict, input_size: int | None = None, log=None) -> Dataset:
     """Load a dataset from a source config dict (see module docstring).
 
@@ -88,13 +80,16 @@ def load_dataset(source: dict, input_size: int | None = None, log=None) -> Datas
         raise UserError(f"unknown dataset option(s) {', '.join(map(repr, unknown))} for kind "
                         f"'{kind}'; allowed: {', '.join(sorted(_OPTIONS[kind] - {'kind'}))}")
     if kind == "digits":
-        return _load_digits(source)
-    if kind == "tfds":  # optional extra, imported only when used
+        dataset = _load_digits(source)
+    elif kind == "tfds":  # optional extra, imported only when used
         from deft_jax.tfds_source import load_tfds
-        return load_tfds(source)
-    if kind == "folder":
-        return folder.load_folder(source, input_size, log)
-    return _load_npz(source)
+        dataset = load_tfds(source)
+    elif kind == "folder":
+        dataset = folder.load_folder(source, input_size, log)
+    else:
+        dataset = _load_npz(source)
+    require_two_classes(dataset.labels, dataset.class_names, source.get("path") or source.get("name") or kind)
+    return dataset
 
 
 def sampling_of(source: dict, input_size: int) -> dict:
@@ -212,7 +207,6 @@ def _load_npz(source: dict) -> Dataset:
         raise UserError(f"{p.name}: label {labels.max()} out of range for "
                         f"{len(class_names)} class_names")
     labels = labels.astype(np.int32)
-    _check_classes(labels, class_names, str(p))
     images = np.concatenate(parts_img)
     sizes = np.cumsum([0] + [a.shape[0] for a in parts_lab])
     splits = {name: np.arange(sizes[i], sizes[i + 1])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -91,15 +90,18 @@ class ModelSpec:
                                 jax.random.key(0), x)
         return {"params": dict(shapes["params"]), "batch_stats": dict(shapes.get("batch_stats", {}))}
 
-    def init(self, key: jax.Array | int) -> dict:
-        """Variables {'params', 'batch_stats'}: random init, then pretrained weights if any.
+    def init(self, seed: int) -> dict:
+        """Variables {'params', 'batch_stats'}: random init from integer `seed` (the config's
+        seed, so the same seed gives the same initial head in search and experiment), then
+        pretrained weights if any.
 
         Random init is done on the host with numpy (He-normal conv kernels, LeCun-normal
         dense kernels, zero biases, unit BN scales): op-by-op JAX init compiles one kernel
         per parameter shape, which costs seconds per model on a small CPU.
         """
-        seed = int(jax.random.randint(key, (), 0, 2**31 - 1)) if not isinstance(key, int) else key
-        rng = np.random.default_rng(seed)
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+            raise TypeError(f"ModelSpec.init takes an integer seed, got {type(seed).__name__}")
+        rng = np.random.default_rng(int(seed))
         flat = traverse_util.flatten_dict(self.variable_shapes())
         values = {}
         for path, leaf in sorted(flat.items()):
@@ -131,7 +133,3 @@ def stage_rules(stage_names: Sequence[str]) -> tuple[tuple[str, str], ...]:
     """One rule per stage: parameters under top-level module `name/` form group `name`."""
     return tuple((rf"^{name}/", name) for name in stage_names)
 
-
-def as_params_dict(tree: Any) -> dict:
-    """flax FrozenDict or dict -> plain nested dict."""
-    return jax.tree_util.tree_map(lambda x: x, dict(tree)) if tree is not None else {}

@@ -345,7 +345,8 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         raise
     except _Unsupported as err:
         raise UserError(f"cannot read weights file {path}: {err}") from None
-    except Exception as err:  # corrupt pickle, truncated zip, ...
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError,
+            IndexError, struct.error) as err:  # corrupt pickle, truncated zip, ...
         raise UserError(f"cannot read weights file {path}: not a readable torch.save file "
                         f"({type(err).__name__}: {err})".replace("\n", " ")) from None
     if not out:

@@ -39,13 +39,14 @@ def read_weight_file(path: str | Path) -> dict[str, np.ndarray]:
         from deft_jax.models.torch_weights import read_torch_state_dict
         return read_torch_state_dict(path)
     try:
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
     except ImportError:
         raise UserError("reading .safetensors needs the safetensors package: "
                         "pip install safetensors") from None
     try:
         tensors = load_file(str(path))
-    except Exception as err:  # the library raises its own SafetensorError and others
+    except (SafetensorError, OSError) as err:  # a corrupt or truncated file, or unreadable
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot read weights file {path}: not a readable .safetensors file "
                         f"({message})") from None

@@ -10,7 +10,7 @@ dicts of numpy arrays (``{'params': ..., 'batch_stats': ...}`` as `ModelSpec.ini
   static TF-SAME padding for the input size, BatchNorm momentum 0.1 (PyTorch convention;
   deft_jax's `GatedBatchNorm` uses the same), dropout and drop-connect off (deft_jax's model
   has neither) and a fresh `num_classes` head; the ImageNet backbone is loaded from the .pth.
-- `resnet_cifar_torch`: `deft_jax.interop.torch_resnet_cifar.ResNetCifar` with the
+- `resnet_cifar_torch`: `benchmarks.torch_twins.torch_resnet_cifar.ResNetCifar` with the
   pretrained checkpoint and a fresh head.
 - `torch_twin(...)`: any of the above plus a map layer group -> torch modules, with the
   head weights copied from the JAX variables so both sides start from the same point.
@@ -153,7 +153,7 @@ def efficientnet_lite0_torch(num_classes: int, input_size: int, weights: str | P
 
 def resnet_cifar_torch(depth: int, num_classes: int, weights: str | Path | None = None) -> nn.Module:
     """ResNetCifar(depth) with the pretrained checkpoint (if given) and a fresh head."""
-    from deft_jax.interop.torch_resnet_cifar import ResNetCifar, load_checkpoint
+    from benchmarks.torch_twins.torch_resnet_cifar import ResNetCifar, load_checkpoint
 
     model = ResNetCifar(depth, 10)
     if weights is not None:
