@@ -106,7 +106,8 @@ def run_sides(args) -> dict:
         torch_out = workdir / f"torch-{threads}-{int(cache_prefix)}.json"
         load0 = loadavg()
         try:
-            _run([sys.executable, str(REPO / "benchmarks" / "torch_reference.py"), "--inputs", str(workdir),
+            _run([sys.executable, str(REPO / "benchmarks" / "torch_reference_worker.py"),
+                  "--inputs", str(workdir),
                   "--out", str(torch_out), "--threads", str(threads)] + (["--cache-prefix"] if cache_prefix else []),
                  f"pytorch reference, {threads} threads" + (", prefix cached" if cache_prefix else ""))
         except RuntimeError as err:

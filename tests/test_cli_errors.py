@@ -117,6 +117,7 @@ def test_resume_of_something_that_is_not_a_run_is_reported(tmp_path, capsys):
     assert exc.value.code == 2 and "not a run directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_on_a_missing_image_and_a_missing_run_exits_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "deft_jax.predict", "--run", str(tmp_path), "x.png"],
                           capture_output=True, text=True)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
 from deft_jax import rundir
 
@@ -24,6 +26,7 @@ def search(out: Path, cache) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_a_second_identical_search_loads_every_program_from_the_compile_cache_and_gives_the_same_result(tmp_path):
     cache = tmp_path / "cache"
     log = search(tmp_path / "first", cache)
@@ -36,6 +39,7 @@ def test_a_second_identical_search_loads_every_program_from_the_compile_cache_an
     assert first == second
 
 
+@pytest.mark.slow
 def test_the_compile_cache_can_be_switched_off(tmp_path):
     log = search(tmp_path / "run", "off")
     assert "compile cache" not in log

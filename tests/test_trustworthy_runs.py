@@ -55,6 +55,7 @@ def finished_run(tmp_path):
     return run
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_locked_run_directory_gets_one_error_line_naming_the_holder(
         finished_run, tmp_path, capsys):
     run = tmp_path / "run"
@@ -74,6 +75,7 @@ def test_a_second_process_on_a_locked_run_directory_gets_one_error_line_naming_t
         holder.wait()
 
 
+@pytest.mark.slow
 def test_a_new_run_directory_is_locked_from_the_moment_it_is_created(tmp_path):
     run = tmp_path / "run"
     rundir.create_fresh(run)
