@@ -16,10 +16,10 @@ from deft_jax.experiment.cli import main
 from deft_jax.experiment.plots import PLOTS
 from deft_jax.experiment.records import RUNS, read_runs
 from deft_jax.experiment.runner import run_experiment, seed_config
-from deft_jax.experiment.stats import holm, paired_comparison
 from deft_jax.experiment.summary import SUMMARY_JSON, SUMMARY_MD
 from deft_jax.inputs import prepare_data
-from deft_jax.methods import METHODS, MethodContext, ProgramCache, run_order
+from deft_jax.config import DEFAULT_EXPERIMENT_METHODS
+from deft_jax.methods import MethodContext, ProgramCache, run_order
 from deft_jax.methods.auto_rgn import rgn_multipliers, scale_by_rgn
 from deft_jax.metrics import roc_auc_ovr
 from deft_jax.models import build_model
@@ -27,11 +27,15 @@ from deft_jax.models import build_model
 from helpers import tiny_overrides
 
 SEEDS = 2
+# the paper's methods and the variant with every search option (learning-rate genes, final
+# recipe fitness with halving, baseline seeding, the one-SE rule)
+METHODS = list(DEFAULT_EXPERIMENT_METHODS) + ["deft-lr-mf"]
 
 
 def tiny_experiment_config(**extra):
     over = {"data.source": '{"kind": "digits", "max_per_class": 10}', "search.generations": "1",
-            "final.epochs": "1", "experiment.handpicked": '["conv4"]', **extra}
+            "final.epochs": "2", "final.keep": '"best-val"', "experiment.handpicked": '["conv4"]',
+            "experiment.methods": json.dumps(METHODS), **extra}
     return load_config(None, tiny_overrides(**over))
 
 
@@ -66,6 +70,9 @@ def test_every_method_runs_end_to_end(finished):
     assert by[(0, "handpicked")]["trained_groups"] == ["conv4", "head"]
     assert by[(0, "deft")]["history"] and by[(0, "deft")]["mask_key"]
     assert [r["method"] for r in summary["table"]] == run_order(list(METHODS))
+    variant = by[(0, "deft-lr-mf")]
+    assert variant["extra"]["selection"]["rule"] == "smallest-within-1se"
+    assert any(h.get("promoted") for h in variant["history"]) and variant["extra"]["fitness_epochs"] > 0
 
 
 def test_random_search_trains_as_many_distinct_masks_as_deft_on_each_seed(finished):
@@ -91,10 +98,14 @@ def test_splits_are_shared_by_the_methods_of_a_seed_and_differ_between_seeds(fin
 def test_summary_and_the_three_plots_are_written(finished):
     out, summary, lines = finished
     text = (out / SUMMARY_MD).read_text()
-    assert "| deft |" in text and "DEFT against each method" in text and "t-test" in text
+    assert "| deft |" in text and "deft-lr-mf against each method" in text and "corrected" in text
     saved = json.loads((out / SUMMARY_JSON).read_text())
-    assert {r["method"] for r in saved["paired_vs_deft"]} == set(METHODS) - {"deft"}
-    assert all(r["test"] == "t-test" and r["n"] == SEEDS for r in saved["paired_vs_deft"])
+    assert {r["method"] for r in saved["paired"]["deft"]} == set(METHODS) - {"deft", "deft-lr-mf"}
+    assert {r["method"] for r in saved["paired"]["deft-lr-mf"]} == set(METHODS) - {"deft-lr-mf"}
+    assert all(r["n"] == SEEDS and r["verdict"] in ("better", "worse", "not resolved")
+               for rows in saved["paired"].values() for r in rows)
+    assert {r["method"] for r in saved["search_honesty"]} == {"deft", "deft-lr-mf", "random-search"}
+    assert saved["cost"]["full"]["x_full"] == 1.0
     for name in PLOTS:
         with Image.open(out / name) as im:
             assert im.size == (600, 400)
@@ -176,17 +187,6 @@ def test_roc_auc_ovr_handles_ties_and_matches_scikit_learn():
     assert np.isfinite(roc_auc_ovr([0, 1, 0, 1], rng.dirichlet(np.ones(3), 4), 3))
 
 
-def test_paired_comparison_uses_wilcoxon_from_five_seeds_and_t_below():
-    a, b = [0.8, 0.9, 0.85, 0.7, 0.95], [0.7, 0.8, 0.86, 0.6, 0.9]
-    five = paired_comparison(a, b)
-    assert five["test"] == "wilcoxon" and 0 < five["p"] <= 1
-    assert five["ci95"][0] < five["mean_difference"] < five["ci95"][1]
-    three = paired_comparison(a[:3], b[:3])
-    assert three["test"] == "t-test" and three["n"] == 3
-    assert paired_comparison([0.5], [0.4])["test"] is None
-    assert holm([0.01, None, 0.04, 0.03]) == [0.03, None, 0.06, 0.06]
-
-
 def test_run_order_puts_random_search_after_deft():
     assert run_order(["random-search", "full", "deft"]) == ["deft", "random-search", "full"]
     assert run_order(["random-search", "full"]) == ["random-search", "full"]
@@ -225,7 +225,7 @@ def test_auto_rgn_with_unit_multipliers_is_the_full_fine_tune(monkeypatch):
     ctx = MethodContext(cfg=cfg, data=data, spec=spec, variables=spec.init(cfg.seed), seed=0,
                         programs=ProgramCache())
     monkeypatch.setattr(auto_rgn, "rgn_multipliers",
-                        lambda grads, params: jax.tree.map(lambda _: jnp.float32(1.0), params))
+                        lambda grads, params, head=None: jax.tree.map(lambda _: jnp.float32(1.0), params))
     ours, reference = auto_rgn.run(ctx), full.run(ctx)
     assert ours.trainable_fraction == reference.trainable_fraction == 1.0
     np.testing.assert_allclose(ours.extra["final_loss_first_last"],

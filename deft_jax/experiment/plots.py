@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-PLOTS = ("accuracy_by_method.png", "deft_fitness.png", "deft_groups.png")
+PLOTS = ("accuracy_by_method.png", "deft_fitness.png", "deft_groups.png", "pareto.png")
 
 
 def write_plots(by: dict, meta: dict, groups: list[str], chosen: dict, out: Path) -> list[str]:
@@ -70,4 +70,46 @@ def write_plots(by: dict, meta: dict, groups: list[str], chosen: dict, out: Path
         fig.savefig(out / PLOTS[2])
         plt.close(fig)
         written.append(PLOTS[2])
+    if write_pareto(plt, by, meta, out / PLOTS[3]):
+        written.append(PLOTS[3])
     return written
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (trainable fraction, validation accuracy) points no other point beats on both
+    (fewer parameters and at least the accuracy), by increasing fraction."""
+    front, best = [], -np.inf
+    for fraction, accuracy in sorted(points, key=lambda p: (p[0], -p[1])):
+        if accuracy > best:
+            front.append((fraction, accuracy))
+            best = accuracy
+    return front
+
+
+def write_pareto(plt, by: dict, meta: dict, path: Path) -> bool:
+    """Seed 0's memo table of every search variant: each mask scored with the whole budget as
+    (trainable fraction, validation accuracy), its Pareto front, and the mask selected."""
+    runs = [(m, r) for m, rs in by.items() for r in rs
+            if r["seed"] == 0 and r.get("extra", {}).get("memo_fractions")]
+    if not runs:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for (method, r), colour in zip(runs, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")):
+        extra = r["extra"]
+        short = extra.get("memo_short_budget") or {}
+        points = [(extra["memo_fractions"][k], 1 - f) for k, f in extra["memo"].items()
+                  if k not in short and k in extra["memo_fractions"]]
+        ax.scatter(*zip(*points), s=12, alpha=0.5, color=colour, label=f"{method} masks")
+        front = pareto_front(points)
+        ax.plot(*zip(*front), color=colour, lw=1)
+        ax.scatter([r["trainable_fraction"]], [1 - extra["best_fitness"]], marker="*", s=120,
+                   color=colour, edgecolor="black", zorder=4)
+    ax.set_xlabel("trainable fraction of parameters")
+    ax.set_ylabel("validation accuracy (1 - fitness)")
+    ax.set_title(f"{meta['model']}, seed 0: masks, Pareto fronts, selected (star)", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True

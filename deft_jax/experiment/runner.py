@@ -71,6 +71,10 @@ def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, see
     dataset = load_dataset(cfg.data.source, input_size=cfg.model.input_size, log=log)
     programs = ProgramCache()
     spec = programs.model(cfg, len(dataset.class_names))
+    for m in order:  # a method's own config check (the deft variants' overrides)
+        check = getattr(get_method(m), "check_config", None)
+        if check is not None:
+            check(cfg)
     if "handpicked" in order:
         handpicked_method.check(cfg, spec)
     scratch_arch = cfg.experiment.scratch_model or cfg.model.name

@@ -1,5 +1,7 @@
-"""The experiment's summary: summary.json (per-method table, DEFT paired against each
-method, the layer groups DEFT chose) and summary.md, its readable form with the plots."""
+"""The experiment's summary: summary.json (per-method table, each DEFT variant paired
+against each baseline with corrected statistics, what each search promised on validation
+against what its final model scored, the cost of each method relative to full
+fine-tuning, the layer groups DEFT chose) and summary.md, its readable form with the plots."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from deft_jax import rundir
 from deft_jax.config import Config
 from deft_jax.experiment.plots import write_plots
 from deft_jax.experiment.stats import describe, holm, paired_comparison
+from deft_jax.methods.deft import VARIANTS
 
 SUMMARY_MD, SUMMARY_JSON = "summary.md", "summary.json"
 
@@ -36,18 +39,7 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
                       "trainable_fraction": describe([r["trainable_fraction"] for r in rs]),
                       "wall_seconds": describe([r["wall_seconds"] for r in rs]),
                       "fitness_evaluations": describe([r["fitness_evaluations"] for r in rs])})
-    paired = []
-    if "deft" in by:
-        deft_acc = {r["seed"]: r["test"]["accuracy"] for r in by["deft"]}
-        for m in methods:
-            if m == "deft":
-                continue
-            other = {r["seed"]: r["test"]["accuracy"] for r in by[m]}
-            common = sorted(set(deft_acc) & set(other))
-            row = paired_comparison([deft_acc[s] for s in common], [other[s] for s in common])
-            paired.append({"method": m, "seeds": common, **row})
-        for row, p in zip(paired, holm([r["p"] for r in paired])):
-            row["p_holm"] = p
+    paired = {v: comparisons(by, v, methods) for v in methods if v in VARIANTS}
     groups = [g for g in meta["groups"] if g != "head"]
     chosen = {r["seed"]: set(r.get("trained_groups") or []) for r in by.get("deft", [])}
     group_counts = {g: sum(g in c for c in chosen.values()) for g in groups}
@@ -55,14 +47,59 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
     summary = rundir.strict_json_value({
         "model": meta["model"], "pretrained": meta["pretrained"], "data": meta["data"],
         "scratch_architecture": meta["scratch_architecture"], "backend": meta["backend"],
-        "seeds": seeds, "methods": methods, "table": table, "paired_vs_deft": paired,
+        "seeds": seeds, "methods": methods, "table": table, "paired": paired,
         "paired_metric": "test accuracy", "deft_group_counts": group_counts,
+        "search_honesty": search_honesty(by, methods), "cost": cost(by, methods),
         "per_seed_test_accuracy": {m: {r["seed"]: r["test"]["accuracy"] for r in by[m]} for m in methods},
         "config": cfg.to_dict()})
     rundir.write_json(out / SUMMARY_JSON, summary)
     plots = write_plots(by, meta, groups, chosen, out)
     rundir.write_text_atomic(out / SUMMARY_MD, render_summary(summary, by, cfg, meta, plots))
     return summary
+
+
+def comparisons(by: dict, variant: str, methods: list[str]) -> list[dict]:
+    """`variant` - each baseline (and - the paper's `deft`), paired over common seeds; Holm
+    over this list, for the corrected t and for the Wilcoxon p-values."""
+    mine = {r["seed"]: r for r in by[variant]}
+    rows = []
+    for m in methods:
+        if m == variant or (m in VARIANTS and m != "deft"):
+            continue
+        other = {r["seed"]: r for r in by[m]}
+        common = sorted(set(mine) & set(other))
+        n_train = sum(mine[s]["split_sizes"]["train"] for s in common) / max(len(common), 1)
+        row = paired_comparison([mine[s]["test"]["accuracy"] for s in common],
+                                [other[s]["test"]["accuracy"] for s in common], n_train,
+                                [mine[s]["split_sizes"]["test"] for s in common])
+        rows.append({"method": m, "seeds": common, **row})
+    for row, p, pw in zip(rows, holm([r["p"] for r in rows]), holm([r["p_wilcoxon"] for r in rows])):
+        row["p_holm"], row["p_wilcoxon_holm"] = p, pw
+    return rows
+
+
+def search_honesty(by: dict, methods: list[str]) -> list[dict]:
+    """Per search method: the validation score its search promised (1 - best fitness), what
+    the final model scored on validation and on test: selection bias and fitness/final
+    mismatch in numbers."""
+    rows = []
+    for m in methods:
+        rs = [r for r in by[m] if r.get("extra", {}).get("best_fitness") is not None]
+        if not rs:
+            continue
+        rows.append({"method": m, "promised_val": describe([1 - r["extra"]["best_fitness"] for r in rs]),
+                     "final_val": describe([r["val"]["accuracy"] for r in rs]),
+                     "test": describe([r["test"]["accuracy"] for r in rs]),
+                     "fitness_epochs": describe([r["extra"].get("fitness_epochs") for r in rs])})
+    return rows
+
+
+def cost(by: dict, methods: list[str]) -> dict:
+    """Mean wall seconds per method and as a multiple of full fine-tuning's (when it ran)."""
+    wall = {m: describe([r["wall_seconds"] for r in by[m]])["mean"] for m in methods}
+    full = wall.get("full")
+    return {m: {"wall_seconds": w, "x_full": (w / full) if (full and w is not None) else None}
+            for m, w in wall.items()}
 
 
 def render_summary(summary: dict, by: dict, cfg: Config, meta: dict, plots: list[str]) -> str:
@@ -82,8 +119,11 @@ def render_summary(summary: dict, by: dict, cfg: Config, meta: dict, plots: list
              f"batch {f.batch_size}, {cfg.final.epochs} epochs; training seed = {cfg.seed} + seed.",
              f"- DEFT: DE population {s.population_size}, {s.generations} generations after the initial one, "
              f"F={s.differential_weight}, CR={s.crossover_rate}; fitness = 1 - val {s.metric} after a "
-             f"{f.epochs}-epoch fine-tune. random-search trains as many distinct masks as DEFT did on "
-             f"the same seed.",
+             f"{f.epochs}-epoch fine-tune (`deft`; the `-mf` variants score with the final recipe, "
+             f"{cfg.final.epochs} epochs, with successive halving). random-search trains as many "
+             f"distinct masks as `deft` did on the same seed. Final models: {cfg.final.keep} epoch"
+             + (f"; learning rate chosen on validation from {cfg.experiment.learning_rates}"
+                if cfg.experiment.learning_rates else "") + ".",
              f"- Compute: {meta['backend']}. Wall times include compiles not already done by an earlier "
              f"seed or method in the same process (compiled programs are shared).", "",
              "## Results (test split, mean ± std over seeds)", "",
@@ -100,22 +140,11 @@ def render_summary(summary: dict, by: dict, cfg: Config, meta: dict, plots: list
     acc = summary["per_seed_test_accuracy"]
     for seed in seeds:
         lines.append(f"| {seed} | " + " | ".join(format_value(acc[m].get(str(seed))) for m in summary["methods"]) + " |")
-    if summary["paired_vs_deft"]:
-        lines += ["", "## DEFT against each method (test accuracy, paired over seeds)", "",
-                  "| DEFT − method | n | mean difference | 95% CI (t) | test | p | p (Holm) | note |",
-                  "|---|---:|---:|---:|---|---:|---:|---|"]
-        for r in summary["paired_vs_deft"]:
-            ci = "n/a" if r["ci95"] is None else f"[{format_value(r['ci95'][0])}, {format_value(r['ci95'][1])}]"
-            lines.append(f"| {r['method']} | {r['n']} | {format_value(r['mean_difference'])} | {ci} | "
-                         f"{r['test'] or 'none'} | {format_value(r['p'])} | {format_value(r.get('p_holm'))} | {r['note']} |")
-        n_test = sizes.get("test")
-        lines += ["", "Positive differences favour DEFT. The test is Wilcoxon's signed-rank test (scipy, "
-                  "two-sided) when at least 5 seeds are paired, else the paired t-test; Holm's correction "
-                  "is over the comparisons in this table. With 5 seeds the smallest possible exact two-sided "
-                  "Wilcoxon p is 0.0625, so it cannot reach 0.05: read the interval, not only the p-value."
-                  + (f" One test sample is {1 / n_test:.3f} accuracy here." if n_test else "")]
-    if summary["deft_group_counts"]:
-        n = len(by.get("deft", []))
+    lines += render_cost_and_honesty(summary)
+    for variant, rows in summary["paired"].items():
+        lines += render_comparisons(variant, rows, sizes.get("test"))
+    n = len(by.get("deft", []))
+    if summary["deft_group_counts"] and n:
         lines += ["", f"## Layer groups DEFT chose ({n} seed(s))", "",
                   "| group | chosen in |", "|---|---:|"]
         lines += [f"| {g} | {c}/{n} |" for g, c in summary["deft_group_counts"].items()]
@@ -123,3 +152,41 @@ def render_summary(summary: dict, by: dict, cfg: Config, meta: dict, plots: list
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     lines += ["", "Raw results: runs.jsonl (one line per seed and method), runs.csv.", ""]
     return "\n".join(lines)
+
+
+def render_cost_and_honesty(summary: dict) -> list[str]:
+    lines = ["", "## Cost (mean wall seconds per seed, and as a multiple of full fine-tuning)", "",
+             "| method | wall s | x full |", "|---|---:|---:|"]
+    for m, c in summary["cost"].items():
+        lines.append(f"| {m} | {format_value(c['wall_seconds'], 0)} | {format_value(c['x_full'], 2)} |")
+    if summary["search_honesty"]:
+        lines += ["", "## What each search promised on validation, and what its final model scored", "",
+                  "| method | promised val accuracy (1 - best fitness) | final model val | final model test "
+                  "| fitness epochs |", "|---|---:|---:|---:|---:|"]
+        for r in summary["search_honesty"]:
+            lines.append(f"| {r['method']} | {format_mean_std(r['promised_val'])} | {format_mean_std(r['final_val'])} "
+                         f"| {format_mean_std(r['test'])} | {format_mean_std(r['fitness_epochs'], 0)} |")
+        lines += ["", "Promised > final val: the short fitness does not predict the final training (mismatch). "
+                  "Final val > test: the winner was selected on a small validation set (selection bias)."]
+    return lines
+
+
+def render_comparisons(variant: str, rows: list[dict], n_test: int | None) -> list[str]:
+    lines = ["", f"## {variant} against each method (test accuracy, paired over splits)", "",
+             f"| {variant} − method | n | mean difference | 95% CI (corrected) | p (corrected t) | p (Holm) "
+             "| test items won − lost per split | p (Wilcoxon exact) | p (Holm) | verdict |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]
+    for r in rows:
+        ci = "n/a" if r["ci95"] is None else f"[{format_value(r['ci95'][0])}, {format_value(r['ci95'][1])}]"
+        items = "n/a" if r["item_differences"] is None else " ".join(f"{x:+d}" for x in r["item_differences"])
+        lines.append(f"| {r['method']} | {r['n']} | {format_value(r['mean_difference'])} | {ci} | "
+                     f"{format_value(r['p'])} | {format_value(r.get('p_holm'))} | {items} | "
+                     f"{format_value(r['p_wilcoxon'])} | {format_value(r.get('p_wilcoxon_holm'))} | {r['verdict']} |")
+    lines += ["", f"Positive differences favour {variant}. The splits share test items, so the interval and "
+              "its p come from the Nadeau-Bengio corrected resampled t-test (variance x (1/J + n_test/n_train) "
+              "instead of 1/J, J - 1 degrees of freedom); the verdict is that interval's: better or worse "
+              "only when it excludes 0. The Wilcoxon signed-rank p is exact, on the per-split differences "
+              "in correctly classified test items (ties by midranks, zeros dropped); with 5 splits its "
+              "smallest two-sided value is 0.0625. Holm's correction is over the rows of this table."
+              + (f" One test item is {1 / n_test:.3f} accuracy here." if n_test else "")]
+    return lines

@@ -24,9 +24,12 @@ import copy
 import time
 import types
 
+from deft_jax.config import Config, validate
+from deft_jax.errors import UserError
 from deft_jax.evaluators import Evaluator, make_evaluator
 from deft_jax.evolution import run_search
 from deft_jax.fitness import SequentialEvaluator
+from deft_jax.masks import mask_from_key
 from deft_jax.methods.common import MethodContext, MethodResult, final_fit
 
 MULTI_FIDELITY = {"schedule": "final", "fidelity": "halving", "seed_baselines": True,
@@ -55,6 +58,7 @@ def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
     search = run_search(ctx.cfg, evaluator, ctx.spec.layer_groups, state_path=state,
                         log=lambda line: ctx.log("    " + line), n_val=len(ctx.data.arrays.y_val))
     t1 = time.perf_counter()
+    names = ctx.spec.group_names
     result = final_fit(ctx, search.best_mask)
     result.fitness_evaluations = len(search.memo)
     result.history = search.history
@@ -62,25 +66,39 @@ def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
                          "selection": search.selection,
                          "fitness_epochs": sum(h.get("epochs_trained", 0) for h in search.history),
                          "memo": search.memo, "memo_short_budget": search.memo_epochs,
+                         "memo_fractions": {k: ctx.spec.layer_groups.fraction(mask_from_key(k, names))
+                                            for k in search.memo},
                          "search_seconds": round(t1 - t0, 2),
                          "final_seconds": round(time.perf_counter() - t1, 2)})
     return result
 
 
+def variant_config(cfg: Config, name: str) -> Config:
+    """`cfg` with variant `name`'s [search] overrides, validated (a one-line UserError when
+    the experiment's config does not allow the variant, e.g. halving with final.epochs
+    no larger than finetune.epochs)."""
+    out = copy.deepcopy(cfg)
+    for key, value in VARIANTS[name].items():
+        setattr(out.search, key, value)
+    try:
+        validate(out)
+    except UserError as err:
+        raise UserError(f"method {name}: {err}") from None
+    return out
+
+
 def variant(name: str) -> types.SimpleNamespace:
-    """The method `name` of VARIANTS: `run(ctx)` with the variant's [search] overrides."""
-    overrides = VARIANTS[name]
+    """The method `name` of VARIANTS: `run(ctx)` with the variant's [search] overrides, and
+    `check_config(cfg)`, which the experiment calls before it starts."""
 
     def run_variant(ctx: MethodContext) -> MethodResult:
-        if overrides:
-            cfg = copy.deepcopy(ctx.cfg)
-            for key, value in overrides.items():
-                setattr(cfg.search, key, value)
-            ctx = copy.copy(ctx)
-            ctx.cfg = cfg
+        ctx = copy.copy(ctx)
+        ctx.cfg = variant_config(ctx.cfg, name)
         return search_and_fit(ctx, name)
 
-    return types.SimpleNamespace(run=run_variant, AFTER=(), __doc__=f"`{name}`: {overrides or 'as configured'}")
+    return types.SimpleNamespace(run=run_variant, AFTER=(),
+                                 check_config=lambda cfg: variant_config(cfg, name),
+                                 __doc__=f"`{name}`: {VARIANTS[name] or 'as configured'}")
 
 
 run = variant("deft").run

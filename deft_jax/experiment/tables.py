@@ -1,0 +1,113 @@
+"""README tables from committed experiment results (no hand-copied numbers).
+
+    python -m deft_jax.experiment.tables results/payoff/* --readme README.md
+
+For every result folder (an experiment's output: summary.json), one table of every method
+(test accuracy, macro-F1, trainable fraction, search budget in fitness evaluations and
+epochs, wall time and its multiple of full fine-tuning), the best DEFT variant's corrected
+comparisons with full fine-tuning and random search, and the issue's goal checked per
+dataset. With --readme the block between `<!-- payoff:begin -->` and `<!-- payoff:end -->`
+is replaced; otherwise it is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from deft_jax.experiment.summary import SUMMARY_JSON, format_mean_std, format_value
+from deft_jax.methods.deft import VARIANTS
+
+BEGIN, END = "<!-- payoff:begin -->", "<!-- payoff:end -->"
+GOAL_WALL_X_FULL = 2.0  # the issue's budget: at most 2x the wall time of a full fine-tune
+
+
+def best_variant(summary: dict) -> str | None:
+    """The DEFT variant with the highest mean test accuracy (first in run order on ties)."""
+    rows = [r for r in summary["table"] if r["method"] in VARIANTS and r["test_accuracy"]["mean"] is not None]
+    return max(rows, key=lambda r: r["test_accuracy"]["mean"])["method"] if rows else None
+
+
+def goal(summary: dict) -> dict:
+    """The issue's goal on one dataset, for the best variant: mean test accuracy above full
+    and above random search, significance after correction (corrected interval excludes 0
+    and Holm-adjusted corrected p < 0.05) against at least one of them, wall time <= 2x full."""
+    variant = best_variant(summary)
+    if variant is None:
+        return {}
+    mean = {r["method"]: r["test_accuracy"]["mean"] for r in summary["table"]}
+    rows = {r["method"]: r for r in summary["paired"].get(variant, [])}
+    out = {"variant": variant}
+    for other in ("full", "random-search"):
+        if other in mean:
+            out[f"above_{other}"] = mean[variant] > mean[other]
+            r = rows.get(other)
+            out[f"significant_vs_{other}"] = bool(r and r["verdict"] == "better" and r.get("p_holm") is not None
+                                                  and r["p_holm"] < 0.05)
+    x_full = summary["cost"].get(variant, {}).get("x_full")
+    out["x_full"] = x_full
+    out["within_wall_budget"] = x_full is not None and x_full <= GOAL_WALL_X_FULL
+    return out
+
+
+def render(folder: Path) -> list[str]:
+    summary = json.loads((folder / SUMMARY_JSON).read_text())
+    honesty = {r["method"]: r for r in summary.get("search_honesty", [])}
+    lines = [f"#### {summary['model']} on {summary['data']}", "",
+             f"{len(summary['seeds'])} seeds; full results: [{folder}/summary.md]({folder}/summary.md).", "",
+             "| method | test accuracy | macro-F1 | val accuracy | trainable fraction | fitness evals "
+             "| fitness epochs | wall s | x full |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in summary["table"]:
+        m = row["method"]
+        epochs = honesty.get(m, {}).get("fitness_epochs")
+        cost = summary["cost"].get(m, {})
+        lines.append(f"| {m} | {format_mean_std(row['test_accuracy'])} | {format_mean_std(row['test_macro_f1'])} "
+                     f"| {format_mean_std(honesty[m]['final_val']) if m in honesty else '-'} "
+                     f"| {format_mean_std(row['trainable_fraction'], 2)} "
+                     f"| {format_value(row['fitness_evaluations']['mean'], 1)} "
+                     f"| {format_mean_std(epochs, 0) if epochs else '-'} "
+                     f"| {format_value(cost.get('wall_seconds'), 0)} | {format_value(cost.get('x_full'), 1)} |")
+    g = goal(summary)
+    if g:
+        variant = g["variant"]
+        lines += ["", f"Best DEFT variant here: **{variant}**. Against (corrected resampled t, Holm over its table):", ""]
+        for r in summary["paired"].get(variant, []):
+            if r["method"] in ("full", "random-search", "linear-probe", "deft"):
+                ci = "n/a" if r["ci95"] is None else f"[{format_value(r['ci95'][0])}, {format_value(r['ci95'][1])}]"
+                lines.append(f"- {r['method']}: {format_value(r['mean_difference'])} (95% CI {ci}, p {format_value(r['p'])}, "
+                             f"Holm {format_value(r.get('p_holm'))}, Wilcoxon exact {format_value(r['p_wilcoxon'])}): "
+                             f"{r['verdict']}")
+        checks = [f"above full in mean: {'yes' if g.get('above_full') else 'no'}",
+                  f"above random search in mean: {'yes' if g.get('above_random-search') else 'no'}",
+                  "significant after correction against either: "
+                  + ("yes" if g.get("significant_vs_full") or g.get("significant_vs_random-search") else "no"),
+                  f"wall time {format_value(g['x_full'], 1)}x full (goal <= {GOAL_WALL_X_FULL:g}x): "
+                  + ("met" if g["within_wall_budget"] else "not met")]
+        lines += ["", "Goal check: " + "; ".join(checks) + "."]
+    return lines + [""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--readme", type=Path, default=None)
+    args = parser.parse_args(argv)
+    folders = [f for f in args.folders if (f / SUMMARY_JSON).exists()]
+    block = [BEGIN, ""] + [line for f in folders for line in render(f)] + [END]
+    if args.readme is None:
+        print("\n".join(block))
+        return 0
+    text = args.readme.read_text()
+    if BEGIN not in text or END not in text:
+        print(f"error: {args.readme} has no {BEGIN} ... {END} block", file=sys.stderr)
+        return 2
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    args.readme.write_text(head + "\n".join(block) + tail)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
