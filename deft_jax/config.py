@@ -1,6 +1,9 @@
 """Run configuration: typed sections, TOML files in configs/, `--set key=value` overrides.
 
-Every value is validated here, so a bad config fails with one line before any work starts.
+The dataclasses are the schema (`deft_jax.config_parsing` reads nested dicts into them):
+string choices are `Literal` types, from which the validation, the argparse choices and
+the help texts are derived. Every value is validated here, so a bad config fails with one
+line before any work starts.
 """
 
 from __future__ import annotations
@@ -10,12 +13,26 @@ import json
 import math
 import tomllib
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Literal, get_args
 
+from deft_jax.config_parsing import apply_overrides, check_choices, from_dict, merge, numbers_in
 from deft_jax.errors import UserError
 
+__all__ = ["apply_overrides"]  # re-exported: the CLIs read overrides through this module
 
-GRANULARITIES = ("block", "stage")
+Granularity = Literal["block", "stage"]  # "stage": all models but small_cnn and CIFAR ResNets
+Optimizer = Literal["sgd", "adam", "adamw"]
+ComputeDtype = Literal["float32", "bfloat16"]  # bfloat16: float32 weights, bf16 arithmetic
+Metric = Literal["accuracy", "macro_f1"]
+Evaluation = Literal["auto", "sequential", "vmap", "vmap-1", "sharded"]
+Space = Literal["mask", "mask+lr"]
+Schedule = Literal["short", "final"]
+Fidelity = Literal["full", "halving"]
+Select = Literal["best", "smallest-within-1se"]
+Keep = Literal["last", "best-val"]
+Folds = Literal["repeated"]
+
+GRANULARITIES = get_args(Granularity)
 # Larger inputs than any model here was built for; the memory check in `inputs` bounds
 # what a dataset may need below this.
 MAX_INPUT_SIZE = 1024
@@ -42,12 +59,12 @@ class ModelConfig:
     name: str = "efficientnet_lite0"
     weights: str = "default"  # "default" (the model's known source), "none", or a file path
     input_size: int = 32
-    granularity: str = "block"  # "block" or "stage" (all models but small_cnn and CIFAR ResNets)
+    granularity: Granularity = "block"
 
 
 @dataclasses.dataclass
 class FineTuneConfig:
-    optimizer: str = "sgd"  # sgd | adam | adamw
+    optimizer: Optimizer = "sgd"
     learning_rate: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -55,7 +72,7 @@ class FineTuneConfig:
     epochs: int = 1
     flip: bool = False  # random horizontal + vertical flips (same for every member)
     rotate90: bool = False  # random multiples of 90 degrees
-    compute_dtype: str = "float32"  # float32 | bfloat16 (float32 weights, bf16 arithmetic)
+    compute_dtype: ComputeDtype = "float32"
 
     @property
     def augment(self) -> bool:
@@ -70,20 +87,20 @@ class SearchConfig:
     crossover_rate: float = 0.7  # CR
     elitism: bool = True  # base vector: best member (True) or a random one (False)
     threshold: float = 0.5  # gene > threshold -> group trains
-    metric: str = "accuracy"  # accuracy | macro_f1
+    metric: Metric = "accuracy"
     max_trainable_fraction: float = 1.0  # masks above it are penalised, never trained
-    evaluation: str = "auto"  # auto | sequential | vmap | vmap-1 | sharded ("strategy" is an alias)
+    evaluation: Evaluation = "auto"  # "strategy" is an alias
     # what a gene sets: "mask" (the paper: train or freeze) or "mask+lr" (also the group's
     # learning-rate multiplier, 10^-2..1 of the base rate on a log scale)
-    space: str = "mask"
+    space: Space = "mask"
     # the fitness fine-tune's recipe: "short" ([finetune] epochs and learning rate, the
     # paper) or "final" (final.epochs, final.learning_rate and final.keep: the fitness is the
     # validation score the final training of that mask would reach)
-    schedule: str = "short"
+    schedule: Schedule = "short"
     # "full": every new member gets the whole fitness budget; "halving": every new member
     # first trains finetune.epochs epochs of the fitness schedule, and only the best
     # promote_fraction of a generation's new members (at least one) the whole schedule
-    fidelity: str = "full"
+    fidelity: Fidelity = "full"
     promote_fraction: float = 0.34
     # start the initial population with the baselines' masks: head only, everything, the
     # last group, the last half of the groups (the search can then not end worse on
@@ -92,7 +109,7 @@ class SearchConfig:
     # which evaluated mask wins: "best" fitness, or "smallest-within-1se": the fewest
     # trainable parameters among masks within one standard error (binomial, of the best
     # validation accuracy) of the best (only masks trained with the whole budget)
-    select: str = "best"
+    select: Select = "best"
 
 
 @dataclasses.dataclass
@@ -101,7 +118,7 @@ class FinalConfig:
     learning_rate: float | None = None  # None: the fine-tune learning rate
     # which model the final training returns: "last" (after the last epoch) or "best-val"
     # (the epoch with the best validation metric, earliest on ties)
-    keep: str = "last"
+    keep: Keep = "last"
 
 
 DEFAULT_EXPERIMENT_METHODS = ("scratch", "linear-probe", "handpicked", "full", "auto-rgn", "deft",
@@ -115,7 +132,7 @@ class ExperimentConfig:
     methods: list = dataclasses.field(default_factory=lambda: list(DEFAULT_EXPERIMENT_METHODS))
     seeds: int = 5  # seed s: split_seed + s, seed + s
     handpicked: list = dataclasses.field(default_factory=list)  # groups the `handpicked` method trains
-    folds: str = "repeated"  # repeated grouped stratified splits (the only strategy so far)
+    folds: Folds = "repeated"  # repeated grouped stratified splits (the only strategy so far)
     scratch_model: str = ""  # architecture of `scratch`; "" = model.name
     # learning-rate grid for every method's final training (each picks its rate on the
     # validation split); [] = final.learning_rate only
@@ -136,98 +153,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-    name = getattr(typ, "__name__", str(typ))
-    if typ is float or name == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config {where} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise UserError(f"config {where} must be a finite number, got {value!r}")
-        return float(value)
-    if typ is int or name == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config {where} must be an integer, got {value!r}")
-        return value
-    if typ is bool or name == "bool":
-        if not isinstance(value, bool):
-            raise UserError(f"config {where} must be true or false, got {value!r}")
-        return value
-    if typ is str or name == "str":
-        if not isinstance(value, str):
-            raise UserError(f"config {where} must be a string, got {value!r}")
-        return value
-    if str(typ) == "float | None":
-        return None if value is None else _coerce(value, float, where)
-    if typ is dict or name == "dict":
-        if not isinstance(value, dict):
-            raise UserError(f"config {where} must be a table, got {value!r}")
-        return value
-    if typ is list or name == "list":
-        if not isinstance(value, list):
-            raise UserError(f"config {where} must be a list, got {value!r}")
-        return value
-    return value
-
-
 ALIASES = {SearchConfig: {"strategy": "evaluation"}}  # old key -> key
-
-
-def _from_dict(cls, raw: dict, where: str):
-    for old, new in ALIASES.get(cls, {}).items():
-        if old in raw:
-            raw = dict(raw)
-            value = raw.pop(old)
-            if new in raw and raw[new] != value and raw[new] != getattr(cls(), new):
-                raise UserError(f"config {where}.{old} is an alias of {where}.{new}: set one of them")
-            raw[new] = value
-    hints = get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(raw) - known
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise UserError(f"unknown config key {prefix}{sorted(unknown)[0]} "
-                        f"(known: {', '.join(sorted(known))})")
-    kwargs = {}
-    for name, value in raw.items():
-        typ = hints[name]
-        key = f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(typ):
-            if not isinstance(value, dict):
-                raise UserError(f"config {key} must be a table")
-            kwargs[name] = _from_dict(typ, value, key)
-        else:
-            kwargs[name] = _coerce(value, typ, key)
-    return cls(**kwargs)
-
-
-def _parse_value(text: str) -> Any:
-    """JSON; else a TOML inline table or array (`{kind="folder", path="x"}`); else the text."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    if text.strip()[:1] in ("{", "["):
-        try:
-            return tomllib.loads(f"value = {text}")["value"]
-        except tomllib.TOMLDecodeError:
-            pass
-    return text
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """`a.b.c=value` (value parsed as JSON, else taken as a string) into nested dict `raw`."""
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"--set expects key=value, got {item!r}")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = raw
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise UserError(f"--set {key}: {part} is not a table")
-        node[parts[-1]] = _parse_value(text)
-    return raw
 
 
 def check_resume_overrides(overrides: list[str]) -> None:
@@ -249,25 +175,6 @@ def check_resumed_config(saved: Config, resumed: Config) -> None:
                         "start a new run with --out instead")
 
 
-def _numbers(tree: Any):
-    """Every number inside nested dicts/lists (for the finite check of free-form tables)."""
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _numbers(v)
-    elif isinstance(tree, list):
-        for v in tree:
-            yield from _numbers(v)
-    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
-        yield tree
-
-
-def merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "source" else v
-    return out
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 seed: int | None = None) -> Config:
     raw = Config().to_dict()
@@ -280,11 +187,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
             raise UserError(f"cannot parse config {path}: {err}") from None
-        raw = merge(raw, loaded)
+        raw = merge(raw, loaded, Config)
     raw = apply_overrides(raw, list(overrides or []))
     if seed is not None:
         raw["seed"] = seed
-    cfg = _from_dict(Config, raw, "")
+    cfg = from_dict(Config, raw, "", ALIASES)
     validate(cfg)
     return cfg
 
@@ -292,7 +199,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def config_from_dict(raw: dict) -> Config:
     if not isinstance(raw, dict):
         raise UserError(f"a config must be a table of sections, got {type(raw).__name__}")
-    cfg = _from_dict(Config, raw, "")
+    cfg = from_dict(Config, raw, "", ALIASES)
     validate(cfg)
     return cfg
 
@@ -308,8 +215,7 @@ def validate(cfg: Config) -> None:
     need(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
     need(cfg.data.split_seed >= 0, f"data.split_seed must be >= 0, got {cfg.data.split_seed}")
     need(m.name in MODEL_NAMES, f"model.name must be one of {', '.join(MODEL_NAMES)}, got {m.name!r}")
-    need(m.granularity in GRANULARITIES,
-         f"model.granularity must be {' or '.join(GRANULARITIES)}, got {m.granularity!r}")
+    check_choices(cfg)  # every Literal-typed key: one of its choices
     need(8 <= m.input_size <= MAX_INPUT_SIZE,
          f"model.input_size must be in [8, {MAX_INPUT_SIZE}], got {m.input_size}")
     need(m.weights != "", "model.weights must be default, none or a file path")
@@ -318,24 +224,12 @@ def validate(cfg: Config) -> None:
     need(0.0 <= s.differential_weight <= 2.0, f"search.differential_weight must be in [0, 2], got {s.differential_weight}")
     need(0.0 <= s.crossover_rate <= 1.0, f"search.crossover_rate must be in [0, 1], got {s.crossover_rate}")
     need(0.0 < s.threshold < 1.0, f"search.threshold must be in (0, 1), got {s.threshold}")
-    need(s.metric in ("accuracy", "macro_f1"), f"search.metric must be accuracy or macro_f1, got {s.metric!r}")
     need(0.0 < s.max_trainable_fraction <= 1.0, f"search.max_trainable_fraction must be in (0, 1], got {s.max_trainable_fraction}")
-    need(s.evaluation in ("sequential", "vmap", "vmap-1", "sharded", "auto"),
-         f"search.evaluation must be auto, sequential, vmap, vmap-1 or sharded, got {s.evaluation!r}")
-    need(s.space in ("mask", "mask+lr"), f"search.space must be mask or mask+lr, got {s.space!r}")
-    need(s.schedule in ("short", "final"), f"search.schedule must be short or final, got {s.schedule!r}")
-    need(s.fidelity in ("full", "halving"), f"search.fidelity must be full or halving, got {s.fidelity!r}")
     need(0.0 < s.promote_fraction <= 1.0, f"search.promote_fraction must be in (0, 1], got {s.promote_fraction}")
-    need(s.select in ("best", "smallest-within-1se"),
-         f"search.select must be best or smallest-within-1se, got {s.select!r}")
     need(s.fidelity == "full" or (s.schedule == "final" and f.epochs < cfg.final.epochs),
          "search.fidelity = halving needs search.schedule = final and finetune.epochs (the short "
          f"budget) < final.epochs (the whole one), got {s.schedule!r}, {f.epochs} and {cfg.final.epochs}")
-    need(cfg.final.keep in ("last", "best-val"), f"final.keep must be last or best-val, got {cfg.final.keep!r}")
     need(cfg.data.train_per_class >= 0, f"data.train_per_class must be >= 0, got {cfg.data.train_per_class}")
-    need(f.compute_dtype in ("float32", "bfloat16"),
-         f"finetune.compute_dtype must be float32 or bfloat16, got {f.compute_dtype!r}")
-    need(f.optimizer in ("sgd", "adam", "adamw"), f"finetune.optimizer must be sgd, adam or adamw, got {f.optimizer!r}")
     need(f.learning_rate > 0, f"finetune.learning_rate must be > 0, got {f.learning_rate}")
     need(f.batch_size >= 1, f"finetune.batch_size must be >= 1, got {f.batch_size}")
     need(f.epochs >= 1, f"finetune.epochs must be >= 1, got {f.epochs}")
@@ -347,11 +241,10 @@ def validate(cfg: Config) -> None:
     need(len(fr) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in fr) and abs(sum(fr) - 1) < 1e-6,
          f"data.fractions must be three positive numbers summing to 1, got {fr}")
     need(isinstance(cfg.data.source.get("kind"), str), "data.source.kind must be set")
-    need(all(math.isfinite(x) for x in _numbers(cfg.data.source)),
+    need(all(math.isfinite(x) for x in numbers_in(cfg.data.source)),
          "data.source numbers must be finite")
     e = cfg.experiment
     need(e.seeds >= 1, f"experiment.seeds must be >= 1, got {e.seeds}")
-    need(e.folds == "repeated", f"experiment.folds must be repeated, got {e.folds!r}")
     need(all(isinstance(g, str) for g in e.handpicked), "experiment.handpicked must be a list of layer-group names")
     need(all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 and math.isfinite(r)
              for r in e.learning_rates), "experiment.learning_rates must be a list of positive numbers")

@@ -22,8 +22,6 @@ from deft_jax.host_memory import available_bytes
 from deft_jax.masks import GroupMask
 from deft_jax.models.base import ModelSpec
 
-EVALUATION_MODES = ("auto", "sequential", "vmap", "vmap-1", "sharded")
-
 
 @runtime_checkable
 class Evaluator(Protocol):

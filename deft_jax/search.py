@@ -16,12 +16,20 @@ import copy
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
 from deft_jax import cli, rundir
-from deft_jax.config import (apply_overrides, check_resume_overrides, check_resumed_config,
-                             config_from_dict, load_config)
+from deft_jax.config import (Config, Evaluation, apply_overrides, check_resume_overrides,
+                             check_resumed_config, config_from_dict, load_config)
 from deft_jax.errors import UserError, exit_on_user_error
-from deft_jax.evaluators import EVALUATION_MODES
+
+KEY_NOTES = {  # what the dataclasses cannot say about a key
+    "data.source": "kind = digits|folder|npz|tfds, see the README",
+    "model.name": "a name of deft_jax.models.MODEL_NAMES, see the README's Backbones",
+    "model.weights": "default|none|PATH",
+    "search.evaluation": "alias search.strategy",
+    "final.learning_rate": "null: finetune.learning_rate",
+}
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -30,17 +38,8 @@ def build_parser() -> cli.ArgumentParser:
         description="DEFT: search with differential evolution for which layer groups of a "
                     "pretrained CNN to fine-tune, then train the winner and save a checkpoint.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (--set section.key=value; values parsed as JSON):\n"
-               "  seed, data.source (table: kind=digits|folder|npz ...), data.fractions, data.split_seed,\n"
-               "  model.name (small_cnn|resnet20|resnet32|resnet44|resnet56|efficientnet_lite0),\n"
-               "  model.weights (default|none|PATH), model.input_size, model.granularity (block|stage),\n"
-               "  finetune.optimizer (sgd|adam|adamw), finetune.learning_rate, finetune.momentum,\n"
-               "  finetune.weight_decay, finetune.batch_size, finetune.epochs, finetune.flip, finetune.rotate90,\n"
-               "  search.population_size (8), search.generations (4), search.differential_weight (F, 0.5),\n"
-               "  search.crossover_rate (CR, 0.7), search.elitism (true), search.threshold (0.5),\n"
-               "  search.metric (accuracy|macro_f1), search.max_trainable_fraction (1.0),\n"
-               "  search.evaluation (auto|sequential|vmap|vmap-1|sharded; alias search.strategy),\n"
-               "  finetune.compute_dtype (float32|bfloat16), final.epochs, final.learning_rate\n"
+        epilog="config keys (--set section.key=value; values parsed as JSON), with their choices "
+               "or defaults:\n" + cli.config_keys_epilog(Config, KEY_NOTES, exclude=("experiment",)) + "\n"
                "example: python -m deft_jax.search --config configs/osteosarcoma_lite0.toml "
                "--set search.generations=8")
     p.add_argument("--config", help="TOML/JSON config file (default: the built-in digits demo)")
@@ -49,7 +48,7 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
                    metavar="KEY=VALUE", help="override config values")
-    p.add_argument("--evaluation", "--strategy", dest="evaluation", choices=EVALUATION_MODES,
+    p.add_argument("--evaluation", "--strategy", dest="evaluation", choices=get_args(Evaluation),
                    help="how fitness fine-tunes run (same as --set search.evaluation=...)")
     dist = p.add_argument_group("multi-process runs (all three, or none; every process runs the "
                                 "same command, process 0 writes the run directory)")

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from deft_jax import rundir
-from deft_jax.cli import ArgumentParser
-from deft_jax.config import config_from_dict, load_config
+from deft_jax.cli import ArgumentParser, config_keys_epilog
+from deft_jax.config import ExperimentConfig, config_from_dict, load_config
 from deft_jax.errors import UserError, exit_on_user_error
 from deft_jax.experiment.runner import META, run_experiment
 from deft_jax.methods import METHODS, get_method
@@ -21,8 +21,11 @@ def build_parser() -> ArgumentParser:
         description="Compare DEFT with baselines (" + ", ".join(METHODS) + ") over repeated "
                     "grouped stratified splits, with paired statistics and plots.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config: [experiment] methods, seeds, handpicked (layer groups), folds (repeated), "
-               "scratch_model; plus the usual [data] [model] [finetune] [search] [final].\n"
+        epilog="config keys of [experiment], with their choices or defaults:\n"
+               + config_keys_epilog((ExperimentConfig, "experiment"), {
+                   "experiment.handpicked": "the layer groups the handpicked method trains",
+                   "experiment.scratch_model": '"": model.name'}) + "\n"
+               "plus the keys of a search (python -m deft_jax.search --help).\n"
                "example: python -m deft_jax.experiment --config configs/digits_experiment.toml "
                "--out runs/digits-exp")
     p.add_argument("--config", help="TOML/JSON config file (default: the built-in digits demo)")

@@ -18,11 +18,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from deft_jax.config import GRANULARITIES  # the config's Literal choices
 from deft_jax.errors import UserError
 from deft_jax.models.base import ModelSpec, StagedNet
 from deft_jax.models.weight_layout import Entry, pretrained_loader
 
-GRANULARITIES = ("block", "stage")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -1,0 +1,188 @@
+"""Typed dataclass sections from nested dicts (TOML/JSON tables, `--set key=value`).
+
+The dataclasses' annotations are the schema: `int`, `float`, `bool`, `str`, `list`,
+`dict` (a free-form table), `X | None`, `Literal["a", "b"]` (a string with fixed choices)
+and nested dataclasses (sections). Nothing here knows DEFT's keys; `deft_jax.config` holds
+them. Every mistake is a one-line `UserError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from deft_jax.errors import UserError
+
+
+def field_types(cls) -> dict[str, Any]:
+    """name -> resolved annotation of each field of dataclass `cls`."""
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def choices_of(typ: Any) -> tuple[str, ...] | None:
+    """The allowed values of a `Literal[...]` annotation; None for any other type."""
+    return get_args(typ) if get_origin(typ) is Literal else None
+
+
+def one_of(values) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    values = [str(v) for v in values]
+    return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} or {values[-1]}"
+
+
+def optional_type(typ: Any) -> Any | None:
+    """X for an `X | None` (or `Optional[X]`) annotation, else None."""
+    if get_origin(typ) not in (typing.Union, types.UnionType):
+        return None
+    args = get_args(typ)
+    rest = [a for a in args if a is not type(None)]
+    return rest[0] if type(None) in args and len(rest) == 1 else None
+
+
+def coerce(value: Any, typ: Any, where: str) -> Any:
+    """`value` checked against annotation `typ` (ints are accepted as floats). A Literal's
+    membership is checked by `check_choices`, after the whole config is built."""
+    inner = optional_type(typ)
+    if inner is not None:
+        return None if value is None else coerce(value, inner, where)
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config {where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise UserError(f"config {where} must be a finite number, got {value!r}")
+        return float(value)
+    if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UserError(f"config {where} must be an integer, got {value!r}")
+    if typ is bool and not isinstance(value, bool):
+        raise UserError(f"config {where} must be true or false, got {value!r}")
+    if (typ is str or choices_of(typ) is not None) and not isinstance(value, str):
+        raise UserError(f"config {where} must be a string, got {value!r}")
+    if typ is dict and not isinstance(value, dict):
+        raise UserError(f"config {where} must be a table, got {value!r}")
+    if typ is list and not isinstance(value, list):
+        raise UserError(f"config {where} must be a list, got {value!r}")
+    return value
+
+
+def from_dict(cls, raw: dict, where: str = "", aliases: dict | None = None):
+    """An instance of dataclass `cls` from a nested dict; keys left out keep their defaults.
+    `aliases`: {dataclass: {old key: key}} (setting both to different values is an error)."""
+    for old, new in (aliases or {}).get(cls, {}).items():
+        if old in raw:
+            raw = dict(raw)
+            value = raw.pop(old)
+            if new in raw and raw[new] != value and raw[new] != getattr(cls(), new):
+                raise UserError(f"config {where}.{old} is an alias of {where}.{new}: set one of them")
+            raw[new] = value
+    types_ = field_types(cls)
+    unknown = set(raw) - set(types_)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise UserError(f"unknown config key {prefix}{sorted(unknown)[0]} "
+                        f"(known: {', '.join(sorted(types_))})")
+    kwargs = {}
+    for name, value in raw.items():
+        typ = types_[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise UserError(f"config {key} must be a table")
+            kwargs[name] = from_dict(typ, value, key, aliases)
+        else:
+            kwargs[name] = coerce(value, typ, key)
+    return cls(**kwargs)
+
+
+def check_choices(obj, where: str = "") -> None:
+    """Every Literal-typed field of dataclass instance `obj` (and its sections) holds one of
+    its choices; else one line naming them."""
+    for name, typ in field_types(type(obj)).items():
+        key = f"{where}.{name}" if where else name
+        value = getattr(obj, name)
+        if dataclasses.is_dataclass(typ):
+            check_choices(value, key)
+        elif (allowed := choices_of(typ)) is not None and value not in allowed:
+            raise UserError(f"invalid config: {key} must be {one_of(allowed)}, got {value!r}")
+
+
+def merge(base: dict, update: dict, cls) -> dict:
+    """`update`'s values over `base`'s, for dataclass `cls`: sections (dataclass-typed
+    fields) merge key by key; every other value is replaced whole, free-form tables
+    (`dict` fields such as data.source) included."""
+    types_ = field_types(cls)
+    out = dict(base)
+    for key, value in update.items():
+        typ = types_.get(key)
+        if dataclasses.is_dataclass(typ) and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value, typ)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """JSON; else a TOML inline table or array (`{kind="folder", path="x"}`); else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if text.strip()[:1] in ("{", "["):
+        try:
+            return tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            pass
+    return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`a.b.c=value` (value parsed as JSON, else taken as a string) into nested dict `raw`."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: {part} is not a table")
+        node[parts[-1]] = parse_value(text)
+    return raw
+
+
+def numbers_in(tree: Any):
+    """Every number inside nested dicts/lists (for the finite check of free-form tables)."""
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from numbers_in(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from numbers_in(v)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield tree
+
+
+def describe_keys(cls, where: str = "") -> list[str]:
+    """One entry per leaf key of dataclass `cls`: `key (a|b|c, default a)` for choices,
+    `key (default)` for scalars, `key (table)` / `key (list)` otherwise (for help texts)."""
+    out, defaults = [], cls()
+    for name, typ in field_types(cls).items():
+        key = f"{where}.{name}" if where else name
+        default = getattr(defaults, name)
+        if dataclasses.is_dataclass(typ):
+            out += describe_keys(typ, key)
+        elif (allowed := choices_of(typ)) is not None:
+            out.append(f"{key} ({'|'.join(allowed)}, default {default})")
+        elif isinstance(default, dict):
+            out.append(f"{key} (table)")
+        elif isinstance(default, list):
+            out.append(f"{key} (list{', default ' + json.dumps(default) if default else ''})")
+        else:
+            out.append(f"{key} ({json.dumps(default)})")
+    return out
