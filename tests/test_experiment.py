@@ -52,7 +52,7 @@ def test_every_method_runs_end_to_end(finished):
     records = read_runs(out / RUNS)
     assert sorted((r["seed"], r["method"]) for r in records) == sorted(
         (s, m) for s in range(SEEDS) for m in METHODS)
-    groups = build_model("small_cnn", 10, "none", 16).layer_groups()
+    groups = build_model("small_cnn", 10, "none", 16).layer_groups
     by = {(r["seed"], r["method"]): r for r in records}
     for r in records:
         for split in ("test", "val"):
