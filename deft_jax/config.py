@@ -215,7 +215,9 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """`a.b.c=value` (value parsed as JSON, else taken as a string) into nested dict `raw`."""
+    """`a.b.c=value` (value parsed as JSON, else taken as a string) into nested dict `raw`.
+    `data.source=tfds:NAME` is short for `data.source={kind="tfds", name="NAME"}`; a later
+    `data.source.data_dir=...` (or `.split`) adds to it."""
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got {item!r}")
@@ -226,7 +228,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise UserError(f"--set {key}: {part} is not a table")
-        node[parts[-1]] = _parse_value(text)
+        value = _parse_value(text)
+        if parts == ["data", "source"] and isinstance(value, str) and value.startswith("tfds:"):
+            value = {"kind": "tfds", "name": value[len("tfds:"):]}  # the tfds:NAME shorthand
+        node[parts[-1]] = value
     return raw
 
 

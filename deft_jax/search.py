@@ -31,7 +31,7 @@ def build_parser() -> cli.ArgumentParser:
                     "pretrained CNN to fine-tune, then train the winner and save a checkpoint.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (--set section.key=value; values parsed as JSON):\n"
-               "  seed, data.source (table: kind=digits|folder|npz ...), data.fractions, data.split_seed,\n"
+               "  seed, data.source (table: kind=digits|folder|npz|tfds ...; or tfds:NAME), data.fractions, data.split_seed,\n"
                "  model.name (small_cnn|resnet20|resnet32|resnet44|resnet56|efficientnet_lite0),\n"
                "  model.weights (default|none|PATH), model.input_size, model.granularity (block|stage),\n"
                "  finetune.optimizer (sgd|adam|adamw), finetune.learning_rate, finetune.momentum,\n"
