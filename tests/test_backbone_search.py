@@ -110,7 +110,9 @@ def test_search_from_a_torch_named_weight_file_runs_and_predict_restores_it(name
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", IMAGENET_MODELS + LITE_MODELS)
+# vgg16 is vgg16_bn without BatchNorm (covered by vgg16_bn and convnext_tiny, the models
+# without BatchNorm); left out of CI for time
+@pytest.mark.parametrize("name", [m for m in IMAGENET_MODELS + LITE_MODELS if m != "vgg16"])
 def test_every_backbone_from_a_weight_file_is_restored_by_predict_exactly(name, tmp_path):
     """Weight file -> `model.name` + `model.weights` as the search builds it -> the
     pipeline's checkpoint metadata -> `predict`: the same architecture, groups and every

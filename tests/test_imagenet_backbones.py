@@ -85,7 +85,9 @@ def test_converted_backbone_reproduces_its_torch_twin_slow_cases(name, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", [1, 2, 3, 4])  # (width, depth) 1.0/1.1 .. 1.4/1.8
+# (width, depth) 1.0/1.1 .. 1.4/1.8: Lite-2 and Lite-4 cover the coefficients (Lite-1 and Lite-3
+# passed the same test at 33 px when it was written; left out of CI for time)
+@pytest.mark.parametrize("variant", [2, 4])
 def test_efficientnet_lite_variant_reproduces_the_lite_package_model(variant, tmp_path):
     package = pytest.importorskip("efficientnet_lite_pytorch")
     size = 33  # odd: exercises TF-SAME padding's extra pixel
