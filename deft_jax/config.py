@@ -15,10 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Literal, get_args
 
-from deft_jax.config_parsing import apply_overrides, check_choices, from_dict, merge, numbers_in
+from deft_jax.config_parsing import check_choices, from_dict, merge, numbers_in, set_values
 from deft_jax.errors import UserError
-
-__all__ = ["apply_overrides"]  # re-exported: the CLIs read overrides through this module
 
 Granularity = Literal["block", "stage"]  # "stage": all models but small_cnn and CIFAR ResNets
 Optimizer = Literal["sgd", "adam", "adamw"]
@@ -154,6 +152,20 @@ class Config:
 
 
 ALIASES = {SearchConfig: {"strategy": "evaluation"}}  # old key -> key
+
+
+def tfds_shorthand(key: list[str], value):
+    """`data.source=tfds:NAME` is short for `data.source={kind="tfds", name="NAME"}`."""
+    if key == ["data", "source"] and isinstance(value, str) and value.startswith("tfds:"):
+        return {"kind": "tfds", "name": value[len("tfds:"):]}
+    return value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`a.b.c=value` (value parsed as JSON, else taken as a string) into nested dict `raw`.
+    `data.source=tfds:NAME` is short for `data.source={kind="tfds", name="NAME"}`; a later
+    `data.source.data_dir=...` (or `.split`) adds to it."""
+    return set_values(raw, overrides, expand=tfds_shorthand)
 
 
 def check_resume_overrides(overrides: list[str]) -> None:

@@ -140,8 +140,9 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """`a.b.c=value` (value parsed as JSON, else taken as a string) into nested dict `raw`."""
+def set_values(raw: dict, overrides: list[str], expand=None) -> dict:
+    """`a.b.c=value` (value parsed as JSON, else taken as a string) into nested dict `raw`,
+    in order; `expand(key parts, value)` may rewrite a value (a shorthand) before it is set."""
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got {item!r}")
@@ -152,7 +153,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise UserError(f"--set {key}: {part} is not a table")
-        node[parts[-1]] = parse_value(text)
+        value = parse_value(text)
+        node[parts[-1]] = expand(parts, value) if expand is not None else value
     return raw
 
 

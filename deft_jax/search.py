@@ -24,7 +24,7 @@ from deft_jax.config import (Config, Evaluation, apply_overrides, check_resume_o
 from deft_jax.errors import UserError, exit_on_user_error
 
 KEY_NOTES = {  # what the dataclasses cannot say about a key
-    "data.source": "kind = digits|folder|npz|tfds, see the README",
+    "data.source": "kind = digits|folder|npz|tfds ..., or tfds:NAME; see the README",
     "model.name": "a name of deft_jax.models.MODEL_NAMES, see the README's Backbones",
     "model.weights": "default|none|PATH",
     "search.evaluation": "alias search.strategy",

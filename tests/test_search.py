@@ -144,6 +144,8 @@ def test_tiny_end_to_end_search_writes_a_complete_run_whose_checkpoint_predicts_
     assert main(["--out", str(run), "--set", *tiny_overrides()]) == 0
     out = capsys.readouterr().out
     assert "best mask" in out and "test accuracy" in out
+    # live progress off a terminal: a plain line per trained member, with the search's ETA
+    assert "generation 0/2: 1/4 members trained, search ETA" in out
     for name in ("config.json", "splits.json", "history.jsonl", "best.json", "metrics.json", "report.md"):
         assert (run / name).is_file(), name
     best = rundir.read_json(run / "best.json")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from deft_jax.config import load_config
 from deft_jax.data import load_dataset
 from deft_jax.errors import UserError
 
@@ -59,15 +60,22 @@ def test_a_dataset_that_is_not_prepared_is_one_line_saying_how_to_prepare_it(pre
         load_dataset({"kind": "tfds", "name": "x", "path": "y"})
 
 
+def test_tfds_name_on_the_command_line_is_short_for_a_tfds_source_table():
+    cfg = load_config(None, ["data.source=tfds:mnist", 'data.source.data_dir="/data/tfds"'])
+    assert cfg.data.source == {"kind": "tfds", "name": "mnist", "data_dir": "/data/tfds"}
+    assert load_config(None, ["data.source=tfds:mnist"]).data.source == {"kind": "tfds", "name": "mnist"}
+    with pytest.raises(UserError, match="data.source must be a table, got 'mnist'"):
+        load_config(None, ["data.source=mnist"])  # only the tfds: prefix is a shorthand
+
+
 @pytest.mark.slow
 def test_search_runs_end_to_end_on_a_tfds_source(prepared, tmp_path):
     name, data_dir = prepared
-    source = json.dumps({"kind": "tfds", "name": name, "data_dir": str(data_dir)})
     result = subprocess.run(
         [sys.executable, "-m", "deft_jax.search", "--out", str(tmp_path / "run"), "--set",
          'model.name="small_cnn"', 'model.weights="none"', "model.input_size=16",
-         f"data.source={source}", "search.population_size=4", "search.generations=1",
-         "final.epochs=1"],
+         f"data.source=tfds:{name}", f"data.source.data_dir={json.dumps(str(data_dir))}",
+         "search.population_size=4", "search.generations=1", "final.epochs=1"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,13 +1,15 @@
 """README tables from committed experiment results (no hand-copied numbers).
 
     python -m deft_jax.experiment.tables results/payoff/* --readme README.md
+    python -m deft_jax.experiment.tables --resummarize --block earlier results/osteosarcoma_* --readme README.md
 
 For every result folder (an experiment's output: summary.json), one table of every method
 (test accuracy, macro-F1, trainable fraction, search budget in fitness evaluations and
 epochs, wall time and its multiple of full fine-tuning), the best DEFT variant's corrected
 comparisons with full fine-tuning and random search, and the issue's goal checked per
-dataset. With --readme the block between `<!-- payoff:begin -->` and `<!-- payoff:end -->`
-is replaced; otherwise it is printed.
+dataset. With --readme the block between `<!-- BLOCK:begin -->` and `<!-- BLOCK:end -->`
+(`--block`, default "payoff") is replaced; otherwise it is printed. `--resummarize FOLDER` rewrites a finished experiment's
+summary.json / summary.md from its runs.jsonl with the current statistics (no training).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import json
 import sys
 from pathlib import Path
 
-from deft_jax.experiment.summary import SUMMARY_JSON, format_mean_std, format_value
+from deft_jax.config import config_from_dict
+from deft_jax.experiment.records import RUNS, read_runs
+from deft_jax.experiment.summary import SUMMARY_JSON, format_mean_std, format_value, summarize
 from deft_jax.methods.deft import VARIANTS
 
-BEGIN, END = "<!-- payoff:begin -->", "<!-- payoff:end -->"
 GOAL_WALL_X_FULL = 2.0  # the issue's budget: at most 2x the wall time of a full fine-tune
 
 
@@ -89,22 +92,41 @@ def render(folder: Path) -> list[str]:
     return lines + [""]
 
 
+def resummarize(folder: Path) -> dict:
+    """summary.json / summary.md of `folder` again from runs.jsonl (the run's metadata and
+    config are read back from its previous summary.json)."""
+    old = json.loads((folder / SUMMARY_JSON).read_text())
+    cfg = config_from_dict(old["config"])
+    groups = list(old["deft_group_counts"]) + ["head"]
+    meta = {"run_order": old["methods"], "model": old["model"], "pretrained": old["pretrained"],
+            "data": old["data"], "scratch_architecture": old["scratch_architecture"],
+            "backend": old["backend"], "groups": groups}
+    return summarize(read_runs(folder / RUNS), meta, cfg, folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--readme", type=Path, default=None)
+    parser.add_argument("--block", default="payoff", help="the README block's name")
+    parser.add_argument("--resummarize", action="store_true",
+                        help="rewrite each folder's summary from its runs.jsonl first")
     args = parser.parse_args(argv)
+    if args.resummarize:
+        for folder in args.folders:
+            resummarize(folder)
     folders = [f for f in args.folders if (f / SUMMARY_JSON).exists()]
-    block = [BEGIN, ""] + [line for f in folders for line in render(f)] + [END]
+    begin, end = f"<!-- {args.block}:begin -->", f"<!-- {args.block}:end -->"
+    block = [begin, ""] + [line for f in folders for line in render(f)] + [end]
     if args.readme is None:
         print("\n".join(block))
         return 0
     text = args.readme.read_text()
-    if BEGIN not in text or END not in text:
-        print(f"error: {args.readme} has no {BEGIN} ... {END} block", file=sys.stderr)
+    if begin not in text or end not in text:
+        print(f"error: {args.readme} has no {begin} ... {end} block", file=sys.stderr)
         return 2
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
     args.readme.write_text(head + "\n".join(block) + tail)
     return 0
 

@@ -182,6 +182,8 @@ def pretrained_loader(path: str | Path, model_name: str, layouts: Mapping[str, l
                 raise UserError(f"weights file {path}: {name} has shape {array.shape}, "
                                 f"model expects {tuple(flat[key].shape)}")
             flat[key] = array
-        return traverse_util.unflatten_dict(flat)
+        loaded = traverse_util.unflatten_dict(flat)
+        # an empty collection (a model without BatchNorm has no batch_stats) stays present
+        return {c: loaded.get(c, {}) for c in variables}
 
     return load_pretrained, str(path)
