@@ -65,7 +65,7 @@ def run_jax(args, model: str, workdir: Path) -> dict:
     from deft_jax.inputs import SplitArrays
     from deft_jax.masks import mask_key
     from deft_jax.models import build_model
-    from deft_jax.training import batch_plan
+    from deft_jax.batches import batch_plan
 
     input_size, granularity = MODELS[model]
     weights = args.resnet_weights if model.startswith("resnet") else ("none" if model == "small_cnn" else "default")

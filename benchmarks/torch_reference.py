@@ -177,11 +177,11 @@ class TorchReference:
         start = self.start_of(mask)
         x_train, _ = self.features(start)
         forward = self.forward_fn(start)
-        rng = np.random.default_rng([self.seed, 7])  # deft_jax.training.AUGMENT_STREAM
+        rng = np.random.default_rng([self.seed, 7])  # deft_jax.batches.AUGMENT_STREAM
         losses = []
         for idx in self.plan:
             if self.augment:
-                from deft_jax.training import augment_batch
+                from deft_jax.batches import augment_batch
                 xb = _nchw(augment_batch(self.x_train_nhwc[idx.cpu().numpy()], self.cfg, rng)).to(self.device)
             else:
                 xb = x_train[idx]

@@ -176,7 +176,7 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
         "peak_rss_mb": peak_rss_mb(),
     }
     if export:  # everything the PyTorch side needs, so it never imports JAX
-        from deft_jax.training import batch_plan
+        from deft_jax.batches import batch_plan
         plan = np.stack(batch_plan(len(a.x_train), cfg.finetune.batch_size, cfg.finetune.epochs, cfg.seed))
         np.savez(workdir / "arrays.npz", x_train=a.x_train, y_train=a.y_train, x_val=a.x_val,
                  y_val=a.y_val, plan=plan)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from deft_jax import training
+from deft_jax import batches, training
 from deft_jax.config import FineTuneConfig
 from deft_jax.masks import frozen_pattern, has_lr_multipliers, lr_multiplier, mask_key
 from deft_jax.models.base import ModelSpec
@@ -79,13 +79,13 @@ class FineTuner:
         program = self.program(mask, start)
         losses: list = []
         if after_epoch is None:
-            batches = [(jnp.asarray(xs), jnp.asarray(ys))
-                       for xs, ys in training.training_batches(x, y, self.cfg, epochs, seed)]
-            state, losses = training.run_batches(program, state, None, batches)
+            on_device = [(jnp.asarray(xs), jnp.asarray(ys))
+                         for xs, ys in batches.training_batches(x, y, self.cfg, epochs, seed)]
+            state, losses = training.run_batches(program, state, None, on_device)
         else:
-            for epoch, chunks in enumerate(training.epoch_batches(x, y, self.cfg, epochs, seed)):
-                batches = [(jnp.asarray(xs), jnp.asarray(ys)) for xs, ys in chunks]
-                state, epoch_losses = training.run_batches(program, state, None, batches)
+            for epoch, chunks in enumerate(batches.epoch_batches(x, y, self.cfg, epochs, seed)):
+                on_device = [(jnp.asarray(xs), jnp.asarray(ys)) for xs, ys in chunks]
+                state, epoch_losses = training.run_batches(program, state, None, on_device)
                 losses += epoch_losses
                 after_epoch(epoch, merged(state))
         losses = [np.atleast_1d(np.asarray(loss)) for loss in losses]

@@ -9,21 +9,18 @@ the optax chain (`gate_updates`: momentum and weight decay cannot move a frozen 
 The whole short fine-tune of a program's members is one device program: `lax.scan` over
 the batches stacked on the device (`training.fine_tune_program`), `jax.vmap` over the
 members' states and gates, the batches shared: every member sees the batches of
-`training.training_batches`, so a member's result equals the static-mask evaluator's to
+`batches.training_batches`, so a member's result equals the static-mask evaluator's to
 float tolerance.
 
-`sharded=True` runs the same per-member code under `shard_map` over a one-axis mesh
-("pop") of all devices, across processes too: member state and gates are split over the
-devices, batches are replicated, and validation logits are all-gathered so every process
-gets every member's fitness. Populations are padded (with copies of a real mask) to a
+`sharded=True` runs the same per-member code under `shard_map` over all devices
+(`deft_jax.population_programs`). Populations are padded (with copies of a real mask) to a
 fixed size that divides the device count, so one program serves every generation; the
 padding is never reported.
 
 `members_per_program=k` runs the padded population as consecutive programs of k members
-per device instead. Then each program also starts at the lowest trainable stage of *its
-own* members (members are grouped by first trainable stage): with k=1 (`vmap-1`, CPU) every
-member trains from its own first trainable stage on cached features, and no forward or
-backward pass runs below it. One program is compiled per distinct first stage.
+per device instead, each from its own members' first trainable stage (`vmap-1` on CPU: no
+forward or backward pass below a member's first trainable stage); which members share a
+program and where it starts is `deft_jax.member_plan`'s business.
 
 Memory: with `memory_limit_bytes` (90% of the device's free memory, see
 `deft_jax.evaluators`), the program's size is read from XLA's memory analysis of the
@@ -45,17 +42,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from deft_jax import divergence, training
+from deft_jax import batches, divergence, training
 from deft_jax.config import FineTuneConfig
 from deft_jax.errors import UserError
 from deft_jax.fitness import BestEpoch, PrefixFeatureCache
 from deft_jax.groups import leaf_values
 from deft_jax.inputs import SplitArrays
 from deft_jax.masks import GroupMask, lr_multiplier, trains
+from deft_jax.member_plan import MemberPlan
+from deft_jax.population_programs import AXIS, logits_program, put, to_host, train_program
 from deft_jax.models.base import ModelSpec
-
-AXIS = "pop"
-
 
 class PopulationEvaluator:
     """Fitness of many masks from one vmapped (or sharded) fine-tune program."""
@@ -84,16 +80,7 @@ class PopulationEvaluator:
         self.base_tx = training.make_optimizer(cfg)
         self.groups = spec.group_names
         self.eval_images_per_call = eval_images_per_call
-        # None: the whole (padded) population in one program; k: programs of k members per
-        # device, run one after another, each from its own members' lowest trainable stage
-        self.members_per_program = members_per_program
         self.memory_limit_bytes = memory_limit_bytes
-        # members_per_program mode: a member's own first stage gets its program once that
-        # stage has been wanted `compile_after` times (rent or buy: until then the member
-        # runs from the highest first stage already compiled below its own)
-        self.compile_after = compile_after
-        self._wanted: dict[int, int] = {}
-        self._starts: set[int] = set()
         self.memory_fit: dict | None = None  # what fitting the program to memory decided
         self._fitted: set[tuple[int, int]] = set()
         if sharded:
@@ -101,13 +88,16 @@ class PopulationEvaluator:
             self.num_devices = self.mesh.size
         else:
             self.mesh, self.num_devices = None, 1
-        self.pad_to = self._round_up(pad_to) if pad_to else 0  # grows to the largest call
+        self.plan = MemberPlan(spec, self.cache_prefix, self.num_devices, members_per_program,
+                               compile_after, pad_to)
         self._programs: dict = {}
         self._batch_cache: dict = {}
         self.compiles = 0
-        self.calls = self.members = self.padded = 0
-        self.stages_trained: list[int] = []  # per member evaluated: stages its program ran
         self.seconds = 0.0
+
+    @property
+    def members_per_program(self) -> int | None:
+        return self.plan.members_per_program
 
     # --- public API ------------------------------------------------------------------------
 
@@ -173,11 +163,12 @@ class PopulationEvaluator:
         return out
 
     def stats(self) -> dict:
-        out = {"compiles": self.compiles, "population_calls": self.calls,
-               "members_per_program": self.members_per_program,
-               "members_evaluated": self.members, "members_padded": self.padded,
+        plan = self.plan
+        out = {"compiles": self.compiles, "population_calls": plan.calls,
+               "members_per_program": plan.members_per_program,
+               "members_evaluated": plan.members, "members_padded": plan.padded,
                "devices": self.num_devices, "population_seconds": round(self.seconds, 3),
-               "stages_trained": sum(self.stages_trained)}
+               "stages_trained": sum(plan.stages_trained)}
         if self.memory_fit:
             out["memory_fit"] = self.memory_fit
         return {**out, **(self.prefix.stats() if self.cache_prefix else {})}
@@ -185,89 +176,29 @@ class PopulationEvaluator:
     # --- which members share a program -----------------------------------------------------
 
     def start_of(self, mask: GroupMask) -> int:
-        """The stage a member's program starts at (its first trainable stage, or 0 when
-        the prefix cache is off)."""
-        return training.first_trainable_stage(self.spec, mask) if self.cache_prefix else 0
-
-    def _program_start(self, mask: GroupMask, floor: int) -> int:
-        """Where a member's program starts (members_per_program mode): its own first stage
-        when that stage's program exists or has been wanted `compile_after` times, else the
-        highest compiled start below it (or `floor`, the population's lowest). Compiling
-        a program costs several fine-tunes on CPU, so a start is compiled only once it
-        recurs."""
-        own = self.start_of(mask)
-        self._wanted[own] = self._wanted.get(own, 0) + 1
-        if own in self._starts or self._wanted[own] >= self.compile_after:
-            self._starts.add(own)
-            return own
-        below = [s for s in self._starts | {floor} if s <= own]
-        start = max(below)
-        self._starts.add(start)
-        return start
+        """The stage a member's program starts at (see `MemberPlan.start_of`)."""
+        return self.plan.start_of(mask)
 
     def _programs_for(self, masks: Sequence[GroupMask]):
-        """[(start, member indices, chunks of padded masks)]: the whole population from its
-        lowest first stage, or (members_per_program) members grouped by first stage."""
-        self.calls += 1
-        self.members += len(masks)
+        """[(start, member indices, chunks of padded masks)] (see `deft_jax.member_plan`),
+        each program fitted to the memory limit first."""
+        groups = self.plan.groups(masks)
         if not self.members_per_program:
-            start = min(self.start_of(m) for m in masks)
-            self._fit_to_memory(len(masks), start)
-            groups = [(start, list(range(len(masks))))]
-        else:
-            floor = min(self.start_of(m) for m in masks)
-            by_start: dict[int, list[int]] = {}
-            for i, m in enumerate(masks):
-                by_start.setdefault(self._program_start(m, floor), []).append(i)
-            groups = sorted(by_start.items())
-        plan = []
+            self._fit_to_memory(len(masks), groups[0][0])
+        out = []
         for start, idx in groups:
             if self.memory_limit_bytes and self.members_per_program:
                 self._fit_to_memory(len(idx), start)
-            padded = self._pad([masks[i] for i in idx])
-            plan.append((start, idx, self._chunks(padded)))
-            self.stages_trained += [len(self.spec.stage_names) - start] * len(idx)
-        return plan
-
-    def _unit(self) -> int:
-        """Program sizes are multiples of this: the device count (x members per program)."""
-        return self.num_devices * (self.members_per_program or 1)
-
-    def _round_up(self, n: int) -> int:
-        return -(-n // self._unit()) * self._unit()
-
-    def _pad(self, masks: Sequence[GroupMask]) -> list[GroupMask]:
-        """Pad with copies of the first mask: to the largest population seen so far (one
-        program for every generation), or to whole programs of `members_per_program`."""
-        size = self._round_up(len(masks))
-        if not self.members_per_program:
-            self.pad_to = size = max(self.pad_to, size)
-        padded = list(masks) + [masks[0]] * (size - len(masks))
-        self.padded += len(padded) - len(masks)
-        return padded
-
-    def _chunks(self, masks: list[GroupMask]) -> list[list[GroupMask]]:
-        if not self.members_per_program:
-            return [masks]
-        unit = self._unit()
-        return [masks[i:i + unit] for i in range(0, len(masks), unit)]
+            out.append((start, idx, self.plan.padded_chunks([masks[i] for i in idx], start)))
+        return out
 
     # --- the population program ------------------------------------------------------------
 
     def _put(self, x, spec: P):
-        """Host array -> device array: plain on one device, NamedSharding(mesh, spec) when
-        sharded (built from per-shard slices, so it works when the mesh spans processes)."""
-        if not self.sharded:
-            return jnp.asarray(x)
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, NamedSharding(self.mesh, spec),
-                                            lambda index: np.array(x[index]))
+        return put(x, self.mesh if self.sharded else None, spec)
 
     def _to_host(self, tree):
-        if not self.sharded or jax.process_count() == 1:
-            return jax.tree.map(np.asarray, tree)
-        from jax.experimental import multihost_utils
-        return multihost_utils.process_allgather(tree, tiled=True)
+        return to_host(tree, self.mesh if self.sharded else None)
 
     def _step_model(self, start: int) -> training.StepModel:
         return training.StepModel.of(self.spec, self.base_tx, start, self.cfg.compute_dtype)
@@ -279,7 +210,7 @@ class PopulationEvaluator:
             x_train, _ = self.prefix.features(start)
             self._batch_cache[start] = [
                 [(self._put(xs, P()), self._put(ys, P())) for xs, ys in epoch]
-                for epoch in training.epoch_batches(x_train, self.data.y_train, self.cfg,
+                for epoch in batches.epoch_batches(x_train, self.data.y_train, self.cfg,
                                                     self.cfg.epochs, self.seed)]
         return self._batch_cache[start]
 
@@ -290,8 +221,8 @@ class PopulationEvaluator:
         (members per device, first stage run)."""
         if not self.memory_limit_bytes:
             return
-        if self.members_per_program is None:  # the whole population, padded as `_pad` will
-            per_device = -(-max(n_masks, self.pad_to) // self.num_devices)
+        if self.members_per_program is None:  # the whole population, padded as the plan will
+            per_device = -(-max(n_masks, self.plan.pad_to) // self.num_devices)
         else:
             per_device = self.members_per_program
         if (per_device, start) in self._fitted:
@@ -306,7 +237,7 @@ class PopulationEvaluator:
                     f"than the {self.memory_limit_bytes / 2**30:.2f} GiB available; lower finetune.batch_size "
                     "or model.input_size")
             per_device = -(-per_device // 2)
-            self.members_per_program = per_device
+            self.plan.members_per_program = per_device
         self._fitted.add((per_device, start))
         self.memory_fit = {"members_per_program": self.members_per_program, "program_bytes": int(needed),
                            "limit_bytes": int(self.memory_limit_bytes)}
@@ -353,27 +284,11 @@ class PopulationEvaluator:
         key = (kind, size, start, steps)
         if key in self._programs:
             return self._programs[key]
-        if kind == "train":  # the scanned fine-tune, or one step on CPU (training.scan_steps)
-            fn = jax.vmap(training.program(self._step_model(start)), in_axes=(0, 0, None, None))
-            if self.sharded:
-                member = P(AXIS)
-                fn = jax.shard_map(fn, mesh=self.mesh, in_specs=(member, member, P(), P()),
-                                   out_specs=(member, member))
-            fn = jax.jit(fn, donate_argnums=(0,))
+        mesh = self.mesh if self.sharded else None
+        if kind == "train":
+            fn = train_program(self._step_model(start), mesh)
         else:
-            net = self.spec.net
-
-            def member_logits(params, batch_stats, x):
-                return net.apply({"params": params, "batch_stats": batch_stats}, x, train=False,
-                                 start=start)
-
-            fn = jax.vmap(member_logits, in_axes=(0, 0, None))
-            if self.sharded:  # logits come back replicated: every process gets every member's
-                fn = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(AXIS), P(AXIS), P()),
-                                   out_specs=P(AXIS))
-                fn = jax.jit(fn, out_shardings=NamedSharding(self.mesh, P()))
-            else:
-                fn = jax.jit(fn)
+            fn = logits_program(self.spec, start, mesh)
         self.compiles += 1
         self._programs[key] = fn
         return fn

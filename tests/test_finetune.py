@@ -6,7 +6,7 @@ from deft_jax.config import FineTuneConfig
 from deft_jax.fitness import SequentialEvaluator
 from deft_jax.inputs import SplitArrays
 from deft_jax.finetune import FineTuner
-from deft_jax.training import batch_plan
+from deft_jax.batches import batch_plan
 from deft_jax.masks import mask_from_names
 from deft_jax.models.small_cnn import small_cnn
 

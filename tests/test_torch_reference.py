@@ -18,7 +18,8 @@ from benchmarks.torch_reference import (TorchReference, freeze, make_optimizer, 
                                         set_threads, set_train_modes)
 from deft_jax.data import Dataset, load_dataset  # noqa: E402
 from deft_jax.finetune import FineTuner  # noqa: E402
-from deft_jax.training import batch_plan, make_optimizer as make_optax  # noqa: E402
+from deft_jax.batches import batch_plan
+from deft_jax.training import make_optimizer as make_optax  # noqa: E402
 from deft_jax.fitness import SequentialEvaluator  # noqa: E402
 from deft_jax.inputs import prepare_data  # noqa: E402
 from benchmarks.torch_twins.torch_models import torch_twin  # noqa: E402

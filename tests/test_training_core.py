@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from deft_jax import training
+from deft_jax import batches, training
 from deft_jax.config import FineTuneConfig
 from deft_jax.evaluators import Evaluator, build_evaluator
 from deft_jax.fitness import SequentialEvaluator
@@ -107,8 +107,7 @@ def test_the_scan_program_equals_one_jitted_step_per_batch():
     spec, variables, data, cfg = problem()
     mask = mask_from_names(["conv2", "conv4"], spec.group_names)
     model = training.StepModel.of(spec, training.make_optimizer(cfg), 0)
-    batches = training.training_batches(data.x_train, data.y_train, cfg, cfg.epochs, seed=0)
-    (xs, ys), = batches
+    (xs, ys), = batches.training_batches(data.x_train, data.y_train, cfg, cfg.epochs, seed=0)
     state = training.init_state(model, variables["params"], variables["batch_stats"], mask)
     scanned, losses = jax.jit(training.fine_tune_program(model, mask))(state, None, xs, ys)
     step = jax.jit(lambda s, x, y: training.train_step(model, s, mask, x, y))
