@@ -166,8 +166,9 @@ def render_cost_and_honesty(summary: dict) -> list[str]:
         for r in summary["search_honesty"]:
             lines.append(f"| {r['method']} | {format_mean_std(r['promised_val'])} | {format_mean_std(r['final_val'])} "
                          f"| {format_mean_std(r['test'])} | {format_mean_std(r['fitness_epochs'], 0)} |")
-        lines += ["", "Promised > final val: the short fitness does not predict the final training (mismatch). "
-                  "Final val > test: the winner was selected on a small validation set (selection bias)."]
+        lines += ["", "Promised far from the final model's val: the fitness does not predict what the final "
+                  "training reaches (fitness/final mismatch). Final val above test: the winner was "
+                  "selected on a small validation set (selection bias)."]
     return lines
 
 

@@ -25,19 +25,22 @@ from deft_jax.experiment.summary import SUMMARY_JSON, format_mean_std, format_va
 from deft_jax.methods.deft import VARIANTS
 
 GOAL_WALL_X_FULL = 2.0  # the issue's budget: at most 2x the wall time of a full fine-tune
+# The variant the goal is judged on, fixed before the runs: every search option on. (Picking
+# the variant with the best test accuracy per dataset would itself select on the test split.)
+JUDGED_VARIANT = "deft-lr-mf"
 
 
-def best_variant(summary: dict) -> str | None:
-    """The DEFT variant with the highest mean test accuracy (first in run order on ties)."""
-    rows = [r for r in summary["table"] if r["method"] in VARIANTS and r["test_accuracy"]["mean"] is not None]
-    return max(rows, key=lambda r: r["test_accuracy"]["mean"])["method"] if rows else None
+def judged_variant(summary: dict) -> str | None:
+    """JUDGED_VARIANT where it ran, else the paper's `deft`."""
+    ran = {r["method"] for r in summary["table"]}
+    return next((v for v in (JUDGED_VARIANT, "deft") if v in ran and v in VARIANTS), None)
 
 
 def goal(summary: dict) -> dict:
-    """The issue's goal on one dataset, for the best variant: mean test accuracy above full
+    """The issue's goal on one dataset, for the judged variant: mean test accuracy above full
     and above random search, significance after correction (corrected interval excludes 0
     and Holm-adjusted corrected p < 0.05) against at least one of them, wall time <= 2x full."""
-    variant = best_variant(summary)
+    variant = judged_variant(summary)
     if variant is None:
         return {}
     mean = {r["method"]: r["test_accuracy"]["mean"] for r in summary["table"]}
@@ -75,7 +78,8 @@ def render(folder: Path) -> list[str]:
     g = goal(summary)
     if g:
         variant = g["variant"]
-        lines += ["", f"Best DEFT variant here: **{variant}**. Against (corrected resampled t, Holm over its table):", ""]
+        lines += ["", f"**{variant}** (the goal is judged on it: every search option on, the only variant run on all three datasets, chosen before the runs) against "
+                  "(corrected resampled t, Holm over its table):", ""]
         for r in summary["paired"].get(variant, []):
             if r["method"] in ("full", "random-search", "linear-probe", "deft"):
                 ci = "n/a" if r["ci95"] is None else f"[{format_value(r['ci95'][0])}, {format_value(r['ci95'][1])}]"
