@@ -28,3 +28,19 @@ def random_arrays(n=64, size=16, classes=3, seed=0):
     x = rng.normal(size=(n, size, size, 3)).astype(np.float32)
     y = rng.integers(0, classes, n).astype(np.int32)
     return x, y
+
+
+def small_cnn_problem(**finetune):
+    """A 4-conv CNN at 16 px (3 classes), its variables (seed 3), 64/32 random train/val
+    images and a fine-tune recipe (2 epochs of SGD unless overridden)."""
+    from deft_jax.config import FineTuneConfig
+    from deft_jax.inputs import SplitArrays
+    from deft_jax.models.small_cnn import small_cnn
+
+    spec = small_cnn(3, input_size=16)
+    variables = spec.init(3)
+    x, y = random_arrays(96)
+    data = SplitArrays(x[:64], y[:64], x[64:], y[64:], 3)
+    base = dict(batch_size=16, learning_rate=0.1, momentum=0.9, weight_decay=0.01, epochs=2)
+    return spec, variables, data, FineTuneConfig(**{**base, **finetune})
+

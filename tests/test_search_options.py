@@ -8,13 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from deft_jax.config import FineTuneConfig
 from deft_jax.evaluators import build_evaluator, make_evaluator
 from deft_jax.evolution import baseline_genomes, run_search, select_mask
 from deft_jax.final import train_final
 from deft_jax.finetune import FineTuner
 from deft_jax.fitness import Halving, MemoTable, SequentialEvaluator, evaluate_population
-from deft_jax.inputs import SplitArrays
 from deft_jax.groups import LayerGroups
 from deft_jax.inputs import prepare_data
 from deft_jax.data import load_dataset
@@ -24,7 +22,7 @@ from deft_jax.models import build_model
 from deft_jax.models.small_cnn import small_cnn
 from deft_jax.splits import subsample_per_class
 
-from helpers import random_arrays, tiny_config
+from helpers import small_cnn_problem, tiny_config
 
 GROUPS = ("g0", "g1", "g2", "g3", "head")
 PARAMS = {g: {"w": np.zeros(10 * (i + 1))} for i, g in enumerate(GROUPS)}
@@ -32,12 +30,7 @@ LAYER_GROUPS = LayerGroups({"params": PARAMS}, tuple((rf"^{g}/", g) for g in GRO
 
 
 def problem(**cfg):
-    spec = small_cnn(3, input_size=16)
-    variables = spec.init(3)
-    x, y = random_arrays(96)
-    data = SplitArrays(x[:64], y[:64], x[64:], y[64:], 3)
-    base = dict(batch_size=16, learning_rate=0.1, momentum=0.9, weight_decay=0.01, epochs=3)
-    return spec, variables, data, FineTuneConfig(**{**base, **cfg})
+    return small_cnn_problem(**{"epochs": 3, **cfg})
 
 
 # --- learning-rate genes ------------------------------------------------------------------

@@ -7,27 +7,18 @@ import optax
 import pytest
 
 from deft_jax import batches, training
-from deft_jax.config import FineTuneConfig
 from deft_jax.evaluators import Evaluator, build_evaluator
 from deft_jax.fitness import SequentialEvaluator
-from deft_jax.inputs import SplitArrays
 from deft_jax.masks import mask_from_names
-from deft_jax.models.small_cnn import small_cnn
 from deft_jax.population import PopulationEvaluator
 
-from helpers import random_arrays
+from helpers import small_cnn_problem
 
 # trainable groups below, between and above frozen ones; first stages 0, 1, 2, 3 and head
 MASKS = [["conv1", "conv3"], ["conv2", "conv4"], ["conv3"], ["conv4"], [], ["conv1", "conv2", "conv3", "conv4"]]
 
 
-def problem(**cfg):
-    spec = small_cnn(3, input_size=16)
-    variables = spec.init(3)
-    x, y = random_arrays(96)
-    data = SplitArrays(x[:64], y[:64], x[64:], y[64:], 3)
-    base = dict(batch_size=16, learning_rate=0.1, momentum=0.9, weight_decay=0.01, epochs=2)
-    return spec, variables, data, FineTuneConfig(**{**base, **cfg})
+problem = small_cnn_problem
 
 
 @pytest.mark.parametrize("mode", ["vmap", "vmap-1"])
