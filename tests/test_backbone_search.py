@@ -10,6 +10,8 @@ checkpoint -> `predict` path, which compiles nothing."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -97,10 +99,14 @@ def _search_and_predict(name: str, weights, folder, run, capsys) -> Predictor:
     return predictor
 
 
+# resnet18 only in CI (time: 30-140 s of compile per model here); DEFT_ALL_BACKBONES=1 runs
+# every model (`DEFT_ALL_BACKBONES=1 python -m pytest -q -n 2 tests/test_backbone_search.py`).
+# convnext_tiny found the empty-batch_stats bug, which the restore test below also catches.
+CLI_SEARCHED = IMAGENET_MODELS + LITE_MODELS if os.environ.get("DEFT_ALL_BACKBONES") == "1" else ["resnet18"]
+
+
 @pytest.mark.slow
-# resnet18 only in CI (time): convnext_tiny (LayerNorm, no BatchNorm) passed this test when
-# it was written and found the empty-batch_stats bug, which the restore test below also catches
-@pytest.mark.parametrize("name", ["resnet18"])
+@pytest.mark.parametrize("name", CLI_SEARCHED)
 def test_search_from_a_torch_named_weight_file_runs_and_predict_restores_it(name, tmp_path, capsys):
     weights = torch_named_weights(name, tmp_path / f"{name}.safetensors")
     folder = _image_folder(tmp_path / "images")
@@ -118,7 +124,8 @@ RESTORED = ("resnet50", "vgg16_bn", "mobilenet_v2", "efficientnet_b0", "convnext
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [m for m in IMAGENET_MODELS + LITE_MODELS if m in RESTORED])
+@pytest.mark.parametrize("name", IMAGENET_MODELS + LITE_MODELS if os.environ.get("DEFT_ALL_BACKBONES") == "1"
+                         else [m for m in IMAGENET_MODELS + LITE_MODELS if m in RESTORED])
 def test_every_backbone_from_a_weight_file_is_restored_by_predict_exactly(name, tmp_path):
     """Weight file -> `model.name` + `model.weights` as the search builds it -> the
     pipeline's checkpoint metadata -> `predict`: the same architecture, groups and every
