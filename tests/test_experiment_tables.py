@@ -50,5 +50,22 @@ def test_the_readme_block_between_the_markers_is_replaced(tmp_path):
     assert text.startswith("intro\n<!-- payoff:begin -->") and text.endswith("<!-- payoff:end -->\noutro\n")
     assert "old" not in text and "| deft-lr-mf | 0.800 ± 0.010 |" in text
     assert "above random search in mean: yes" in text and "not met" in text
+    assert "every search option on, chosen before the runs" in text
     readme.write_text("no markers\n")
     assert main([str(folder), "--readme", str(readme)]) == 2
+
+
+def test_an_experiment_without_the_judged_variant_is_judged_on_deft_and_says_so(tmp_path):
+    s = summary()
+    s["table"] = [r for r in s["table"] if r["method"] != "deft-lr-mf"]
+    s["paired"] = {"deft": s["paired"]["deft-lr-mf"]}
+    s["cost"]["deft"] = s["cost"].pop("deft-lr-mf")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps(s))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- payoff:begin -->\n<!-- payoff:end -->\n")
+    assert main([str(folder), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "**deft** (the goal is judged on it: deft-lr-mf did not run here)" in text
+    assert "every search option on" not in text
