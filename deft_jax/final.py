@@ -16,9 +16,9 @@ import time
 import jax
 import numpy as np
 
-from deft_jax import divergence
 from deft_jax.config import Config
 from deft_jax.finetune import FineTuner
+from deft_jax.fitness import BestEpoch
 from deft_jax.inputs import PreparedData
 from deft_jax.masks import GroupMask
 from deft_jax.metrics import classification_report
@@ -52,21 +52,17 @@ def train_final(cfg: Config, spec: ModelSpec, variables: dict, mask: GroupMask, 
         seconds = time.perf_counter() - t0
         return FinalModel(trained, tuner.logits(trained, a.x_val), tuner.logits(trained, data.x_test),
                           losses, spec.layer_groups.fraction(mask), seconds, tuner.epochs - 1)
-    best: dict = {"fitness": np.inf}
+    kept = BestEpoch(cfg.final.keep, cfg.search.metric, a.y_val, a.num_classes)
 
     def after_epoch(epoch: int, current: dict) -> None:
-        val = tuner.logits(current, a.x_val)
-        fitness = divergence.fitness_from_logits(cfg.search.metric, val, a.y_val, a.num_classes, mask)
-        if fitness < best["fitness"]:  # strict: the earliest epoch on ties (a diverged epoch
-            # scores the worst finite fitness, so the first epoch is always recorded)
-            best.update(fitness=fitness, epoch=epoch, val=val, variables=jax.device_get(current))
+        kept.offer(0, tuner.logits(current, a.x_val), mask, epoch, lambda: jax.device_get(current))
 
     _, losses = tuner.fine_tune(variables, dict(mask), a.x_train, a.y_train, seed=cfg.seed,
                                 after_epoch=after_epoch)
     seconds = time.perf_counter() - t0
-    trained = best["variables"]
-    return FinalModel(trained, best["val"], tuner.logits(trained, data.x_test), losses,
-                      spec.layer_groups.fraction(mask), seconds, best["epoch"])
+    trained = kept.payload[0]
+    return FinalModel(trained, kept.logits[0], tuner.logits(trained, data.x_test), losses,
+                      spec.layer_groups.fraction(mask), seconds, kept.epoch[0])
 
 
 def final_metrics(cfg: Config, final: FinalModel, data: PreparedData) -> dict:
