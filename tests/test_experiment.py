@@ -1,6 +1,7 @@
 """The method comparison (deft_jax.experiment, deft_jax.methods) on a tiny synthetic case:
 small CNN at 16 px on a few digits, 2 seeds."""
 
+import copy
 import json
 import shutil
 
@@ -231,3 +232,34 @@ def test_auto_rgn_with_unit_multipliers_is_the_full_fine_tune(monkeypatch):
     np.testing.assert_allclose(ours.extra["final_loss_first_last"],
                                reference.extra["final_loss_first_last"], rtol=1e-4)
     assert ours.test["confusion_matrix"] == reference.test["confusion_matrix"]
+
+
+def test_the_final_learning_rate_is_the_grid_rate_with_the_best_validation_score():
+    from deft_jax.experiment.summary import learning_rates_chosen
+    from deft_jax.methods import full
+
+    grid = [0.001, 0.05, 0.5]
+    cfg = seed_config(tiny_experiment_config(**{"experiment.learning_rates": json.dumps(grid)}), 0)
+    spec = build_model("small_cnn", 10, "none", 16)
+    data = prepare_data(cfg, spec)
+
+    def run(config):
+        ctx = MethodContext(cfg=config, data=data, spec=spec, variables=spec.init(config.seed), seed=0,
+                            programs=ProgramCache())
+        return full.run(ctx)
+
+    tuned = run(cfg)
+    scores = tuned.extra["learning_rate_val_scores"]
+    assert list(scores) == [str(lr) for lr in grid]
+    best = max(grid, key=lambda lr: (scores[str(lr)], -grid.index(lr)))  # first of the grid on ties
+    assert tuned.extra["learning_rate"] == best and tuned.val["accuracy"] == scores[str(best)]
+    assert len(set(scores.values())) > 1  # the grid made a difference here
+    alone = copy.deepcopy(cfg)
+    alone.experiment.learning_rates = []
+    alone.final.learning_rate = best
+    reference = run(alone)
+    assert tuned.test["confusion_matrix"] == reference.test["confusion_matrix"]
+    assert "learning_rate" not in reference.extra
+    records = {"full": [{"extra": {"learning_rate": 0.05}}, {"extra": {"learning_rate": 0.5}},
+                        {"extra": {"learning_rate": 0.05}}], "linear-probe": [{"extra": {}}]}
+    assert learning_rates_chosen(records, ["full", "linear-probe"]) == {"full": {"0.05": 2, "0.5": 1}}

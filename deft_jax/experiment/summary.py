@@ -50,6 +50,7 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
         "seeds": seeds, "methods": methods, "table": table, "paired": paired,
         "paired_metric": "test accuracy", "deft_group_counts": group_counts,
         "search_honesty": search_honesty(by, methods), "cost": cost(by, methods),
+        "learning_rates_chosen": learning_rates_chosen(by, methods),
         "per_seed_test_accuracy": {m: {r["seed"]: r["test"]["accuracy"] for r in by[m]} for m in methods},
         "config": cfg.to_dict()})
     rundir.write_json(out / SUMMARY_JSON, summary)
@@ -92,6 +93,17 @@ def search_honesty(by: dict, methods: list[str]) -> list[dict]:
                      "test": describe([r["test"]["accuracy"] for r in rs]),
                      "fitness_epochs": describe([r["extra"].get("fitness_epochs") for r in rs])})
     return rows
+
+
+def learning_rates_chosen(by: dict, methods: list[str]) -> dict:
+    """With `experiment.learning_rates`: per method, how many seeds chose each rate of the
+    grid on validation ({method: {rate: seeds}}, rates as written in the records)."""
+    out = {}
+    for m in methods:
+        rates = [str(r["extra"]["learning_rate"]) for r in by[m] if "learning_rate" in r.get("extra", {})]
+        if rates:
+            out[m] = {rate: rates.count(rate) for rate in sorted(set(rates), key=float)}
+    return out
 
 
 def cost(by: dict, methods: list[str]) -> dict:
@@ -141,6 +153,11 @@ def render_summary(summary: dict, by: dict, cfg: Config, meta: dict, plots: list
     for seed in seeds:
         lines.append(f"| {seed} | " + " | ".join(format_value(acc[m].get(str(seed))) for m in summary["methods"]) + " |")
     lines += render_cost_and_honesty(summary)
+    if summary.get("learning_rates_chosen"):
+        lines += ["", f"## Final learning rate chosen on validation (seeds per rate of {cfg.experiment.learning_rates})",
+                  "", "| method | rate: seeds |", "|---|---|"]
+        lines += [f"| {m} | " + ", ".join(f"{rate}: {n}" for rate, n in counts.items()) + " |"
+                  for m, counts in summary["learning_rates_chosen"].items()]
     for variant, rows in summary["paired"].items():
         lines += render_comparisons(variant, rows, sizes.get("test"))
     n = len(by.get("deft", []))
