@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deft_jax.config import FineTuneConfig  # noqa: E402
-from deft_jax.fitness import SequentialEvaluator  # noqa: E402
-from deft_jax.inputs import SplitArrays  # noqa: E402
+from deft_jax.config.schema import FineTuneConfig  # noqa: E402
+from deft_jax.evolution.fitness import SequentialEvaluator  # noqa: E402
+from deft_jax.data.inputs import SplitArrays  # noqa: E402
 from deft_jax.models import IMAGENET_MODELS, LITE_MODELS, build_model  # noqa: E402
 
 MODELS = IMAGENET_MODELS + LITE_MODELS

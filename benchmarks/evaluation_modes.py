@@ -34,18 +34,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# compile times are measured cold: no persistent compilation cache (see deft_jax.compile_cache)
+# compile times are measured cold: no persistent compilation cache (see deft_jax.runtime.compile_cache)
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 import jax  # noqa: E402
 
 from benchmarks.machine import cpu_model  # noqa: E402
-from deft_jax.config import FineTuneConfig  # noqa: E402
-from deft_jax.fitness import SequentialEvaluator  # noqa: E402
-from deft_jax.inputs import SplitArrays  # noqa: E402
-from deft_jax.evaluators import device_memory_limit  # noqa: E402
-from deft_jax.masks import decode_genome, searchable_groups  # noqa: E402
+from deft_jax.config.schema import FineTuneConfig  # noqa: E402
+from deft_jax.evolution.fitness import SequentialEvaluator  # noqa: E402
+from deft_jax.data.inputs import SplitArrays  # noqa: E402
+from deft_jax.evolution.evaluators.choice import device_memory_limit  # noqa: E402
+from deft_jax.core.masks import decode_genome, searchable_groups  # noqa: E402
 from deft_jax.models import build_model  # noqa: E402
-from deft_jax.population import PopulationEvaluator  # noqa: E402
+from deft_jax.evolution.evaluators.population import PopulationEvaluator  # noqa: E402
 
 INPUT_SIZES = {"resnet20": 32, "efficientnet_lite0": 96}
 
@@ -63,7 +63,7 @@ def machine() -> dict:
 
 
 def make_evaluator(strategy: str, spec, variables, data, cfg):
-    """As deft_jax.evaluators builds them, memory limit included (a population program that
+    """As deft_jax.evolution.evaluators.choice builds them, memory limit included (a population program that
     does not fit runs as several smaller ones, reported as members_per_program)."""
     if strategy == "sequential":
         return SequentialEvaluator(spec, variables, data, cfg)

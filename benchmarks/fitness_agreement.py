@@ -30,13 +30,13 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deft_jax.config import load_config  # noqa: E402
+from deft_jax.config.schema import load_config  # noqa: E402
 from deft_jax.data import load_dataset  # noqa: E402
-from deft_jax.evaluators import build_evaluator, fitness_recipe  # noqa: E402
-from deft_jax.evolution import baseline_genomes  # noqa: E402
-from deft_jax.final import train_final  # noqa: E402
-from deft_jax.inputs import prepare_data  # noqa: E402
-from deft_jax.masks import decode_genome, mask_key, searchable_groups  # noqa: E402
+from deft_jax.evolution.evaluators.choice import build_evaluator, fitness_recipe  # noqa: E402
+from deft_jax.evolution.loop import baseline_genomes  # noqa: E402
+from deft_jax.core.final import train_final  # noqa: E402
+from deft_jax.data.inputs import prepare_data  # noqa: E402
+from deft_jax.core.masks import decode_genome, mask_key, searchable_groups  # noqa: E402
 from deft_jax.models import build_model  # noqa: E402
 
 MASK_STREAM = 31  # random masks come from default_rng([seed, MASK_STREAM])

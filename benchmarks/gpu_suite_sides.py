@@ -26,7 +26,7 @@ RECIPE = {"optimizer": "sgd", "learning_rate": 0.02, "momentum": 0.9, "weight_de
 
 def _masks(spec, count: int, seed: int = 0) -> list[dict]:
     """`count` distinct random masks (the head always trains), in a seeded order."""
-    from deft_jax.masks import decode_genome, mask_key, searchable_groups
+    from deft_jax.core.masks import decode_genome, mask_key, searchable_groups
 
     rng = np.random.default_rng([seed, 11])
     genes = len(searchable_groups(spec.group_names))
@@ -60,12 +60,12 @@ def _peak_bytes() -> int | None:
 def run_jax(args, model: str, workdir: Path) -> dict:
     import jax
 
-    from deft_jax.config import FineTuneConfig
-    from deft_jax.evaluators import build_evaluator, device_memory_limit
-    from deft_jax.inputs import SplitArrays
-    from deft_jax.masks import mask_key
+    from deft_jax.config.schema import FineTuneConfig
+    from deft_jax.evolution.evaluators.choice import build_evaluator, device_memory_limit
+    from deft_jax.data.inputs import SplitArrays
+    from deft_jax.core.masks import mask_key
     from deft_jax.models import build_model
-    from deft_jax.batches import batch_plan
+    from deft_jax.data.batches import batch_plan
 
     input_size, granularity = MODELS[model]
     weights = args.resnet_weights if model.startswith("resnet") else ("none" if model == "small_cnn" else "default")

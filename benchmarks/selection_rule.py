@@ -26,14 +26,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deft_jax.config import config_from_dict  # noqa: E402
+from deft_jax.config.schema import config_from_dict  # noqa: E402
 from deft_jax.data import load_dataset  # noqa: E402
 from deft_jax.experiment.records import read_runs  # noqa: E402
 from deft_jax.experiment.runner import seed_config, split_sha  # noqa: E402
 from deft_jax.experiment.stats import paired_comparison  # noqa: E402
-from deft_jax.final import train_final  # noqa: E402
-from deft_jax.inputs import prepare_data  # noqa: E402
-from deft_jax.masks import mask_from_key  # noqa: E402
+from deft_jax.core.final import train_final  # noqa: E402
+from deft_jax.data.inputs import prepare_data  # noqa: E402
+from deft_jax.core.masks import mask_from_key  # noqa: E402
 from deft_jax.models import build_model  # noqa: E402
 
 

@@ -13,7 +13,7 @@ def step_inputs(spec, variables, features, data, mask, start: int, gated: bool, 
     """(step model, state, flags, x, y) of one train step from stage `start` (public core API)."""
     import jax
     import jax.numpy as jnp
-    from deft_jax import training
+    from deft_jax.core import training
 
     tx = training.make_optimizer(data["cfg"])
     model = training.StepModel.of(spec, tx, start, data["cfg"].compute_dtype)
@@ -46,8 +46,8 @@ def jax_step_profile(spec, variables, prefix, data: dict, masks: dict[str, str],
     stage on cached features (`prefix`: a PrefixFeatureCache) when `cache_prefix`."""
     import jax
     import jax.numpy as jnp
-    from deft_jax import training
-    from deft_jax.masks import mask_from_key
+    from deft_jax.core import training
+    from deft_jax.core.masks import mask_from_key
 
     out = {}
     for label, key in masks.items():
@@ -83,8 +83,8 @@ def population_step_profile(spec, variables, prefix, data: dict, masks: dict[str
     static step's XLA count times the members (the frozen groups' weight gradients that a
     gated step also computes are not counted)."""
     import jax
-    from deft_jax import training
-    from deft_jax.masks import mask_from_key
+    from deft_jax.core import training
+    from deft_jax.core.masks import mask_from_key
 
     out = {}
     for label, key in masks.items():

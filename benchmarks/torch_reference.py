@@ -11,11 +11,11 @@ For every layer-group mask, one after another:
    as deft_jax's `optax.chain(add_decayed_weights(wd), sgd(lr, momentum))`: both add wd * p
    to the gradient, then buf = momentum * buf + g (first buf = g), p -= lr * buf. (Adam and
    AdamW map to torch's Adam(weight_decay) and AdamW the same way.);
-4. the same batches in the same order (`deft_jax.finetune.batch_plan`, full batches only,
-   passed in as `plan`) and the same augmentation (`deft_jax.finetune.augment_batch`, only
+4. the same batches in the same order (`deft_jax.core.finetune.batch_plan`, full batches only,
+   passed in as `plan`) and the same augmentation (`deft_jax.core.finetune.augment_batch`, only
    imported when augmentation is on);
 5. `model.eval()`, logits of the validation split in batches of 256 under
-   `torch.inference_mode()`; fitness = 1 - metric (deft_jax.metrics, numpy only).
+   `torch.inference_mode()`; fitness = 1 - metric (deft_jax.core.metrics, numpy only).
 
 With `cache_prefix=True` (`--cache-prefix`) it is the reference as a careful PyTorch user
 would write it: the frozen groups below a mask's first trainable group are run once per
@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.torch_twins.torch_models import TorchTwin
-from deft_jax.metrics import metric_from_logits
+from deft_jax.core.metrics import metric_from_logits
 
-VAL_BATCH = 256  # as deft_jax.training.logits
+VAL_BATCH = 256  # as deft_jax.core.training.logits
 
 
 def set_threads(threads: int | None = None) -> int:
@@ -75,7 +75,7 @@ def set_train_modes(twin: TorchTwin, mask: Mapping[str, bool]) -> None:
 
 
 def make_optimizer(params: Sequence[nn.Parameter], cfg) -> torch.optim.Optimizer:
-    """The torch equivalent of deft_jax.finetune.make_optimizer (cfg: a FineTuneConfig or
+    """The torch equivalent of deft_jax.core.finetune.make_optimizer (cfg: a FineTuneConfig or
     anything with the same attributes)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum,
@@ -96,7 +96,7 @@ class TorchReference:
 
     `twin`: the pretrained model (never modified; each member trains a deep copy) and its
     layer groups. Arrays are deft_jax's preprocessed float32 NHWC splits; `plan` is
-    `deft_jax.finetune.batch_plan(len(x_train), batch_size, epochs, seed)`.
+    `deft_jax.core.finetune.batch_plan(len(x_train), batch_size, epochs, seed)`.
     """
 
     def __init__(self, twin: TorchTwin, x_train: np.ndarray, y_train: np.ndarray,
@@ -177,11 +177,11 @@ class TorchReference:
         start = self.start_of(mask)
         x_train, _ = self.features(start)
         forward = self.forward_fn(start)
-        rng = np.random.default_rng([self.seed, 7])  # deft_jax.batches.AUGMENT_STREAM
+        rng = np.random.default_rng([self.seed, 7])  # deft_jax.data.batches.AUGMENT_STREAM
         losses = []
         for idx in self.plan:
             if self.augment:
-                from deft_jax.batches import augment_batch
+                from deft_jax.data.batches import augment_batch
                 xb = _nchw(augment_batch(self.x_train_nhwc[idx.cpu().numpy()], self.cfg, rng)).to(self.device)
             else:
                 xb = x_train[idx]

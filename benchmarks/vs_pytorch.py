@@ -5,7 +5,7 @@
 
 What runs, each side in its own process (so peak RSS is per side, not mixed):
 
-1. deft_jax, once per strategy: the real search (`deft_jax.evolution.run_search`, DE from
+1. deft_jax, once per strategy: the real search (`deft_jax.evolution.loop.run_search`, DE from
    evosax) with the strategy's evaluator, recording every distinct mask it evaluates, in
    order. The first strategy's mask list (`auto` by default) is the reference list.
 2. PyTorch (`benchmarks/torch_reference.py`): replays exactly that mask list, one member
@@ -46,12 +46,12 @@ from benchmarks.vs_pytorch_worker import KNOWN_STRATEGIES, NO_PREFIX, run_jax_wo
 
 def _population_available() -> bool:
     import importlib.util
-    return importlib.util.find_spec("deft_jax.population") is not None
+    return importlib.util.find_spec("deft_jax.evolution.evaluators.population") is not None
 
 
 def _run(cmd: list[str], label: str) -> None:
     print(f"== {label}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    # every side starts cold: no persistent compilation cache (see deft_jax.compile_cache)
+    # every side starts cold: no persistent compilation cache (see deft_jax.runtime.compile_cache)
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env["DEFT_JAX_COMPILE_CACHE"] = "off"
     proc = subprocess.run(cmd, cwd=REPO, env=env)
@@ -72,7 +72,7 @@ def run_sides(args) -> dict:
                 strategies.remove(s)
                 skipped.append(s)
         if skipped:
-            notes.append(f"skipped {', '.join(skipped)}: deft_jax.population is not present in this tree")
+            notes.append(f"skipped {', '.join(skipped)}: deft_jax.evolution.evaluators.population is not present in this tree")
     workdir = Path(tempfile.mkdtemp(prefix="vs_pytorch-"))
     me = str(Path(__file__).resolve())
     t_all = time.perf_counter()

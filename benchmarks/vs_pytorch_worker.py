@@ -55,7 +55,7 @@ class RecordingEvaluator:
         self.t0 = time.perf_counter()
 
     def _one(self, evaluate, masks):
-        from deft_jax.masks import mask_key
+        from deft_jax.core.masks import mask_key
         c0, t0 = self.clock.total, time.perf_counter()
         values = evaluate(masks)
         c1, t1 = self.clock.total, time.perf_counter()
@@ -67,7 +67,7 @@ class RecordingEvaluator:
 
     def work(self, mask) -> dict:
         """What the mask's fine-tune ran: its first trainable stage and the stages it trains."""
-        from deft_jax.training import first_trainable_stage
+        from deft_jax.core.training import first_trainable_stage
         spec = self.spec
         first = first_trainable_stage(spec, mask)
         trained = sum(1 for i in range(len(spec.stage_names)) if mask[spec.net.group_of_stage(i)])
@@ -106,14 +106,14 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
     clock = CompileClock()
     import jax
 
-    from deft_jax.config import load_config
+    from deft_jax.config.schema import load_config
     from deft_jax.data import load_dataset
-    from deft_jax.fitness import SequentialEvaluator
-    from deft_jax.inputs import prepare_data
+    from deft_jax.evolution.fitness import SequentialEvaluator
+    from deft_jax.data.inputs import prepare_data
     from deft_jax.models import build_model
-    from deft_jax.evaluators import make_evaluator
-    from deft_jax.evolution import run_search
-    from deft_jax.fitness import PrefixFeatureCache
+    from deft_jax.evolution.evaluators.choice import make_evaluator
+    from deft_jax.evolution.loop import run_search
+    from deft_jax.evolution.fitness import PrefixFeatureCache
 
     cfg = load_config(config)
     requested = "sequential" if strategy == NO_PREFIX else strategy
@@ -176,7 +176,7 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
         "peak_rss_mb": peak_rss_mb(),
     }
     if export:  # everything the PyTorch side needs, so it never imports JAX
-        from deft_jax.batches import batch_plan
+        from deft_jax.data.batches import batch_plan
         plan = np.stack(batch_plan(len(a.x_train), cfg.finetune.batch_size, cfg.finetune.epochs, cfg.seed))
         np.savez(workdir / "arrays.npz", x_train=a.x_train, y_train=a.y_train, x_val=a.x_val,
                  y_val=a.y_val, plan=plan)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deft_jax.config import load_config
+from deft_jax.config.schema import load_config
 
 
 def tiny_overrides(**extra) -> list[str]:
@@ -33,8 +33,8 @@ def random_arrays(n=64, size=16, classes=3, seed=0):
 def small_cnn_problem(**finetune):
     """A 4-conv CNN at 16 px (3 classes), its variables (seed 3), 64/32 random train/val
     images and a fine-tune recipe (2 epochs of SGD unless overridden)."""
-    from deft_jax.config import FineTuneConfig
-    from deft_jax.inputs import SplitArrays
+    from deft_jax.config.schema import FineTuneConfig
+    from deft_jax.data.inputs import SplitArrays
     from deft_jax.models.small_cnn import small_cnn
 
     spec = small_cnn(3, input_size=16)

@@ -17,10 +17,10 @@ import pytest
 from flax import traverse_util
 from PIL import Image
 
-from deft_jax.config import load_config
+from deft_jax.config.schema import load_config
 from deft_jax.models import IMAGENET_MODELS, LITE_MODELS, build_model
-from deft_jax.predict import Predictor
-from deft_jax.search import main
+from deft_jax.cli.predict import Predictor
+from deft_jax.cli.search import main
 
 from conftest import SHARED_DATA
 from helpers import tiny_overrides
@@ -130,9 +130,9 @@ def test_every_backbone_from_a_weight_file_is_restored_by_predict_exactly(name, 
     """Weight file -> `model.name` + `model.weights` as the search builds it -> the
     pipeline's checkpoint metadata -> `predict`: the same architecture, groups and every
     loaded weight (no fine-tune: the CLI test above trains one model per family)."""
-    from deft_jax.checkpoint import save_checkpoint
-    from deft_jax.pipeline import inference_meta
-    from deft_jax import rundir
+    from deft_jax.run.checkpoint import save_checkpoint
+    from deft_jax.run.pipeline import inference_meta
+    from deft_jax.runtime import rundir
 
     size = SMALLEST_INPUT.get(name, 16)
     shapes = build_model(name, 3, "none", size, "stage").variable_shapes()

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deft_jax import predict, rundir, search
-from deft_jax.checkpoint import save_checkpoint
-from deft_jax.config import load_config
+from deft_jax.cli import predict, search
+from deft_jax.runtime import rundir
+from deft_jax.run.checkpoint import save_checkpoint
+from deft_jax.config.schema import load_config
 from deft_jax.errors import UserError
-from deft_jax.experiment import cli as experiment_cli
+from deft_jax.cli import experiment as experiment_cli
 from deft_jax.models import build_model
-from deft_jax.pipeline import inference_meta
+from deft_jax.run.pipeline import inference_meta
 
 from helpers import tiny_overrides
 

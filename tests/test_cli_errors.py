@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deft_jax.search import main
+from deft_jax.cli.search import main
 
 from helpers import tiny_overrides
 
@@ -126,7 +126,7 @@ def test_predict_on_a_missing_image_and_a_missing_run_exits_with_one_line(tmp_pa
 
 
 def test_ctrl_c_in_predict_exits_130_without_promising_a_resume(capsys, monkeypatch):
-    from deft_jax import predict
+    from deft_jax.cli import predict
 
     def interrupted(_run):
         raise KeyboardInterrupt
@@ -140,7 +140,7 @@ def test_ctrl_c_in_predict_exits_130_without_promising_a_resume(capsys, monkeypa
 
 
 def test_ctrl_c_in_a_search_says_how_to_resume(tmp_path, capsys, monkeypatch):
-    from deft_jax import pipeline
+    from deft_jax.run import pipeline
 
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt

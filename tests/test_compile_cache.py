@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from deft_jax import rundir
+from deft_jax.runtime import rundir
 
 
 

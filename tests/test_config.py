@@ -8,8 +8,8 @@ from typing import get_args
 
 import pytest
 
-from deft_jax.config import Config, Evaluation, load_config
-from deft_jax.config_parsing import choices_of, describe_keys, field_types, one_of
+from deft_jax.config.schema import Config, Evaluation, load_config
+from deft_jax.config.parsing import choices_of, describe_keys, field_types, one_of
 from deft_jax.errors import UserError
 
 
@@ -73,7 +73,7 @@ def test_an_optional_number_takes_null_or_a_number_only():
 
 
 def test_the_search_cli_takes_its_evaluation_choices_and_help_from_the_config():
-    from deft_jax.search import build_parser
+    from deft_jax.cli.search import build_parser
 
     parser = build_parser()
     for mode in get_args(Evaluation):
@@ -91,7 +91,7 @@ def test_the_search_cli_takes_its_evaluation_choices_and_help_from_the_config():
 
 
 def test_the_experiment_cli_lists_the_experiment_keys_with_their_defaults():
-    from deft_jax.experiment.cli import build_parser
+    from deft_jax.cli.experiment import build_parser
 
     epilog = " ".join(build_parser().epilog.split())
     assert "experiment.seeds (5)" in epilog and "experiment.folds (repeated, default repeated)" in epilog

@@ -9,7 +9,7 @@ from PIL import Image
 from conftest import OSTEO_TILES, needs_osteo
 from deft_jax.data import Dataset, load_dataset, load_image_file, preprocess
 from deft_jax.errors import UserError
-from deft_jax.splits import make_splits
+from deft_jax.data.splits import make_splits
 
 OSTEO_LABEL_REGEX = r"^(?P<label>.+?)___"
 

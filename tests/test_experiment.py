@@ -12,17 +12,17 @@ import optax
 import pytest
 from PIL import Image
 
-from deft_jax.config import config_from_dict, load_config
-from deft_jax.experiment.cli import main
+from deft_jax.config.schema import config_from_dict, load_config
+from deft_jax.cli.experiment import main
 from deft_jax.experiment.plots import PLOTS
 from deft_jax.experiment.records import RUNS, read_runs
 from deft_jax.experiment.runner import run_experiment, seed_config
 from deft_jax.experiment.summary import SUMMARY_JSON, SUMMARY_MD
-from deft_jax.inputs import prepare_data
-from deft_jax.config import DEFAULT_EXPERIMENT_METHODS
+from deft_jax.data.inputs import prepare_data
+from deft_jax.config.schema import DEFAULT_EXPERIMENT_METHODS
 from deft_jax.methods import MethodContext, ProgramCache, run_order
 from deft_jax.methods.auto_rgn import rgn_multipliers, scale_by_rgn
-from deft_jax.metrics import roc_auc_ovr
+from deft_jax.core.metrics import roc_auc_ovr
 from deft_jax.models import build_model
 
 from helpers import tiny_overrides

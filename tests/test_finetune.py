@@ -2,12 +2,12 @@ import jax
 import numpy as np
 import pytest
 
-from deft_jax.config import FineTuneConfig
-from deft_jax.fitness import SequentialEvaluator
-from deft_jax.inputs import SplitArrays
-from deft_jax.finetune import FineTuner
-from deft_jax.batches import batch_plan
-from deft_jax.masks import mask_from_names
+from deft_jax.config.schema import FineTuneConfig
+from deft_jax.evolution.fitness import SequentialEvaluator
+from deft_jax.data.inputs import SplitArrays
+from deft_jax.core.finetune import FineTuner
+from deft_jax.data.batches import batch_plan
+from deft_jax.core.masks import mask_from_names
 from deft_jax.models.small_cnn import small_cnn
 
 from helpers import random_arrays

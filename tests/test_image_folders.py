@@ -15,16 +15,16 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from deft_jax import host_memory
-from deft_jax.config import load_config
+from deft_jax.runtime import host_memory
+from deft_jax.config.schema import load_config
 from deft_jax.data import (NormalizedImages, Sampling, decode_image, image_samples, load_dataset,
                            normalize_batch, preprocess)
 from deft_jax.data import folder as folder_loader
 from deft_jax.errors import UserError
-from deft_jax.inputs import prepare_data, split_dataset
+from deft_jax.data.inputs import prepare_data, split_dataset
 from deft_jax.models import build_model
-from deft_jax.predict import checkpoint_sampling
-from deft_jax.splits import complete_splits
+from deft_jax.cli.predict import checkpoint_sampling
+from deft_jax.data.splits import complete_splits
 
 from helpers import tiny_overrides
 
@@ -303,7 +303,7 @@ def test_search_runs_on_a_split_folder_of_mixed_size_photos_with_no_other_data_o
     assert metrics["test"]["n"] == 6
 
     # predict resizes a photo exactly as training did: same pixels in, same probabilities
-    from deft_jax.predict import Predictor
+    from deft_jax.cli.predict import Predictor
     predictor = Predictor(run)
     assert predictor.sampling.resize == "short-side-crop" and predictor.sampling.size == 16
     path = next(p for p in sorted((root / "test" / "cat").iterdir())

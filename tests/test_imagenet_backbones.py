@@ -18,7 +18,7 @@ from flax import traverse_util
 
 from backbone_twins import LOGIT_TOLERANCE, compare_with_twin, randomise, save_both
 from deft_jax.errors import UserError
-from deft_jax.groups import assign_groups
+from deft_jax.models.groups import assign_groups
 
 from deft_jax.models import (IMAGENET_MODELS, LITE_MODELS, build_model, convnext, efficientnet_b0,
                              efficientnet_lite, mobilenet_v2, resnet_imagenet, vgg, weight_files)

@@ -9,18 +9,30 @@ from pathlib import Path
 from conftest import REPO
 
 
-def module_imports(package: Path) -> dict[str, set[str]]:
-    """module -> the package modules it imports at module level (not inside functions)."""
+def module_files(package: Path) -> dict[str, Path]:
+    """dotted module name -> file, for every module of `package` (packages by their name)."""
     modules = {}
     for path in package.rglob("*.py"):
         name = ".".join(path.relative_to(package.parent).with_suffix("").parts)
         modules[name.removesuffix(".__init__")] = path
+    return modules
+
+
+def module_imports(package: Path) -> dict[str, set[str]]:
+    """module -> the package modules it imports, anywhere in the file: at module level and
+    inside functions (an import inside a function ties the modules as much as one at the top)."""
+    modules = module_files(package)
     graph = {}
     for name, path in modules.items():
         targets = set()
-        for node in ast.parse(path.read_text()).body:
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
-                targets |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+                base = node.module
+                if node.level:  # relative: from . import x
+                    base = ".".join(name.split(".")[:len(name.split(".")) - node.level] + [node.module])
+                # `from pkg import mod` imports the module mod; `from mod import name`, mod
+                targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                            for a in node.names}
             elif isinstance(node, ast.Import):
                 targets |= {a.name for a in node.names}
         graph[name] = {t for t in targets if t in modules and t != name}
@@ -54,11 +66,85 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+def test_the_import_scan_sees_imports_inside_functions(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from pkg import b\n    return b\n")
+    (package / "b.py").write_text("import pkg.a\n")
+    graph = module_imports(package)
+    assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.a"}
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]
+
+
 def test_deft_jax_has_no_import_cycle():
     graph = module_imports(REPO / "deft_jax")
-    assert "deft_jax.search" in graph and "deft_jax.pipeline" in graph
-    assert "deft_jax.search" not in graph["deft_jax.pipeline"]  # the CLI sits on top
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+# The layers, bottom first: a module may import its own package and the layers below its
+# own, never a layer above or a sibling of the same rank. The README's code map lists them
+# in this order.
+LAYERS = [
+    {"errors"},
+    {"runtime"},
+    {"models"},
+    {"config"},
+    {"data"},
+    {"core"},
+    {"evolution"},
+    {"methods", "run"},
+    {"experiment"},
+    {"cli"},
+]
+ENTRY_POINTS = {"deft_jax", "deft_jax.search", "deft_jax.predict"}  # and every __main__ module
+
+
+def layer_of(module: str) -> str | None:
+    """The layer (first package below deft_jax) of a module; None for an entry point."""
+    if module in ENTRY_POINTS or module.endswith(".__main__"):
+        return None
+    return module.split(".")[1]
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    rank = {layer: i for i, layers in enumerate(LAYERS) for layer in layers}
+    bad = []
+    for module, targets in sorted(graph.items()):
+        here = layer_of(module)
+        if here is None:
+            continue
+        assert here in rank, f"{module}: its package {here!r} is in no layer of LAYERS"
+        for target in sorted(targets):
+            there = layer_of(target)
+            if there is None:
+                bad.append(f"{module} -> {target} (an entry point)")
+            elif there != here and rank[there] >= rank[here]:
+                bad.append(f"{module} -> {target} ({here} may not import {there})")
+    return bad
+
+
+def test_the_layer_check_refuses_an_import_upwards_and_between_siblings():
+    graph = {"deft_jax.core.training": {"deft_jax.models.base", "deft_jax.evolution.fitness"},
+             "deft_jax.run.pipeline": {"deft_jax.methods.deft", "deft_jax.core.final"},
+             "deft_jax.models.base": {"deft_jax.models.groups"}, "deft_jax.models.groups": set(),
+             "deft_jax.evolution.fitness": set(), "deft_jax.methods.deft": set(), "deft_jax.core.final": set()}
+    assert layer_violations(graph) == [
+        "deft_jax.core.training -> deft_jax.evolution.fitness (core may not import evolution)",
+        "deft_jax.run.pipeline -> deft_jax.methods.deft (run may not import methods)"]
+
+
+def test_every_import_in_deft_jax_points_down_the_layers():
+    graph = module_imports(REPO / "deft_jax")
+    assert {layer_of(m) for m in graph} - {None} == set().union(*LAYERS)
+    assert layer_violations(graph) == []
+
+
+def test_the_readme_code_map_lists_the_layers_in_order():
+    packages = [re.findall(r"`([\w.]+)/?`", row[0])[0].removesuffix(".py") for row in code_map_rows()
+                if row[0] != "`benchmarks/`"]
+    layered = [p for p in packages if any(p in layers for layers in LAYERS)]
+    assert layered == [p for layers in LAYERS for p in sorted(layers, key=layered.index)]
 
 
 PROCESS_STARTERS = {"subprocess", "sys.executable", "multiprocessing", "os.fork", "Popen"}
@@ -128,7 +214,7 @@ OVER_THE_LIMIT = {  # path -> why it may stay over MAX_LINES for now
     # one job (a population's fine-tunes) after member_plan and population_programs were split
     # out; what remains over the limit is the memory fit, which shares the evaluator's
     # compiled-program cache (the program it analyses is the one that runs)
-    "deft_jax/population.py": "the memory fit shares the evaluator's compiled programs",
+    "deft_jax/evolution/evaluators/population.py": "the memory fit shares the evaluator's compiled programs",
 }
 
 

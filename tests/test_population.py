@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from deft_jax import rundir
-from deft_jax.config import FineTuneConfig
-from deft_jax.fitness import SequentialEvaluator
-from deft_jax.inputs import SplitArrays
-from deft_jax.masks import mask_from_names
+from deft_jax.runtime import rundir
+from deft_jax.config.schema import FineTuneConfig
+from deft_jax.evolution.fitness import SequentialEvaluator
+from deft_jax.data.inputs import SplitArrays
+from deft_jax.core.masks import mask_from_names
 from deft_jax.models.small_cnn import small_cnn
-from deft_jax.population import PopulationEvaluator
-from deft_jax.search import main
+from deft_jax.evolution.evaluators.population import PopulationEvaluator
+from deft_jax.cli.search import main
 
 from helpers import random_arrays, tiny_overrides
 
@@ -52,8 +52,8 @@ def clean_env(**extra) -> dict:
 SHARDED_CHILD = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from deft_jax.masks import mask_from_names
-    from deft_jax.population import PopulationEvaluator
+    from deft_jax.core.masks import mask_from_names
+    from deft_jax.evolution.evaluators.population import PopulationEvaluator
     from test_population import POPULATION, SUFFIX_POPULATION, tiny_problem
     spec, variables, data, cfg = tiny_problem()
     ev = PopulationEvaluator(spec, variables, data, cfg, sharded=True)
@@ -217,7 +217,7 @@ def test_a_population_member_that_cannot_fit_in_memory_is_a_one_line_user_error(
 
 
 def test_on_cpu_the_population_memory_limit_is_a_share_of_the_hosts_available_memory(monkeypatch):
-    from deft_jax import evaluators
+    from deft_jax.evolution.evaluators import choice as evaluators
     host = 8 * 2**30  # one reading of the host's available memory, fixed for the test
     monkeypatch.setattr(evaluators, "available_bytes", lambda: host)
     devices = jax.local_devices()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from deft_jax.progress import SearchProgress, format_duration
+from deft_jax.evolution.progress import SearchProgress, format_duration
 
 
 class FakeClock:

@@ -4,17 +4,17 @@ import math
 import numpy as np
 import pytest
 
-from deft_jax import rundir
-from deft_jax.config import load_config
+from deft_jax.runtime import rundir
+from deft_jax.config.schema import load_config
 from deft_jax.data import load_dataset
-from deft_jax.fitness import MemoTable, evaluate_population
-from deft_jax.masks import mask_key
-from deft_jax.metrics import confusion_matrix, softmax
-from deft_jax.predict import Predictor
-from deft_jax.evolution import run_search
-from deft_jax.groups import LayerGroups
-from deft_jax.search import main
-from deft_jax.splits import load_splits
+from deft_jax.evolution.fitness import MemoTable, evaluate_population
+from deft_jax.core.masks import mask_key
+from deft_jax.core.metrics import confusion_matrix, softmax
+from deft_jax.cli.predict import Predictor
+from deft_jax.evolution.loop import run_search
+from deft_jax.models.groups import LayerGroups
+from deft_jax.cli.search import main
+from deft_jax.data.splits import load_splits
 
 from helpers import tiny_overrides
 
@@ -171,7 +171,7 @@ def test_tiny_end_to_end_search_writes_a_complete_run_whose_checkpoint_predicts_
 
     # the predict CLI prints path, class, probability per image
     from PIL import Image
-    from deft_jax.predict import main as predict_main
+    from deft_jax.cli.predict import main as predict_main
     paths = []
     for i in test_idx[:3]:
         p = tmp_path / f"img{i}.png"
@@ -192,7 +192,7 @@ def test_resume_of_the_real_pipeline_after_an_interruption_matches_an_uninterrup
     straight = tmp_path / "straight"
     assert main(["--out", str(straight), "--set", *over]) == 0
 
-    from deft_jax import fitness
+    from deft_jax.evolution import fitness
     original = fitness.SequentialEvaluator.evaluate
     calls = {"n": 0}
 
@@ -217,13 +217,13 @@ def test_resume_of_the_real_pipeline_after_an_interruption_matches_an_uninterrup
 
 
 def test_a_restored_checkpoint_gives_the_same_logits_as_the_trained_model_in_memory(tmp_path):
-    from deft_jax.checkpoint import save_checkpoint
-    from deft_jax.final import train_final
-    from deft_jax.inputs import prepare_data
-    from deft_jax.masks import mask_from_names
+    from deft_jax.run.checkpoint import save_checkpoint
+    from deft_jax.core.final import train_final
+    from deft_jax.data.inputs import prepare_data
+    from deft_jax.core.masks import mask_from_names
     from deft_jax.models import build_model
-    from deft_jax.pipeline import inference_meta
-    from deft_jax.training import logits
+    from deft_jax.run.pipeline import inference_meta
+    from deft_jax.core.training import logits
 
     cfg = load_config(None, tiny_overrides())
     dataset = load_dataset(cfg.data.source)

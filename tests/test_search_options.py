@@ -8,19 +8,19 @@ import jax
 import numpy as np
 import pytest
 
-from deft_jax.evaluators import build_evaluator, make_evaluator
-from deft_jax.evolution import baseline_genomes, run_search, select_mask
-from deft_jax.final import train_final
-from deft_jax.finetune import FineTuner
-from deft_jax.fitness import Halving, MemoTable, SequentialEvaluator, evaluate_population
-from deft_jax.groups import LayerGroups
-from deft_jax.inputs import prepare_data
+from deft_jax.evolution.evaluators.choice import build_evaluator, make_evaluator
+from deft_jax.evolution.loop import baseline_genomes, run_search, select_mask
+from deft_jax.core.final import train_final
+from deft_jax.core.finetune import FineTuner
+from deft_jax.evolution.fitness import Halving, MemoTable, SequentialEvaluator, evaluate_population
+from deft_jax.models.groups import LayerGroups
+from deft_jax.data.inputs import prepare_data
 from deft_jax.data import load_dataset
-from deft_jax.masks import LR_LEVELS, decode_genome, mask_from_key, mask_from_names, mask_key
+from deft_jax.core.masks import LR_LEVELS, decode_genome, mask_from_key, mask_from_names, mask_key
 from deft_jax.methods.auto_rgn import head_tree, rgn_multipliers
 from deft_jax.models import build_model
 from deft_jax.models.small_cnn import small_cnn
-from deft_jax.splits import subsample_per_class
+from deft_jax.data.splits import subsample_per_class
 
 from helpers import small_cnn_problem, tiny_config
 

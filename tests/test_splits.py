@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deft_jax.errors import UserError
-from deft_jax.splits import load_splits, make_splits, save_splits
+from deft_jax.data.splits import load_splits, make_splits, save_splits
 
 
 def grouped_toy(n_classes=3, groups_per_class=10, per_group=3):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from deft_jax.config import load_config
+from deft_jax.config.schema import load_config
 from deft_jax.data import load_dataset
 from deft_jax.errors import UserError
 

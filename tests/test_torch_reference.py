@@ -17,13 +17,13 @@ from conftest import REPO  # noqa: E402
 from benchmarks.torch_reference import (TorchReference, freeze, make_optimizer,  # noqa: E402
                                         set_threads, set_train_modes)
 from deft_jax.data import Dataset, load_dataset  # noqa: E402
-from deft_jax.finetune import FineTuner  # noqa: E402
-from deft_jax.batches import batch_plan
-from deft_jax.training import make_optimizer as make_optax  # noqa: E402
-from deft_jax.fitness import SequentialEvaluator  # noqa: E402
-from deft_jax.inputs import prepare_data  # noqa: E402
+from deft_jax.core.finetune import FineTuner  # noqa: E402
+from deft_jax.data.batches import batch_plan
+from deft_jax.core.training import make_optimizer as make_optax  # noqa: E402
+from deft_jax.evolution.fitness import SequentialEvaluator  # noqa: E402
+from deft_jax.data.inputs import prepare_data  # noqa: E402
 from benchmarks.torch_twins.torch_models import torch_twin  # noqa: E402
-from deft_jax.masks import mask_from_names  # noqa: E402
+from deft_jax.core.masks import mask_from_names  # noqa: E402
 from deft_jax.models import build_model  # noqa: E402
 from helpers import tiny_config  # noqa: E402
 

@@ -6,11 +6,12 @@ import numpy as np
 import optax
 import pytest
 
-from deft_jax import batches, training
-from deft_jax.evaluators import Evaluator, build_evaluator
-from deft_jax.fitness import SequentialEvaluator
-from deft_jax.masks import mask_from_names
-from deft_jax.population import PopulationEvaluator
+from deft_jax.data import batches
+from deft_jax.core import training
+from deft_jax.evolution.evaluators.choice import Evaluator, build_evaluator
+from deft_jax.evolution.fitness import SequentialEvaluator
+from deft_jax.core.masks import mask_from_names
+from deft_jax.evolution.evaluators.population import PopulationEvaluator
 
 from helpers import small_cnn_problem
 

@@ -16,10 +16,11 @@ import time
 import numpy as np
 import pytest
 
-from deft_jax import divergence, rundir
-from deft_jax.config import load_config
-from deft_jax.evolution import run_search
-from deft_jax.search import main
+from deft_jax.core import divergence
+from deft_jax.runtime import rundir
+from deft_jax.config.schema import load_config
+from deft_jax.evolution.loop import run_search
+from deft_jax.cli.search import main
 
 from conftest import REPO
 from helpers import tiny_overrides

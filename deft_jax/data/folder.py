@@ -19,11 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from deft_jax import host_memory
 from deft_jax.data.dataset import Dataset, require_two_classes
-from deft_jax.data.images import DEFAULT_RESIZE, Sampling, crop_count, header_size, image_samples
+from deft_jax.data.images import (
+    DEFAULT_RESIZE,
+    Sampling,
+    crop_count,
+    header_size,
+    image_samples,
+)
 from deft_jax.data.layout import FolderScan, compile_regex, regex_value, scan_folder
 from deft_jax.errors import UserError
+from deft_jax.runtime import host_memory
 
 MEMORY_HEADROOM = 0.8  # share of the host's available memory the decoded images may take
 OPTIONS = {"kind", "path", "label_regex", "group_regex", "crop", "crop_stride", "image_size",

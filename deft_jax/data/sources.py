@@ -3,7 +3,7 @@
 Every loader returns a `Dataset` of uint8 RGB images that all have the same size, int32
 labels 0..C-1 and a group id per sample. Samples that share a group (the crops of one
 tile, or all tiles of one case when `group_regex` is set) must never be split across
-train/val/test; `deft_jax.splits` enforces that.
+train/val/test; `deft_jax.data.splits` enforces that.
 
 Source configs (a dict with a `kind` key):
 
@@ -45,8 +45,10 @@ import deft_jax.data.folder as folder
 from deft_jax.data.dataset import Dataset, require_two_classes
 from deft_jax.data.folder import positive_int as _positive_int
 from deft_jax.data.images import DEFAULT_RESIZE, Sampling
+from deft_jax.data.tfds import (
+    OPTIONS as TFDS_OPTIONS,  # tensorflow_datasets itself: lazily
+)
 from deft_jax.errors import UserError
-from deft_jax.tfds_source import OPTIONS as TFDS_OPTIONS  # tensorflow_datasets itself: lazily
 
 KINDS = ("digits", "folder", "npz", "tfds")
 _OPTIONS = {
@@ -82,7 +84,7 @@ def load_dataset(source: dict, input_size: int | None = None, log=None) -> Datas
     if kind == "digits":
         dataset = _load_digits(source)
     elif kind == "tfds":  # optional extra, imported only when used
-        from deft_jax.tfds_source import load_tfds
+        from deft_jax.data.tfds import load_tfds
         dataset = load_tfds(source)
     elif kind == "folder":
         dataset = folder.load_folder(source, input_size, log)

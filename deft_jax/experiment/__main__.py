@@ -1,7 +1,7 @@
-"""`python -m deft_jax.experiment`: see `deft_jax.experiment.cli`."""
+"""`python -m deft_jax.experiment`: see `deft_jax.cli.experiment`."""
 
 import sys
 
-from deft_jax.experiment.cli import main
+from deft_jax.cli.experiment import main
 
 sys.exit(main())

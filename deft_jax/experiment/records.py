@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from deft_jax import rundir
+from deft_jax.runtime import rundir
 
 RUNS, RUNS_CSV = "runs.jsonl", "runs.csv"
 CSV_COLUMNS = ("seed", "method", "test_accuracy", "test_macro_f1", "test_auc", "val_accuracy",

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-from deft_jax import rundir
-from deft_jax.config import Config
+from deft_jax.config.schema import Config
+from deft_jax.core.masks import mask_key
 from deft_jax.data import load_dataset
+from deft_jax.data.inputs import prepare_data
+from deft_jax.data.splits import save_splits
 from deft_jax.errors import UserError
 from deft_jax.experiment.records import RUNS, RUNS_CSV, append_run, read_runs, write_csv
 from deft_jax.experiment.summary import SUMMARY_MD, format_value, summarize
-from deft_jax.inputs import prepare_data
-from deft_jax.masks import mask_key
 from deft_jax.methods import MethodContext, ProgramCache, get_method, run_order
 from deft_jax.methods import handpicked as handpicked_method
-from deft_jax.splits import save_splits
+from deft_jax.runtime import rundir
 
 META = "experiment.json"
 PROGRAMS_KEPT = 40  # compiled fine-tune programs kept alive across seeds (see ProgramCache)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from deft_jax import rundir
-from deft_jax.config import Config
+from deft_jax.config.schema import Config
 from deft_jax.experiment.plots import write_plots
 from deft_jax.experiment.stats import describe, holm, paired_comparison
 from deft_jax.methods.deft import VARIANTS
+from deft_jax.runtime import rundir
 
 SUMMARY_MD, SUMMARY_JSON = "summary.md", "summary.json"
 

@@ -19,9 +19,14 @@ import json
 import sys
 from pathlib import Path
 
-from deft_jax.config import config_from_dict
+from deft_jax.config.schema import config_from_dict
 from deft_jax.experiment.records import RUNS, read_runs
-from deft_jax.experiment.summary import SUMMARY_JSON, format_mean_std, format_value, summarize
+from deft_jax.experiment.summary import (
+    SUMMARY_JSON,
+    format_mean_std,
+    format_value,
+    summarize,
+)
 from deft_jax.methods.deft import VARIANTS
 
 GOAL_WALL_X_FULL = 2.0  # the budget: at most 2x the wall time of a full fine-tune

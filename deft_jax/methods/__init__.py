@@ -11,7 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from deft_jax.errors import UserError
-from deft_jax.methods import auto_rgn, deft, full, handpicked, linear_probe, random_search, scratch
+from deft_jax.methods import (
+    auto_rgn,
+    deft,
+    full,
+    handpicked,
+    linear_probe,
+    random_search,
+    scratch,
+)
 from deft_jax.methods.common import MethodContext, MethodResult, ProgramCache
 
 METHODS: dict[str, Any] = {  # name -> an object with run(ctx) and optionally AFTER

@@ -20,7 +20,7 @@ Choices (documented, since the paper leaves them open for this setting):
   decay), i.e. it is a per-tensor learning-rate factor. `scale_by_rgn` wraps the base
   optimizer as one optax GradientTransformation whose state carries the step count and
   the current multipliers, so the method is the core's train step and final-training
-  path with a different optimizer (`deft_jax.final.train_final`).
+  path with a different optimizer (`deft_jax.core.final.train_final`).
 - Budget and recipe: the shared final-training recipe (final.epochs, final.learning_rate,
   [finetune] optimizer, batch plan), with every BatchNorm in training mode.
 """
@@ -35,9 +35,14 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from deft_jax.masks import HEAD
-from deft_jax.methods.common import MethodContext, MethodResult, all_groups, fit_with_learning_rates
-from deft_jax.training import make_optimizer
+from deft_jax.core.masks import HEAD
+from deft_jax.core.training import make_optimizer
+from deft_jax.methods.common import (
+    MethodContext,
+    MethodResult,
+    all_groups,
+    fit_with_learning_rates,
+)
 
 
 def _norm(x) -> jax.Array:

@@ -2,7 +2,7 @@
 final-training recipe.
 
 All methods train with the core's recipe through the one final-training path,
-`deft_jax.final.train_final` (the `[finetune]` optimizer settings, `final.epochs` epochs and
+`deft_jax.core.final.train_final` (the `[finetune]` optimizer settings, `final.epochs` epochs and
 `final.learning_rate`, the seed's batches), and are scored once on val and test;
 `final_fit` adds the one-vs-rest AUC from the softmax probabilities.
 
@@ -21,13 +21,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from deft_jax.config import Config, FineTuneConfig
+from deft_jax.config.schema import Config, FineTuneConfig
+from deft_jax.core.final import FinalModel, train_final
+from deft_jax.core.finetune import FineTuner
+from deft_jax.core.masks import GroupMask, mask_from_names
+from deft_jax.core.metrics import classification_report, roc_auc_ovr, softmax
+from deft_jax.data.inputs import PreparedData, prepare_data
 from deft_jax.errors import UserError
-from deft_jax.final import FinalModel, train_final
-from deft_jax.finetune import FineTuner
-from deft_jax.inputs import PreparedData, prepare_data
-from deft_jax.masks import GroupMask, mask_from_names
-from deft_jax.metrics import classification_report, roc_auc_ovr, softmax
 from deft_jax.models import build_model
 from deft_jax.models.base import ModelSpec
 

@@ -24,12 +24,12 @@ import copy
 import time
 import types
 
-from deft_jax.config import Config, validate
+from deft_jax.config.schema import Config, validate
+from deft_jax.core.masks import mask_from_key
 from deft_jax.errors import UserError
-from deft_jax.evaluators import Evaluator, make_evaluator
-from deft_jax.evolution import run_search
-from deft_jax.fitness import SequentialEvaluator
-from deft_jax.masks import mask_from_key
+from deft_jax.evolution.evaluators.choice import Evaluator, make_evaluator
+from deft_jax.evolution.fitness import SequentialEvaluator
+from deft_jax.evolution.loop import run_search
 from deft_jax.methods.common import MethodContext, MethodResult, final_fit
 
 MULTI_FIDELITY = {"schedule": "final", "fidelity": "halving", "seed_baselines": True,

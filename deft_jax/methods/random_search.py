@@ -16,10 +16,15 @@ import time
 
 import numpy as np
 
+from deft_jax.core.masks import (
+    decode_genome,
+    mask_from_key,
+    mask_key,
+    searchable_groups,
+)
 from deft_jax.errors import UserError
-from deft_jax.evaluators import fitness_recipe
-from deft_jax.fitness import MemoTable, evaluate_population
-from deft_jax.masks import decode_genome, mask_from_key, mask_key, searchable_groups
+from deft_jax.evolution.evaluators.choice import fitness_recipe
+from deft_jax.evolution.fitness import MemoTable, evaluate_population
 from deft_jax.methods.common import MethodContext, MethodResult, final_fit
 from deft_jax.methods.deft import make_shared_evaluator
 

@@ -2,7 +2,7 @@
 
 Making stages the unit of the model gives three things for free:
 - layer groups are the top-level parameter names, so path rules are trivial to state and
-  to check for coverage (`deft_jax.groups`);
+  to check for coverage (`deft_jax.models.groups`);
 - BatchNorm mode is chosen per group: each stage gets its own `train` flag;
 - a frozen prefix can be run once and cached: `apply(..., start=k)` runs stages k.. only.
 """
@@ -13,13 +13,13 @@ import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 from flax import traverse_util
 
-from deft_jax.groups import LayerGroups
+from deft_jax.models.groups import LayerGroups
 from deft_jax.models.layers import TrainFlag
 
 StageFactory = Callable[..., nn.Module]  # called as factory(name=stage_name)

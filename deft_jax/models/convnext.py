@@ -24,9 +24,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from deft_jax.models.convolutions import DepthwiseConv, torch_conv
 from deft_jax.models.layers import TrainFlag

@@ -8,9 +8,9 @@ as a grouped convolution elsewhere; its parameters are the same either way.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:

@@ -26,13 +26,14 @@ import functools
 import math
 from pathlib import Path
 
-import jax
 import flax.linen as nn
+import jax
 
 from deft_jax.errors import UserError
 from deft_jax.models.convolutions import DepthwiseConv, same_padding
+from deft_jax.models.groups import GRANULARITIES
 from deft_jax.models.layers import ClassifierHead, GatedBatchNorm, TrainFlag
-from deft_jax.models.staged_spec import GRANULARITIES, Stage, staged_spec
+from deft_jax.models.staged_spec import Stage, staged_spec
 from deft_jax.models.weight_layout import Entry, LayoutBuilder
 
 BN_MOMENTUM = 0.1  # our fine-tuning convention (PyTorch semantics)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 Array = jax.Array
 # `train` flags are Python bools (static masks) or traced scalars (vmapped populations).

@@ -18,8 +18,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import jax
 import flax.linen as nn
+import jax
 
 from deft_jax.models.convolutions import DepthwiseConv, torch_conv
 from deft_jax.models.layers import ClassifierHead, GatedBatchNorm, TrainFlag

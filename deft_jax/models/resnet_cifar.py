@@ -23,9 +23,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import numpy as np
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from deft_jax.errors import UserError
 from deft_jax.models.base import ModelSpec, StagedNet, stage_rules

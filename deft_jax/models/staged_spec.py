@@ -18,9 +18,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from deft_jax.config import GRANULARITIES  # the config's Literal choices
 from deft_jax.errors import UserError
 from deft_jax.models.base import ModelSpec, StagedNet
+from deft_jax.models.groups import GRANULARITIES
 from deft_jax.models.weight_layout import Entry, pretrained_loader
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

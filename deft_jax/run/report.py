@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deft_jax.masks import GroupMask, lr_multiplier, trains
+from deft_jax.core.masks import GroupMask, lr_multiplier, trains
 
 
 def render_report(*, cfg: dict, description: str, model: str, pretrained: str | None,

@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import numpy as np
 
+from deft_jax.core.metrics import metric_from_logits
 from deft_jax.errors import UserError
-from deft_jax.metrics import metric_from_logits
 
 WORST_FITNESS = 1.0
 
@@ -79,7 +79,7 @@ def final_model_problems(trained: dict, logits: Mapping[str, np.ndarray],
 
 
 def check_final_model(cfg, final, run_dir=None) -> None:
-    """Raise a one-line UserError if the final model (a `deft_jax.final.FinalModel`)
+    """Raise a one-line UserError if the final model (a `deft_jax.core.final.FinalModel`)
     diverged: which numbers are not finite, and the learning rate to lower
     (`--resume RUN_DIR --set final.learning_rate=` retrains only the final model of a
     finished search)."""

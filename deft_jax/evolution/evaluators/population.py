@@ -1,7 +1,7 @@
 """Population-parallel fitness: one compiled program fine-tunes many members at once.
 
 Layer-group masks enter the program as *traced* per-group gates (one float per member
-and group), so masks never change the program (`deft_jax.training.train_step` with traced
+and group), so masks never change the program (`deft_jax.core.training.train_step` with traced
 flags): the gates are the BatchNorm `train` flags of `StagedNet` (a gated-off group runs in
 inference mode and keeps its running statistics bit-identical) and the last transform of
 the optax chain (`gate_updates`: momentum and weight decay cannot move a frozen leaf).
@@ -13,17 +13,17 @@ members' states and gates, the batches shared: every member sees the batches of
 float tolerance.
 
 `sharded=True` runs the same per-member code under `shard_map` over all devices
-(`deft_jax.population_programs`). Populations are padded (with copies of a real mask) to a
+(`deft_jax.evolution.evaluators.programs`). Populations are padded (with copies of a real mask) to a
 fixed size that divides the device count, so one program serves every generation; the
 padding is never reported.
 
 `members_per_program=k` runs the padded population as consecutive programs of k members
 per device instead, each from its own members' first trainable stage (`vmap-1` on CPU: no
 forward or backward pass below a member's first trainable stage); which members share a
-program and where it starts is `deft_jax.member_plan`'s business.
+program and where it starts is `deft_jax.evolution.evaluators.member_plan`'s business.
 
 Memory: with `memory_limit_bytes` (90% of the device's free memory, see
-`deft_jax.evaluators`), the program's size is read from XLA's memory analysis of the
+`deft_jax.evolution.evaluators.choice`), the program's size is read from XLA's memory analysis of the
 compiled program (arguments + outputs + temporaries, per device) before it runs; when the
 whole population does not fit, it runs as programs of fewer members (halving until it
 fits). The compiled program of the analysis is the one that runs (no second compile).
@@ -40,18 +40,28 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from deft_jax import batches, divergence, training
-from deft_jax.config import FineTuneConfig
+from deft_jax.config.schema import FineTuneConfig
+from deft_jax.core import divergence, training
+from deft_jax.core.best_epoch import BestEpoch
+from deft_jax.core.masks import GroupMask, lr_multiplier, trains
+from deft_jax.data import batches
+from deft_jax.data.inputs import SplitArrays
 from deft_jax.errors import UserError
-from deft_jax.fitness import BestEpoch, PrefixFeatureCache
-from deft_jax.groups import leaf_values
-from deft_jax.inputs import SplitArrays
-from deft_jax.masks import GroupMask, lr_multiplier, trains
-from deft_jax.member_plan import MemberPlan
-from deft_jax.population_programs import AXIS, logits_program, put, to_host, train_program
+from deft_jax.evolution.evaluators.member_plan import MemberPlan
+from deft_jax.evolution.evaluators.programs import (
+    AXIS,
+    logits_program,
+    put,
+    to_host,
+    train_program,
+)
+from deft_jax.evolution.fitness import PrefixFeatureCache
 from deft_jax.models.base import ModelSpec
+from deft_jax.models.groups import leaf_values
+
 
 class PopulationEvaluator:
     """Fitness of many masks from one vmapped (or sharded) fine-tune program."""
@@ -180,7 +190,7 @@ class PopulationEvaluator:
         return self.plan.start_of(mask)
 
     def _programs_for(self, masks: Sequence[GroupMask]):
-        """[(start, member indices, chunks of padded masks)] (see `deft_jax.member_plan`),
+        """[(start, member indices, chunks of padded masks)] (see `deft_jax.evolution.evaluators.member_plan`),
         each program fitted to the memory limit first."""
         groups = self.plan.groups(masks)
         if not self.members_per_program:

@@ -20,10 +20,10 @@ def config_keys_epilog(sections, notes: dict[str, str] | None = None, exclude: t
                        width: int = 96) -> str:
     """The config keys of dataclass `sections` (a Config, or one section class with its
     prefix, e.g. `(ExperimentConfig, "experiment")`) for a help epilog, each with its
-    choices or default (`deft_jax.config_parsing.describe_keys`) and its note in `notes`,
+    choices or default (`deft_jax.config.parsing.describe_keys`) and its note in `notes`,
     but not the sections in `exclude`; indented lines of at most `width` characters, an
     entry never split."""
-    from deft_jax.config_parsing import describe_keys
+    from deft_jax.config.parsing import describe_keys
 
     cls, prefix = sections if isinstance(sections, tuple) else (sections, "")
     notes = notes or {}

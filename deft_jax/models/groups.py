@@ -14,6 +14,9 @@ import numpy as np
 from flax import traverse_util
 
 Rules = Sequence[tuple[str, str]]
+# How coarse a model's layer groups are: one group per block, or one per architectural stage
+# (ResNet `layer1`.., EfficientNet stages); the CIFAR models offer blocks only.
+GRANULARITIES = ("block", "stage")
 
 
 def leaf_paths(tree: Mapping) -> list[str]:

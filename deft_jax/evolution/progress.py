@@ -5,7 +5,7 @@ with an ETA for the whole search.
     with progress.generation(0, members=8) as gen:             # members to train (memo hits excluded)
         ...; gen.advance(1)                                    # after each member's fine-tune
 
-`deft_jax.evolution.run_search` drives it through the evaluators' `on_member_done` hook.
+`deft_jax.evolution.loop.run_search` drives it through the evaluators' `on_member_done` hook.
 On a terminal it draws a `rich` progress bar (rich ships with flax); otherwise (logs, pipes,
 CI) it prints one plain line per member. The ETA is the mean wall time of the members
 trained so far times the members that may still be trained: the rest of this generation
@@ -71,7 +71,12 @@ class GenerationProgress:
         self.search.current, self.search.left_in_generation = self.index, self.members
         if self.search.live and self.members:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+            )
 
             console = Console(file=self.search.stream)
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(),

@@ -3,7 +3,7 @@ inference function. Fitness fine-tunes (static masks and gated populations), fin
 training, every baseline method and the benchmarks use these.
 
 - The seeded batches (plan + augmentation, stacked per program call) are
-  `deft_jax.batches`'; every population member of a seed sees the same ones.
+  `deft_jax.data.batches`'; every population member of a seed sees the same ones.
 - `TrainState` (params, batch_stats, opt_state) and `train_step`, a pure function of
   (state, group flags, x, y). Group flags are Python bools (a static mask: only trainable
   leaves are differentiated and handed to the optimizer, frozen leaves pass through
@@ -20,7 +20,7 @@ training, every baseline method and the benchmarks use these.
   (`step_program`), called from the host by `run_batches`.
 - `logits`: inference-mode forward over an array in fixed-size padded chunks.
 
-`start = k` trains on features entering stage k (`deft_jax.fitness.PrefixFeatureCache`):
+`start = k` trains on features entering stage k (`deft_jax.evolution.fitness.PrefixFeatureCache`):
 the program contains no stage below k, so no forward or backward pass runs there.
 """
 
@@ -35,9 +35,9 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from deft_jax.config import FineTuneConfig
-from deft_jax.groups import leaf_values
+from deft_jax.config.schema import FineTuneConfig
 from deft_jax.models.base import ModelSpec
+from deft_jax.models.groups import leaf_values
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -2,7 +2,7 @@
 
 The dataclasses' annotations are the schema: `int`, `float`, `bool`, `str`, `list`,
 `dict` (a free-form table), `X | None`, `Literal["a", "b"]` (a string with fixed choices)
-and nested dataclasses (sections). Nothing here knows DEFT's keys; `deft_jax.config` holds
+and nested dataclasses (sections). Nothing here knows DEFT's keys; `deft_jax.config.schema` holds
 them. Every mistake is a one-line `UserError`.
 """
 

@@ -16,12 +16,12 @@ import time
 import jax
 import numpy as np
 
-from deft_jax.config import Config
-from deft_jax.finetune import FineTuner
-from deft_jax.fitness import BestEpoch
-from deft_jax.inputs import PreparedData
-from deft_jax.masks import GroupMask
-from deft_jax.metrics import classification_report
+from deft_jax.config.schema import Config
+from deft_jax.core.best_epoch import BestEpoch
+from deft_jax.core.finetune import FineTuner
+from deft_jax.core.masks import GroupMask
+from deft_jax.core.metrics import classification_report
+from deft_jax.data.inputs import PreparedData
 from deft_jax.models.base import ModelSpec
 
 

@@ -5,7 +5,7 @@ state, the memo table and the history are persisted atomically after every gener
 (before its line is logged), so a resumed search continues from the last completed
 generation with the same result as an uninterrupted one.
 
-Options past the paper (config `[search]`, see `deft_jax.config.SearchConfig`): genes that
+Options past the paper (config `[search]`, see `deft_jax.config.schema.SearchConfig`): genes that
 also set learning-rate multipliers (`space`), successive halving inside a generation
 (`fidelity`), the baselines' masks in the initial population (`seed_baselines`), and the
 one-standard-error rule toward fewer trainable parameters (`select`).
@@ -25,14 +25,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from deft_jax import rundir
-from deft_jax.config import Config, SearchConfig
+from deft_jax.config.schema import Config, SearchConfig
+from deft_jax.core.masks import (
+    GroupMask,
+    decode_genome,
+    mask_from_key,
+    mask_key,
+    searchable_groups,
+)
 from deft_jax.errors import UserError
-from deft_jax.evaluators import Evaluator, fitness_recipe
-from deft_jax.fitness import Halving, MemoTable, evaluate_population
-from deft_jax.groups import LayerGroups
-from deft_jax.masks import GroupMask, decode_genome, mask_from_key, mask_key, searchable_groups
-from deft_jax.progress import SearchProgress
+from deft_jax.evolution.evaluators.choice import Evaluator, fitness_recipe
+from deft_jax.evolution.fitness import Halving, MemoTable, evaluate_population
+from deft_jax.evolution.progress import SearchProgress
+from deft_jax.models.groups import LayerGroups
+from deft_jax.runtime import rundir
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """Run configuration: typed sections, TOML files in configs/, `--set key=value` overrides.
 
-The dataclasses are the schema (`deft_jax.config_parsing` reads nested dicts into them):
+The dataclasses are the schema (`deft_jax.config.parsing` reads nested dicts into them):
 string choices are `Literal` types, from which the validation, the argparse choices and
 the help texts are derived. Every value is validated here, so a bad config fails with one
 line before any work starts.
@@ -13,12 +13,20 @@ import json
 import math
 import tomllib
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
-from deft_jax.config_parsing import check_choices, from_dict, merge, numbers_in, set_values
+from deft_jax.config.parsing import (
+    check_choices,
+    from_dict,
+    merge,
+    numbers_in,
+    set_values,
+)
 from deft_jax.errors import UserError
+from deft_jax.models.groups import GRANULARITIES
+from deft_jax.models.registry import MODEL_NAMES, MODELS
 
-Granularity = Literal["block", "stage"]  # "stage": all models but small_cnn and CIFAR ResNets
+Granularity = Literal[GRANULARITIES]  # type: ignore[valid-type]  # the registry says which model has which
 Optimizer = Literal["sgd", "adam", "adamw"]
 ComputeDtype = Literal["float32", "bfloat16"]  # bfloat16: float32 weights, bf16 arithmetic
 Metric = Literal["accuracy", "macro_f1"]
@@ -30,7 +38,6 @@ Select = Literal["best", "smallest-within-1se"]
 Keep = Literal["last", "best-val"]
 Folds = Literal["repeated"]
 
-GRANULARITIES = get_args(Granularity)
 # Larger inputs than any model here was built for; the memory check in `inputs` bounds
 # what a dataset may need below this.
 MAX_INPUT_SIZE = 1024
@@ -221,13 +228,14 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise UserError(f"invalid config: {message}")
 
-    from deft_jax.models import MODEL_NAMES  # the registry's names (no model is built)
-
     s, f, m = cfg.search, cfg.finetune, cfg.model
     need(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
     need(cfg.data.split_seed >= 0, f"data.split_seed must be >= 0, got {cfg.data.split_seed}")
     need(m.name in MODEL_NAMES, f"model.name must be one of {', '.join(MODEL_NAMES)}, got {m.name!r}")
     check_choices(cfg)  # every Literal-typed key: one of its choices
+    need(m.granularity in MODELS[m.name].granularities,
+         f"model.granularity {m.granularity!r} does not apply to {m.name} "
+         f"(choose from {', '.join(MODELS[m.name].granularities)})")
     need(8 <= m.input_size <= MAX_INPUT_SIZE,
          f"model.input_size must be in [8, {MAX_INPUT_SIZE}], got {m.input_size}")
     need(m.weights != "", "model.weights must be default, none or a file path")

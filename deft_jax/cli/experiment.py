@@ -7,12 +7,12 @@ import json
 import time
 from pathlib import Path
 
-from deft_jax import rundir
-from deft_jax.cli import ArgumentParser, config_keys_epilog
-from deft_jax.config import ExperimentConfig, config_from_dict, load_config
+from deft_jax.cli.arguments import ArgumentParser, config_keys_epilog
+from deft_jax.config.schema import ExperimentConfig, config_from_dict, load_config
 from deft_jax.errors import UserError, exit_on_user_error
 from deft_jax.experiment.runner import META, run_experiment
 from deft_jax.methods import METHODS, get_method
+from deft_jax.runtime import rundir
 
 
 def build_parser() -> ArgumentParser:
@@ -42,7 +42,7 @@ def build_parser() -> ArgumentParser:
                                  "completed generations); continue with --resume DIR")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from deft_jax import compile_cache
+    from deft_jax.runtime import compile_cache
     compile_cache.enable(log=print)
     methods = None
     if args.methods is not None:

@@ -1,6 +1,6 @@
 """Which population members share a compiled program, and where each program starts.
 
-A `MemberPlan` groups a population's masks into programs (`deft_jax.population`):
+A `MemberPlan` groups a population's masks into programs (`deft_jax.evolution.evaluators.population`):
 
 - the whole (padded) population in one program from its lowest first trainable stage, or
 - with `members_per_program = k`, programs of k members per device run one after another,
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from deft_jax import training
-from deft_jax.masks import GroupMask
+from deft_jax.core import training
+from deft_jax.core.masks import GroupMask
 from deft_jax.models.base import ModelSpec
 
 

@@ -3,10 +3,10 @@ baseline methods).
 
 Only trainable leaves are differentiated and handed to the optimizer; frozen leaves pass
 through bit-identical and their groups' BatchNorm runs in inference mode
-(`deft_jax.training.train_step` with Python-bool flags). The whole fine-tune is one compiled
+(`deft_jax.core.training.train_step` with Python-bool flags). The whole fine-tune is one compiled
 program (`training.fine_tune_program`), cached per (mask, first stage run, steps), so a
 mask seen again costs no compile. `start > 0` trains on cached features entering stage
-`start` (see `deft_jax.fitness.PrefixFeatureCache`).
+`start` (see `deft_jax.evolution.fitness.PrefixFeatureCache`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from deft_jax import batches, training
-from deft_jax.config import FineTuneConfig
-from deft_jax.masks import frozen_pattern, has_lr_multipliers, lr_multiplier, mask_key
+from deft_jax.config.schema import FineTuneConfig
+from deft_jax.core import training
+from deft_jax.core.masks import (
+    frozen_pattern,
+    has_lr_multipliers,
+    lr_multiplier,
+    mask_key,
+)
+from deft_jax.data import batches
 from deft_jax.models.base import ModelSpec
 
 

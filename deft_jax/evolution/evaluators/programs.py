@@ -1,4 +1,4 @@
-"""The device programs of a population evaluator (`deft_jax.population`) and moving its
+"""The device programs of a population evaluator (`deft_jax.evolution.evaluators.population`) and moving its
 arrays: members on a leading axis, `jax.vmap` over them, and with a mesh `shard_map` over a
 one-axis mesh ("pop") of all devices (across processes too): member state and gates split
 over the devices, batches replicated, validation logits all-gathered so every process gets
@@ -9,9 +9,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from deft_jax import training
+from deft_jax.core import training
 from deft_jax.models.base import ModelSpec
 
 AXIS = "pop"

@@ -3,7 +3,7 @@
 Names: the *evaluation mode* (`search.evaluation`, `--evaluation`; `search.strategy` and
 `--strategy` are accepted aliases) says how population members' short fine-tunes run:
 `sequential`, `vmap`, `vmap-1`, `sharded` or `auto`. The differential-evolution algorithm is
-`deft_jax.evolution`'s business, and `benchmarks/evaluation_modes.py` compares the modes.
+`deft_jax.evolution.loop`'s business, and `benchmarks/evaluation_modes.py` compares the modes.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Protocol, runtime_checkable
 import jax
 import numpy as np
 
-from deft_jax.config import Config, FineTuneConfig
-from deft_jax.fitness import SequentialEvaluator
-from deft_jax.inputs import SplitArrays
-from deft_jax.host_memory import available_bytes
-from deft_jax.masks import GroupMask
+from deft_jax.config.schema import Config, FineTuneConfig
+from deft_jax.core.masks import GroupMask
+from deft_jax.data.inputs import SplitArrays
+from deft_jax.evolution.fitness import SequentialEvaluator
 from deft_jax.models.base import ModelSpec
+from deft_jax.runtime.host_memory import available_bytes
 
 
 @runtime_checkable
@@ -107,7 +107,7 @@ def build_evaluator(mode: str, spec: ModelSpec, variables: dict, data: SplitArra
     """The evaluator of a concrete evaluation mode (not `auto`; see `pick_mode`)."""
     if mode == "sequential":
         return SequentialEvaluator(spec, variables, data, finetune, metric=metric, seed=seed, keep=keep)
-    from deft_jax.population import PopulationEvaluator
+    from deft_jax.evolution.evaluators.population import PopulationEvaluator
     if mode not in ("vmap", "vmap-1", "sharded"):
         raise ValueError(f"unknown evaluation mode {mode!r}")
     return PopulationEvaluator(spec, variables, data, finetune, metric=metric, seed=seed,

@@ -5,20 +5,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-
-from deft_jax import distributed, divergence, rundir
-from deft_jax.checkpoint import save_checkpoint
-from deft_jax.config import Config
+from deft_jax.config.schema import Config
+from deft_jax.core import divergence
+from deft_jax.core.final import final_metrics, train_final
+from deft_jax.core.masks import searchable_groups
 from deft_jax.data import load_dataset, sampling_of
-from deft_jax.evaluators import make_evaluator
-from deft_jax.evolution import run_search
-from deft_jax.progress import SearchProgress
-from deft_jax.final import final_metrics, train_final
-from deft_jax.inputs import describe_origin, prepare_data
-from deft_jax.masks import searchable_groups
+from deft_jax.data.inputs import describe_origin, prepare_data
+from deft_jax.data.splits import save_splits
+from deft_jax.evolution.evaluators.choice import make_evaluator
+from deft_jax.evolution.loop import run_search
+from deft_jax.evolution.progress import SearchProgress
 from deft_jax.models import build_model
-from deft_jax.report import render_report
-from deft_jax.splits import save_splits
+from deft_jax.run.checkpoint import save_checkpoint
+from deft_jax.run.report import render_report
+from deft_jax.runtime import distributed, rundir
 
 
 def resolve_run_dir(out: str | None, cfg: Config) -> Path:

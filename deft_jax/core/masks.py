@@ -3,7 +3,7 @@
 A genome is a point in [0,1]^G over the searchable groups (every group except the
 classification head, which is always trained). A gene above the threshold trains its
 group. Per-leaf masks and gates are a `tree.map` over the model's group labels
-(`ModelSpec.layer_groups`, see `deft_jax.groups.LayerGroups`).
+(`ModelSpec.layer_groups`, see `deft_jax.models.groups.LayerGroups`).
 
 Search spaces (`search.space`):
 - `mask` (the paper): a mask is {group: bool}.

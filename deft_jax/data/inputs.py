@@ -11,11 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from deft_jax.config import Config
+from deft_jax.config.schema import Config
 from deft_jax.data import Dataset, NormalizedImages, load_dataset, resize_images
+from deft_jax.data.splits import (
+    complete_splits,
+    load_splits,
+    make_splits,
+    subsample_per_class,
+)
 from deft_jax.errors import UserError
 from deft_jax.models.base import ModelSpec
-from deft_jax.splits import complete_splits, load_splits, make_splits, subsample_per_class
 
 
 @dataclasses.dataclass
@@ -102,7 +107,7 @@ def check_fits_in_memory(num_images: int, input_size: int, share: float = 0.5) -
     """The images resized to the input size (uint8) must fit in `share` of the host's
     available memory; checked before anything is allocated, so a huge model.input_size is a
     one-line error instead of an out-of-memory kill."""
-    from deft_jax.host_memory import available_bytes
+    from deft_jax.runtime.host_memory import available_bytes
 
     needed = num_images * input_size * input_size * 3
     available = available_bytes()

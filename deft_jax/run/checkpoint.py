@@ -19,9 +19,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from deft_jax import rundir
-from deft_jax.divergence import all_finite
+from deft_jax.core.divergence import all_finite
 from deft_jax.errors import UserError
+from deft_jax.runtime import rundir
 
 MAX_CROP = 1 << 15  # pixels: larger than any image this reads
 
@@ -58,8 +58,9 @@ def _first_line(err: BaseException) -> str:
 
 def validate_meta(meta, where) -> dict:
     """The checkpoint's metadata as inference needs it, or a one-line UserError."""
-    from deft_jax.config import GRANULARITIES, MAX_INPUT_SIZE
-    from deft_jax.models import MODEL_NAMES
+    from deft_jax.config.schema import MAX_INPUT_SIZE
+    from deft_jax.models.groups import GRANULARITIES
+    from deft_jax.models.registry import MODEL_NAMES
 
     def need(ok: bool, message: str):
         if not ok:

@@ -14,17 +14,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from deft_jax import divergence, training
-from deft_jax.config import FineTuneConfig
-from deft_jax.finetune import FineTuner
-from deft_jax.groups import LayerGroups
-from deft_jax.inputs import SplitArrays
-from deft_jax.masks import GroupMask, mask_key
+from deft_jax.config.schema import FineTuneConfig
+from deft_jax.core import divergence, training
+from deft_jax.core.best_epoch import BestEpoch
+from deft_jax.core.finetune import FineTuner
+from deft_jax.core.masks import GroupMask, mask_key
+from deft_jax.data.inputs import SplitArrays
 from deft_jax.models.base import ModelSpec
+from deft_jax.models.groups import LayerGroups
 
 
 class MemoTable:
@@ -98,33 +99,6 @@ def infeasible_fitness(fraction: float, limit: float) -> float:
     """Masks training more than the allowed parameter fraction are never trained: their
     fitness is 1 + the excess, worse than any real fitness and pointing back to feasibility."""
     return 1.0 + (fraction - limit)
-
-
-class BestEpoch:
-    """Per member, the validation logits of its best epoch so far (`final.keep = "best-val"`:
-    fitness = the best validation score along the fine-tune, earliest epoch on ties) or of
-    its last epoch (`"last"`), with that epoch's number and an optional payload (final
-    training keeps the epoch's variables). A diverged epoch scores the worst finite
-    fitness, so the first epoch is always recorded."""
-
-    def __init__(self, keep: str, metric: str, y_val: np.ndarray, num_classes: int):
-        self.keep, self.metric, self.y_val, self.num_classes = keep, metric, y_val, num_classes
-        self.fitness: dict[int, float] = {}
-        self.logits: dict[int, np.ndarray] = {}
-        self.epoch: dict[int, int] = {}
-        self.payload: dict[int, object] = {}
-
-    def offer(self, member: int, logits: np.ndarray, mask: GroupMask, epoch: int = -1,
-              payload: Callable[[], object] | None = None) -> None:
-        """Record `member`'s epoch if `keep` says so; `payload()` is called only then."""
-        if self.keep != "last":
-            fitness = divergence.fitness_from_logits(self.metric, logits, self.y_val, self.num_classes, mask)
-            if not fitness < self.fitness.get(member, np.inf):  # strict: the earliest epoch on ties
-                return
-            self.fitness[member] = fitness
-        self.logits[member], self.epoch[member] = logits, epoch
-        if payload is not None:
-            self.payload[member] = payload()
 
 
 class SequentialEvaluator:

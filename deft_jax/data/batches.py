@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deft_jax.config import FineTuneConfig
+from deft_jax.config.schema import FineTuneConfig
 
 AUGMENT_STREAM = 7  # augmentation draws come from default_rng([seed, AUGMENT_STREAM])
 MAX_STEPS_BYTES = 512 << 20  # stacked batches per fine-tune program call (host + device)

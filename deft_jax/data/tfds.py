@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deft_jax.data.dataset import Dataset
 from deft_jax.errors import UserError
 
 OPTIONS = {"kind", "name", "split", "data_dir", "image_size", "max_examples"}
@@ -128,7 +129,6 @@ def _val_from_train(labels: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, 
 
 def load_tfds(source: dict):
     """A `deft_jax.data.Dataset` from a prepared TFDS dataset (see the module docstring)."""
-    from deft_jax.data import Dataset
 
     name = source.get("name")
     if not isinstance(name, str) or not name:

@@ -1,0 +1,104 @@
+"""DEFT search: the command line.
+
+    python -m deft_jax.search [--config FILE] [--out RUN_DIR] [--seed N]
+                              [--resume RUN_DIR] [--set key=value ...]
+
+Searches with differential evolution (`deft_jax.evolution.loop`) for which layer groups of a
+pretrained CNN to fine-tune, trains the winner and saves a checkpoint
+(`deft_jax.run.pipeline.run_pipeline`). `--resume RUN_DIR` continues an interrupted run from
+its last completed generation, with the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import get_args
+
+from deft_jax.cli import arguments
+from deft_jax.config.schema import (
+    Config,
+    Evaluation,
+    apply_overrides,
+    check_resume_overrides,
+    check_resumed_config,
+    config_from_dict,
+    load_config,
+)
+from deft_jax.errors import UserError, exit_on_user_error
+from deft_jax.runtime import rundir
+
+KEY_NOTES = {  # what the dataclasses cannot say about a key
+    "data.source": "kind = digits|folder|npz|tfds ..., or tfds:NAME; see the README",
+    "model.name": "a name of deft_jax.models.MODEL_NAMES, see the README's Backbones",
+    "model.weights": "default|none|PATH",
+    "search.evaluation": "alias search.strategy",
+    "final.learning_rate": "null: finetune.learning_rate",
+}
+
+
+def build_parser() -> arguments.ArgumentParser:
+    p = arguments.ArgumentParser(
+        prog="python -m deft_jax.search",
+        description="DEFT: search with differential evolution for which layer groups of a "
+                    "pretrained CNN to fine-tune, then train the winner and save a checkpoint.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (--set section.key=value; values parsed as JSON), with their choices "
+               "or defaults:\n" + arguments.config_keys_epilog(Config, KEY_NOTES, exclude=("experiment",)) + "\n"
+               "example: python -m deft_jax.search --config configs/osteosarcoma_lite0.toml "
+               "--set search.generations=8")
+    p.add_argument("--config", help="TOML/JSON config file (default: the built-in digits demo)")
+    p.add_argument("--out", help="run directory to create (default: runs/<time>-<model>)")
+    p.add_argument("--seed", type=int, help="random seed for the search and fine-tunes")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                   metavar="KEY=VALUE", help="override config values")
+    p.add_argument("--evaluation", "--strategy", dest="evaluation", choices=get_args(Evaluation),
+                   help="how fitness fine-tunes run (same as --set search.evaluation=...)")
+    dist = p.add_argument_group("multi-process runs (all three, or none; every process runs the "
+                                "same command, process 0 writes the run directory)")
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator")
+    dist.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    dist.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
+    return p
+
+
+@exit_on_user_error(on_interrupt="interrupted: completed generations are saved; "
+                                 "continue with --resume RUN_DIR")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from deft_jax.runtime import distributed
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any JAX work
+    from deft_jax.runtime import compile_cache
+    compile_cache.enable(log=print if distributed.is_writer() else None)
+    from deft_jax.run.pipeline import resolve_run_dir, run_pipeline
+    overrides = list(args.overrides)
+    if args.evaluation:
+        overrides.append(f"search.evaluation={json.dumps(args.evaluation)}")
+    with rundir.owned():  # the run directory's lock is held until the run ends
+        if args.resume:
+            run_dir = Path(args.resume)
+            if not (run_dir / rundir.CONFIG).is_file():
+                raise UserError(f"{run_dir} is not a run directory (no {rundir.CONFIG}; a run stopped "
+                                "before writing it computed nothing: delete the folder and start again)")
+            if args.config or args.seed is not None:
+                raise UserError("--resume uses the run's own config.json; drop --config/--seed")
+            check_resume_overrides(overrides)
+            if distributed.is_writer():
+                rundir.lock(run_dir)
+            raw = rundir.read_json(run_dir / rundir.CONFIG)
+            saved = config_from_dict(raw)
+            cfg = config_from_dict(apply_overrides(copy.deepcopy(raw), overrides))
+            check_resumed_config(saved, cfg)
+            run_pipeline(cfg, run_dir, resume=True)
+        else:
+            cfg = load_config(args.config, overrides, args.seed)
+            run_pipeline(cfg, resolve_run_dir(args.out, cfg), resume=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
