@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -137,8 +138,15 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
     other = OtherLoad()
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     recorder.t0 = t0
-    log = lambda s: print(f"  [{strategy}] {s}", file=sys.stderr, flush=True)  # noqa: E731
-    result = run_search(cfg, recorder, spec.layer_groups, state_path=None, log=log)
+    progress = logging.StreamHandler(sys.stderr)  # the search's log lines, tagged, on stderr
+    progress.setFormatter(logging.Formatter(f"  [{strategy}] %(message)s"))
+    logger = logging.getLogger("deft_jax")
+    logger.addHandler(progress)
+    logger.setLevel(logging.INFO)
+    try:
+        result = run_search(cfg, recorder, spec.layer_groups, state_path=None)
+    finally:
+        logger.removeHandler(progress)
     search_s = time.perf_counter() - t0
     search_cpu_s = cpu_seconds() - cpu0
     search_compile_s = clock.total - setup_compile_s

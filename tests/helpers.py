@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import numpy as np
 
 from deft_jax.config.schema import load_config
@@ -44,3 +47,25 @@ def small_cnn_problem(**finetune):
     base = dict(batch_size=16, learning_rate=0.1, momentum=0.9, weight_decay=0.01, epochs=2)
     return spec, variables, data, FineTuneConfig(**{**base, **finetune})
 
+
+@contextlib.contextmanager
+def logged(on_message=None, name: str = "deft_jax"):
+    """The messages (INFO and up) the `deft_jax` loggers emit inside the block, as a list;
+    `on_message(text)` is also called at each one, while it is emitted."""
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+            if on_message is not None:
+                on_message(record.getMessage())
+
+    logger, handler = logging.getLogger(name), Collect()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -25,7 +25,7 @@ from deft_jax.methods.auto_rgn import rgn_multipliers, scale_by_rgn
 from deft_jax.core.metrics import roc_auc_ovr
 from deft_jax.models import build_model
 
-from helpers import tiny_overrides
+from helpers import logged, tiny_overrides
 
 SEEDS = 2
 # the paper's methods and the variant with every search option (learning-rate genes, final
@@ -43,8 +43,8 @@ def tiny_experiment_config(**extra):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("exp") / "run"
-    lines = []
-    summary = run_experiment(tiny_experiment_config(), out, seeds=SEEDS, log=lines.append)
+    with logged() as lines:
+        summary = run_experiment(tiny_experiment_config(), out, seeds=SEEDS)
     return out, summary, lines
 
 
@@ -121,13 +121,13 @@ def test_resume_skips_finished_pairs_and_runs_only_the_missing_ones(finished, tm
     dropped = json.loads(records[-1])
     (out / RUNS).write_text("\n".join(records[:-1]) + "\n")
     cfg = config_from_dict(json.loads((out / "config.json").read_text()))  # as main() does
-    lines = []
-    run_experiment(cfg, out, resume=True, log=lines.append)
+    with logged() as lines:
+        run_experiment(cfg, out, resume=True)
     started = [line for line in lines if line.endswith("...")]
     assert started == [f"seed {dropped['seed'] + 1}/{SEEDS} method {dropped['method']} ..."]
     assert len(read_runs(out / RUNS)) == len(records)
-    lines.clear()
-    run_experiment(cfg, out, resume=True, log=lines.append)  # nothing left to do
+    with logged() as lines:
+        run_experiment(cfg, out, resume=True)  # nothing left to do
     assert not [line for line in lines if line.endswith("...")]
 
 

@@ -26,7 +26,7 @@ from deft_jax.models import build_model
 from deft_jax.cli.predict import checkpoint_sampling
 from deft_jax.data.splits import complete_splits
 
-from helpers import tiny_overrides
+from helpers import logged, tiny_overrides
 
 CLASSES = ("cat", "dog", "owl")
 # every extension a user may have, in mixed letter case
@@ -79,8 +79,8 @@ def lines(capture: list):
 def test_a_class_folder_tree_of_mixed_sizes_and_types_loads_at_the_model_input_size(tmp_path):
     root = photo_tree(tmp_path / "photos", {"": 8})
     add_clutter(root)
-    log = []
-    ds = load_dataset({"kind": "folder", "path": str(root)}, input_size=24, log=log.append)
+    with logged() as log:
+        ds = load_dataset({"kind": "folder", "path": str(root)}, input_size=24)
     assert ds.class_names == list(CLASSES)
     assert ds.images.shape == (24, 24, 24, 3) and ds.images.dtype == np.uint8
     assert np.bincount(ds.labels).tolist() == [8, 8, 8]
@@ -110,8 +110,8 @@ def split_config(root, **data):
 
 def test_split_folders_are_splits_not_classes_and_their_membership_is_kept(tmp_path):
     root = photo_tree(tmp_path, {"train": 6, "validation": 2, "test": 3})
-    log = []
-    ds = load_dataset({"kind": "folder", "path": str(root)}, input_size=16, log=log.append)
+    with logged() as log:
+        ds = load_dataset({"kind": "folder", "path": str(root)}, input_size=16)
     assert ds.class_names == list(CLASSES)
     assert ds.origin["layout"] == "split folders"
     assert ds.origin["split_folders"] == {"train": "train", "val": "validation", "test": "test"}
@@ -162,8 +162,8 @@ def test_a_class_missing_from_one_split_is_reported(tmp_path):
     root = photo_tree(tmp_path, {"train": 4, "val": 2, "test": 2})
     for f in (root / "test" / "owl").iterdir():
         f.unlink()
-    log = []
-    ds = load_dataset({"kind": "folder", "path": str(root)}, input_size=16, log=log.append)
+    with logged() as log:
+        ds = load_dataset({"kind": "folder", "path": str(root)}, input_size=16)
     assert ds.class_names == list(CLASSES)
     assert ds.origin["classes_missing"] == {"test": ["owl"]}
     assert "warning: the test folder 'test' has no images of class(es) owl" in lines(log)

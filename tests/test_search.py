@@ -108,7 +108,7 @@ def test_differential_evolution_beats_random_sampling_on_a_landscape_built_for_i
         rng = np.random.default_rng(seed)
         target = dict(zip(WIDE_GROUPS[:-1], rng.integers(0, 2, genes).astype(bool).tolist()))
         cfg = load_config(None, ["search.population_size=16", "search.generations=10", f"seed={seed}"])
-        result = run_search(cfg, HammingEvaluator(target), WIDE_LAYER_GROUPS, log=lambda s: None)
+        result = run_search(cfg, HammingEvaluator(target), WIDE_LAYER_GROUPS)
         de_distance = round(result.best_fitness * genes)
         assert len(result.memo) <= budget
         assert de_distance <= close, (seed, de_distance)
@@ -121,17 +121,16 @@ def test_differential_evolution_beats_random_sampling_on_a_landscape_built_for_i
 
 def test_resume_after_an_interruption_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     cfg = fake_config()
-    straight = run_search(cfg, CountingEvaluator(), LAYER_GROUPS, log=lambda s: None)
+    straight = run_search(cfg, CountingEvaluator(), LAYER_GROUPS)
     state = tmp_path / "state.msgpack"
     with pytest.raises(KeyboardInterrupt):
-        run_search(cfg, CountingEvaluator(fail_after=12), LAYER_GROUPS, state_path=state,
-                   log=lambda s: None)
+        run_search(cfg, CountingEvaluator(fail_after=12), LAYER_GROUPS, state_path=state)
     from flax import serialization
     saved = serialization.msgpack_restore(state.read_bytes())
     memo_at_interrupt = set(json.loads(saved["memo"]))
     assert 0 < int(saved["generation"]) < cfg.search.generations
     resumed_eval = CountingEvaluator()
-    resumed = run_search(cfg, resumed_eval, LAYER_GROUPS, state_path=state, log=lambda s: None)
+    resumed = run_search(cfg, resumed_eval, LAYER_GROUPS, state_path=state)
     assert resumed.best_mask == straight.best_mask and resumed.best_fitness == straight.best_fitness
     assert resumed.memo == straight.memo
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]

@@ -188,7 +188,7 @@ def test_a_seeded_population_starts_with_the_baselines_and_never_ends_worse_than
         def stats(self):
             return {}
 
-    result = run_search(cfg, Recorder(), LAYER_GROUPS, log=lambda s: None)
+    result = run_search(cfg, Recorder(), LAYER_GROUPS)
     assert [mask_key(decode_genome(g, GROUPS)) for g in baseline_genomes(genes)] == \
         ["00001", "11111", "00011", "00111"]
     assert seen[:4] == ["00001", "11111", "00011", "00111"]

@@ -23,7 +23,7 @@ from deft_jax.evolution.loop import run_search
 from deft_jax.cli.search import main
 
 from conftest import REPO
-from helpers import tiny_overrides
+from helpers import logged, tiny_overrides
 from test_search import LAYER_GROUPS, CountingEvaluator, fake_config
 
 HOLD_LOCK = """
@@ -120,21 +120,24 @@ def test_the_generation_line_is_logged_only_after_its_state_is_saved(tmp_path):
             saved = serialization.msgpack_restore(state.read_bytes())
             saved_at_log.append((generation, int(saved["generation"])))
 
-    run_search(fake_config(generations=3), CountingEvaluator(), LAYER_GROUPS,
-               state_path=state, log=log)
+    with logged(on_message=log):
+        run_search(fake_config(generations=3), CountingEvaluator(), LAYER_GROUPS, state_path=state)
     assert saved_at_log == [(g, g) for g in range(4)]
 
 
-def test_non_finite_logits_get_the_worst_fitness_and_a_log_line_never_an_argmax(monkeypatch):
-    lines = []
-    monkeypatch.setattr(divergence, "_log", lines.append)
+def test_non_finite_logits_get_the_worst_fitness_and_a_log_line_never_an_argmax():
+    with logged() as lines:
+        check_non_finite_fitness()
+    assert len(lines) == 2 and all(l.startswith("diverged: mask [a]") for l in lines)
+
+
+def check_non_finite_fitness():
     labels = np.zeros(8, np.int64)  # imbalanced: NaN logits argmax'ed to class 0 score 1.0
     nan_logits = np.full((8, 3), np.nan, np.float32)
     assert divergence.fitness_from_logits("accuracy", nan_logits, labels, 3, {"a": True}) == 1.0
     good = np.tile(np.array([[5.0, 0.0, 0.0]], np.float32), (8, 1))
     assert divergence.fitness_from_logits("accuracy", good, labels, 3, {"a": True}, [1.0, float("inf")]) == 1.0
     assert divergence.fitness_from_logits("accuracy", good, labels, 3, {"a": True}, [1.0, 0.5]) == 0.0
-    assert len(lines) == 2 and all(l.startswith("diverged: mask [a]") for l in lines)
 
 
 def test_a_diverging_search_goes_on_and_its_final_model_is_one_error_line_then_resume_can_fix_it(

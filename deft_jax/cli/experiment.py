@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from deft_jax.cli import logs
 from deft_jax.cli.arguments import ArgumentParser, config_keys_epilog
 from deft_jax.config.schema import ExperimentConfig, config_from_dict, load_config
 from deft_jax.errors import UserError, exit_on_user_error
@@ -43,7 +44,6 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from deft_jax.runtime import compile_cache
-    compile_cache.enable(log=print)
     methods = None
     if args.methods is not None:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             get_method(m)
         if not methods:
             raise UserError("--methods is empty")
-    with rundir.owned():  # the output folder's lock is held until the experiment ends
+    with rundir.owned(), logs.printed():  # the output folder's lock is held until the experiment ends
+        compile_cache.enable()
         return _run(args, methods)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from deft_jax.cli import arguments
+from deft_jax.cli import arguments, logs
 from deft_jax.core.training import logits as model_logits
 from deft_jax.data import LEGACY_RESIZE, Sampling, image_samples, preprocess
 from deft_jax.errors import UserError, exit_on_user_error
@@ -76,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("images", nargs="+", help="image files (jpg, png, ...)")
     args = p.parse_args(argv)
     from deft_jax.runtime import compile_cache
-    compile_cache.enable(log=lambda line: print(line, file=sys.stderr))  # stdout is the predictions
-    predictor = Predictor(Path(args.run))
-    for path, name, prob in predictor.predict_files(args.images):
-        print(f"{path}\t{name}\t{prob:.4f}")
+    with logs.printed("stderr"):  # stdout is the predictions
+        compile_cache.enable()
+        predictor = Predictor(Path(args.run))
+        for path, name, prob in predictor.predict_files(args.images):
+            print(f"{path}\t{name}\t{prob:.4f}")
     return 0
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-from deft_jax.cli import arguments
+from deft_jax.cli import arguments, logs
 from deft_jax.config.schema import (
     Config,
     Evaluation,
@@ -72,31 +72,32 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from deft_jax.runtime import distributed
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any JAX work
-    from deft_jax.runtime import compile_cache
-    compile_cache.enable(log=print if distributed.is_writer() else None)
-    from deft_jax.run.pipeline import resolve_run_dir, run_pipeline
-    overrides = list(args.overrides)
-    if args.evaluation:
-        overrides.append(f"search.evaluation={json.dumps(args.evaluation)}")
-    with rundir.owned():  # the run directory's lock is held until the run ends
-        if args.resume:
-            run_dir = Path(args.resume)
-            if not (run_dir / rundir.CONFIG).is_file():
-                raise UserError(f"{run_dir} is not a run directory (no {rundir.CONFIG}; a run stopped "
-                                "before writing it computed nothing: delete the folder and start again)")
-            if args.config or args.seed is not None:
-                raise UserError("--resume uses the run's own config.json; drop --config/--seed")
-            check_resume_overrides(overrides)
-            if distributed.is_writer():
-                rundir.lock(run_dir)
-            raw = rundir.read_json(run_dir / rundir.CONFIG)
-            saved = config_from_dict(raw)
-            cfg = config_from_dict(apply_overrides(copy.deepcopy(raw), overrides))
-            check_resumed_config(saved, cfg)
-            run_pipeline(cfg, run_dir, resume=True)
-        else:
-            cfg = load_config(args.config, overrides, args.seed)
-            run_pipeline(cfg, resolve_run_dir(args.out, cfg), resume=False)
+    with logs.printed(enabled=distributed.is_writer()):  # process 0 logs
+        from deft_jax.runtime import compile_cache
+        compile_cache.enable()
+        from deft_jax.run.pipeline import resolve_run_dir, run_pipeline
+        overrides = list(args.overrides)
+        if args.evaluation:
+            overrides.append(f"search.evaluation={json.dumps(args.evaluation)}")
+        with rundir.owned():  # the run directory's lock is held until the run ends
+            if args.resume:
+                run_dir = Path(args.resume)
+                if not (run_dir / rundir.CONFIG).is_file():
+                    raise UserError(f"{run_dir} is not a run directory (no {rundir.CONFIG}; a run stopped "
+                                    "before writing it computed nothing: delete the folder and start again)")
+                if args.config or args.seed is not None:
+                    raise UserError("--resume uses the run's own config.json; drop --config/--seed")
+                check_resume_overrides(overrides)
+                if distributed.is_writer():
+                    rundir.lock(run_dir)
+                raw = rundir.read_json(run_dir / rundir.CONFIG)
+                saved = config_from_dict(raw)
+                cfg = config_from_dict(apply_overrides(copy.deepcopy(raw), overrides))
+                check_resumed_config(saved, cfg)
+                run_pipeline(cfg, run_dir, resume=True)
+            else:
+                cfg = load_config(args.config, overrides, args.seed)
+                run_pipeline(cfg, resolve_run_dir(args.out, cfg), resume=False)
     return 0
 
 

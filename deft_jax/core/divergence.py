@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -20,16 +21,9 @@ import numpy as np
 from deft_jax.core.metrics import metric_from_logits
 from deft_jax.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 WORST_FITNESS = 1.0
-
-_log: Callable[[str], None] = print
-
-
-def set_log(log: Callable[[str], None]) -> None:
-    """Where the 'diverged' lines go (the run's log; a no-op on non-writing processes)."""
-    global _log
-    _log = log
-
 
 def all_finite(tree) -> bool:
     """True when every floating-point leaf of `tree` (arrays, scalars) is finite."""
@@ -50,7 +44,7 @@ def _describe(mask: Mapping[str, bool] | None) -> str:
 def fitness_from_logits(metric: str, logits: np.ndarray, labels: np.ndarray, num_classes: int,
                         mask: Mapping[str, bool] | None = None,
                         losses: Sequence[float] | None = None) -> float:
-    """Fitness = 1 - metric on the validation split, or `WORST_FITNESS` (with a log line)
+    """Fitness = 1 - metric on the validation split, or `WORST_FITNESS` (with a warning)
     when the fine-tune diverged: non-finite logits or a non-finite last loss."""
     diverged = None
     if not all_finite(logits):
@@ -58,7 +52,7 @@ def fitness_from_logits(metric: str, logits: np.ndarray, labels: np.ndarray, num
     elif losses is not None and len(losses) and not math.isfinite(float(losses[-1])):
         diverged = "training loss"
     if diverged:
-        _log(f"diverged: {_describe(mask)} gave non-finite {diverged}; scored as the worst "
+        logger.warning(f"diverged: {_describe(mask)} gave non-finite {diverged}; scored as the worst "
              f"fitness {WORST_FITNESS:.1f} (lower finetune.learning_rate if this is frequent)")
         return WORST_FITNESS
     return 1.0 - metric_from_logits(metric, logits, labels, num_classes)

@@ -10,10 +10,10 @@ split folder).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -30,6 +30,8 @@ from deft_jax.data.images import (
 from deft_jax.data.layout import FolderScan, compile_regex, regex_value, scan_folder
 from deft_jax.errors import UserError
 from deft_jax.runtime import host_memory
+
+logger = logging.getLogger(__name__)
 
 MEMORY_HEADROOM = 0.8  # share of the host's available memory the decoded images may take
 OPTIONS = {"kind", "path", "label_regex", "group_regex", "crop", "crop_stride", "image_size",
@@ -121,8 +123,8 @@ def check_memory(n_samples: int, height: int, width: int, n_images: int) -> None
 class _Progress:
     """A progress bar on a terminal (stderr), else a log line every 10% once it is slow."""
 
-    def __init__(self, total: int, log: Callable[[str], None] | None):
-        self.total, self.log = total, log
+    def __init__(self, total: int):
+        self.total = total
         self.tty = sys.stderr.isatty()
         self.start = time.perf_counter()
         self.last_draw = 0.0
@@ -139,13 +141,13 @@ class _Progress:
                 sys.stderr.write("\n")
             sys.stderr.flush()
             self.last_draw = now
-        elif not self.tty and self.log is not None and elapsed > 5 \
+        elif not self.tty and elapsed > 5 \
                 and done * 10 >= self.next_step * self.total and done < self.total:
-            self.log(f"decoding images: {done}/{self.total} ({elapsed:.0f} s)")
+            logger.info(f"decoding images: {done}/{self.total} ({elapsed:.0f} s)")
             self.next_step = done * 10 // self.total + 1
 
 
-def decode_all(files, rel, sampling: Sampling, counts, shape, log=None,
+def decode_all(files, rel, sampling: Sampling, counts, shape,
                workers: int | None = None) -> np.ndarray:
     """All samples of all files into one preallocated uint8 array, decoded in threads
     (PIL releases the GIL while decoding and resizing)."""
@@ -157,7 +159,7 @@ def decode_all(files, rel, sampling: Sampling, counts, shape, log=None,
         images[offsets[i]:offsets[i + 1]] = np.stack(samples)
 
     workers = workers or max(1, min(8, os.cpu_count() or 1))
-    progress = _Progress(len(files), log)
+    progress = _Progress(len(files))
     chunk = 64
     with ThreadPoolExecutor(workers) as pool:
         pending = set()
@@ -177,7 +179,7 @@ def decode_all(files, rel, sampling: Sampling, counts, shape, log=None,
     return images
 
 
-def load_folder(source: dict, input_size: int | None = None, log=None) -> Dataset:
+def load_folder(source: dict, input_size: int | None = None) -> Dataset:
     path = source.get("path")
     if not path:
         raise UserError("folder dataset needs a 'path'")
@@ -188,7 +190,6 @@ def load_folder(source: dict, input_size: int | None = None, log=None) -> Datase
         raise UserError(f"dataset path is not a directory: {root}")
     sampling = folder_sampling(source, input_size)
     max_images = positive_int(source, "max_images")
-    log = log or (lambda _line: None)
 
     scan = scan_folder(root, source.get("label_regex"))
     class_names = sorted(set(scan.labels))
@@ -206,7 +207,7 @@ def load_folder(source: dict, input_size: int | None = None, log=None) -> Datase
     n_samples = int(sum(counts))
     check_memory(n_samples, height, width, len(files))
     t0 = time.perf_counter()
-    images = decode_all(files, rel, sampling, counts, (height, width), log, workers)
+    images = decode_all(files, rel, sampling, counts, (height, width), workers)
     seconds = time.perf_counter() - t0
 
     labels = np.repeat(labels, counts).astype(np.int32)
@@ -226,12 +227,12 @@ def load_folder(source: dict, input_size: int | None = None, log=None) -> Datase
     desc += f", {len(set(image_groups))} groups"
     if max_images is not None:
         desc += f" (first {max_images} images per class)"
-    log(f"data: {root}: {_layout_words(scan)}; decoded {len(files)} images in {seconds:.1f} s "
+    logger.info(f"data: {root}: {_layout_words(scan)}; decoded {len(files)} images in {seconds:.1f} s "
         f"({workers} threads), {images.nbytes / 2**20:.0f} MiB as uint8")
     if scan.skipped_line:
-        log(f"data: {scan.skipped_line}")
+        logger.info(f"data: {scan.skipped_line}")
     for split, lacking in scan.missing.items():
-        log(f"data: warning: the {split} folder '{scan.split_folders[split]}' has no images of "
+        logger.warning(f"data: warning: the {split} folder '{scan.split_folders[split]}' has no images of "
             f"class(es) {', '.join(lacking)}")
     origin = {"layout": scan.layout, "split_folders": scan.split_folders,
               "classes_missing": scan.missing,

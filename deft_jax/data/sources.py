@@ -66,12 +66,12 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def load_dataset(source: dict, input_size: int | None = None, log=None) -> Dataset:
+def load_dataset(source: dict, input_size: int | None = None) -> Dataset:
     """Load a dataset from a source config dict (see module docstring).
 
     `input_size`: the model's input size, which a folder's whole images are resized to
     unless `image_size` is set (None: keep their own size, which must then be one size).
-    `log`: gets a few lines about what was read (layout, skipped files, progress)."""
+    A few lines about what was read (layout, skipped files, progress) are logged."""
     if not isinstance(source, dict):
         raise UserError(f"dataset source must be a mapping with a 'kind' key, got {source!r}")
     kind = source.get("kind")
@@ -87,7 +87,7 @@ def load_dataset(source: dict, input_size: int | None = None, log=None) -> Datas
         from deft_jax.data.tfds import load_tfds
         dataset = load_tfds(source)
     elif kind == "folder":
-        dataset = folder.load_folder(source, input_size, log)
+        dataset = folder.load_folder(source, input_size)
     else:
         dataset = _load_npz(source)
     require_two_classes(dataset.labels, dataset.class_names, source.get("path") or source.get("name") or kind)

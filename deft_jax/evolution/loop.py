@@ -13,11 +13,11 @@ one-standard-error rule toward fewer trainable parameters (`select`).
 
 from __future__ import annotations
 
+import logging
 import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -39,6 +39,8 @@ from deft_jax.evolution.fitness import Halving, MemoTable, evaluate_population
 from deft_jax.evolution.progress import SearchProgress
 from deft_jax.models.groups import LayerGroups
 from deft_jax.runtime import rundir
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -117,7 +119,7 @@ def _load_state(path: Path, template):
 
 
 def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
-               state_path: Path | None = None, log: Callable[[str], None] = print,
+               state_path: Path | None = None,
                stop_after: int | None = None, save_state: bool = True, n_val: int = 0,
                progress: SearchProgress | None = None) -> SearchResult:
     """The DE loop over the masks of `groups` (whose sizes give the trainable-fraction
@@ -171,7 +173,7 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
 
     def report(row: dict) -> None:
         promoted = f" (whole budget {row['promoted']})" if "promoted" in row else ""
-        log(f"gen {row['generation']:>3}/{s.generations}  best {row['best_fitness']:.4f}  "
+        logger.info(f"gen {row['generation']:>3}/{s.generations}  best {row['best_fitness']:.4f}  "
             f"mean {row['mean_fitness']:.4f}  evaluated {row['masks_evaluated']}{promoted}  "
             f"memo hits {row['memo_hits']}  {row['seconds']:.1f} s")
 
@@ -184,7 +186,7 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
         template = de.init(jax.random.key(0), init_population,
                                  jnp.zeros(s.population_size), de_params)
         generation, de_state, memo, history = _load_state(state_path, template)
-        log(f"resuming after generation {generation} ({len(memo.entries)} masks memoised)")
+        logger.info(f"resuming after generation {generation} ({len(memo.entries)} masks memoised)")
     else:
         memo, history = MemoTable(), []
         t0 = time.perf_counter()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import copy
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,8 @@ from deft_jax.experiment.summary import SUMMARY_MD, format_value, summarize
 from deft_jax.methods import MethodContext, ProgramCache, get_method, run_order
 from deft_jax.methods import handpicked as handpicked_method
 from deft_jax.runtime import rundir
+
+logger = logging.getLogger(__name__)
 
 META = "experiment.json"
 PROGRAMS_KEPT = 40  # compiled fine-tune programs kept alive across seeds (see ProgramCache)
@@ -50,7 +52,7 @@ def _prepare_out(out: Path, resume: bool) -> None:
 
 
 def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, seeds: int | None = None,
-                   resume: bool = False, log: Callable[[str], None] = print) -> dict:
+                   resume: bool = False) -> dict:
     """Runs every missing (seed, method) and writes the summary; returns summary.json's dict."""
     import jax
 
@@ -68,7 +70,7 @@ def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, see
     cfg.experiment.methods, cfg.experiment.seeds = methods, seeds
 
     # everything that can fail on user input fails before the output folder is created
-    dataset = load_dataset(cfg.data.source, input_size=cfg.model.input_size, log=log)
+    dataset = load_dataset(cfg.data.source, input_size=cfg.model.input_size)
     programs = ProgramCache()
     spec = programs.model(cfg, len(dataset.class_names))
     for m in order:  # a method's own config check (the deft variants' overrides)
@@ -93,10 +95,10 @@ def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, see
     (out / "state").mkdir(exist_ok=True)
     records = read_runs(out / RUNS)
     done = {(r["seed"], r["method"]) for r in records}
-    log(f"experiment: {', '.join(order)} x {seeds} seed(s); {dataset.description}; model {spec.name} "
+    logger.info(f"experiment: {', '.join(order)} x {seeds} seed(s); {dataset.description}; model {spec.name} "
         f"({spec.pretrained or 'random init'}); output {out}")
     if done:
-        log(f"resuming: {len(done)} (seed, method) run(s) already recorded are skipped")
+        logger.info(f"resuming: {len(done)} (seed, method) run(s) already recorded are skipped")
 
     t_start = time.perf_counter()
     for s in range(seeds):
@@ -116,8 +118,8 @@ def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, see
                 continue
             previous = {r["method"]: r for r in records if r["seed"] == s}
             ctx = MethodContext(cfg=cfg_s, data=data, spec=spec, variables=variables, seed=s,
-                                previous=previous, programs=programs, state_dir=out / "state", log=log)
-            log(f"seed {s + 1}/{seeds} method {m} ...")
+                                previous=previous, programs=programs, state_dir=out / "state")
+            logger.info(f"seed {s + 1}/{seeds} method {m} ...")
             t0 = time.perf_counter()
             result = get_method(m).run(ctx)
             wall = time.perf_counter() - t0
@@ -135,12 +137,12 @@ def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, see
             done.add((s, m))
             write_csv(out / RUNS_CSV, records)
             t = result.test
-            log(f"seed {s + 1}/{seeds} method {m} ... test acc {t['accuracy']:.3f}, macro-F1 "
+            logger.info(f"seed {s + 1}/{seeds} method {m} ... test acc {t['accuracy']:.3f}, macro-F1 "
                 f"{t['macro_f1']:.3f}, AUC {format_value(t.get('auc'))} ({wall:.0f} s)")
         if programs.release_if_over(PROGRAMS_KEPT):
-            log(f"released compiled programs after seed {s + 1} (more than {PROGRAMS_KEPT} alive)")
-    log(f"runs finished in {time.perf_counter() - t_start:.0f} s; writing the summary")
+            logger.info(f"released compiled programs after seed {s + 1} (more than {PROGRAMS_KEPT} alive)")
+    logger.info(f"runs finished in {time.perf_counter() - t_start:.0f} s; writing the summary")
     write_csv(out / RUNS_CSV, records)
     summary = summarize(records, meta, cfg, out)
-    log(f"summary: {out / SUMMARY_MD}")
+    logger.info(f"summary: {out / SUMMARY_MD}")
     return summary

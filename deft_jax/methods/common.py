@@ -94,7 +94,6 @@ class MethodContext:
     previous: dict = dataclasses.field(default_factory=dict)  # method -> record, same seed
     programs: ProgramCache = dataclasses.field(default_factory=ProgramCache)
     state_dir: Path | None = None  # where a method may keep resumable state
-    log: Callable[[str], None] = print
 
     def data_for(self, spec: ModelSpec) -> PreparedData:
         """This seed's split preprocessed for another model (its input size, mean, std)."""

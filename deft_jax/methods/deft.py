@@ -56,7 +56,7 @@ def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
     evaluator, mode = make_shared_evaluator(ctx)
     state = ctx.state_dir / f"seed{ctx.seed}-{name}.msgpack" if ctx.state_dir else None
     search = run_search(ctx.cfg, evaluator, ctx.spec.layer_groups, state_path=state,
-                        log=lambda line: ctx.log("    " + line), n_val=len(ctx.data.arrays.y_val))
+                        n_val=len(ctx.data.arrays.y_val))
     t1 = time.perf_counter()
     names = ctx.spec.group_names
     result = final_fit(ctx, search.best_mask)

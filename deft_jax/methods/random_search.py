@@ -12,6 +12,7 @@ training. If the feasible mask space is smaller than the budget, all of it is tr
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -27,6 +28,8 @@ from deft_jax.evolution.evaluators.choice import fitness_recipe
 from deft_jax.evolution.fitness import MemoTable, evaluate_population
 from deft_jax.methods.common import MethodContext, MethodResult, final_fit
 from deft_jax.methods.deft import make_shared_evaluator
+
+logger = logging.getLogger(__name__)
 
 AFTER = ("deft",)  # run after deft on the same seed, to match its evaluation count
 DRAW_STREAM = 20230  # random-search's genomes come from default_rng([seed, DRAW_STREAM])
@@ -73,8 +76,8 @@ def run(ctx: MethodContext) -> MethodResult:
         raise UserError("random-search: no mask within search.max_trainable_fraction")
     best_key = min(order, key=lambda k: (memo.entries[k], order.index(k)))
     t1 = time.perf_counter()
-    ctx.log(f"    random search: {len(order)} masks trained (budget {n}: {source}); "
-            f"best fitness {memo.entries[best_key]:.4f}")
+    logger.info(f"random search: {len(order)} masks trained (budget {n}: {source}); "
+                f"best fitness {memo.entries[best_key]:.4f}")
     result = final_fit(ctx, mask_from_key(best_key, spec.group_names))
     best_so_far = np.minimum.accumulate([memo.entries[k] for k in order]).tolist()
     result.fitness_evaluations = len(memo.entries)

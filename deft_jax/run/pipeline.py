@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from deft_jax.run.checkpoint import save_checkpoint
 from deft_jax.run.report import render_report
 from deft_jax.runtime import distributed, rundir
 
+logger = logging.getLogger(__name__)
+
 
 def resolve_run_dir(out: str | None, cfg: Config) -> Path:
     if out:
@@ -36,17 +39,15 @@ def inference_meta(cfg: Config, spec, class_names, mask, pretrained) -> dict:
             "sampling": sampling_of(cfg.data.source, spec.input_size)}
 
 
-def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) -> dict:
+def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     """Runs (or resumes) a whole DEFT search; returns metrics. Everything that can fail on
     user input fails before the run directory is created.
 
     Multi-process runs: every process runs all of this (same search, same final model);
-    only process 0 creates and writes the run directory and logs."""
+    only process 0 creates and writes the run directory (the commands log on process 0 only)."""
     t_start = time.perf_counter()
     writer = distributed.is_writer()
-    if not writer:
-        log = lambda *_: None  # noqa: E731
-    dataset = load_dataset(cfg.data.source, input_size=cfg.model.input_size, log=log)
+    dataset = load_dataset(cfg.data.source, input_size=cfg.model.input_size)
     spec = build_model(cfg.model.name, len(dataset.class_names), cfg.model.weights,
                        cfg.model.input_size, cfg.model.granularity)
     data = prepare_data(cfg, spec, dataset, run_dir / rundir.SPLITS if resume else None)
@@ -62,19 +63,18 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
                     origin=data.split_origin)
         rundir.write_json(run_dir / rundir.CONFIG, cfg.to_dict())  # last: it marks a resumable run
 
-    divergence.set_log(log)
     evaluator, mode, reason = make_evaluator(cfg, spec, variables, data.arrays)
     n = {k: len(v) for k, v in data.splits.items()}
-    log(f"data: {dataset.description}; train/val/test {n['train']}/{n['val']}/{n['test']}; "
+    logger.info(f"data: {dataset.description}; train/val/test {n['train']}/{n['val']}/{n['test']}; "
         f"{describe_origin(data.split_origin)}")
-    log(f"model: {spec.name} ({spec.pretrained or 'random init'}), {len(searchable_groups(spec.group_names))} "
+    logger.info(f"model: {spec.name} ({spec.pretrained or 'random init'}), {len(searchable_groups(spec.group_names))} "
         f"searchable layer groups + head, {sum(sizes.values()):,} parameters")
-    log(f"evaluation: {mode} ({reason}); run directory: {run_dir}")
+    logger.info(f"evaluation: {mode} ({reason}); run directory: {run_dir}")
 
     # other processes read a resumed run's state (shared file system) but never write it
     progress = SearchProgress(cfg.search.generations + 1, cfg.search.population_size) if writer else None
     result = run_search(cfg, evaluator, groups,
-                        state_path=run_dir / rundir.STATE if writer or resume else None, log=log,
+                        state_path=run_dir / rundir.STATE if writer or resume else None,
                         save_state=writer, n_val=len(data.arrays.y_val), progress=progress)
     if writer:
         rundir.write_jsonl(run_dir / rundir.HISTORY, result.history)
@@ -82,7 +82,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
                                                   "selection": result.selection})
     t_search = time.perf_counter()
     chosen = [g for g, on in result.best_mask.items() if on]
-    log(f"best mask (fitness {result.best_fitness:.4f}): fine-tune {', '.join(chosen)}")
+    logger.info(f"best mask (fitness {result.best_fitness:.4f}): fine-tune {', '.join(chosen)}")
 
     final = train_final(cfg, spec, variables, result.best_mask, data)
     divergence.check_final_model(cfg, final, run_dir)  # before any write
@@ -108,6 +108,6 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
                            class_names=data.class_names, split_sizes=n, seconds=seconds)
     rundir.write_text_atomic(run_dir / rundir.REPORT, report)
     t = metrics["test"]
-    log(f"test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f} (n={t['n']}); "
+    logger.info(f"test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f} (n={t['n']}); "
         f"total {seconds['total']:.0f} s; report: {run_dir / rundir.REPORT}")
     return metrics

@@ -17,11 +17,13 @@ caches only programs whose compile took at least `jax_persistent_cache_min_compi
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
+
+logger = logging.getLogger(__name__)
 
 ENV = "DEFT_JAX_COMPILE_CACHE"
 OFF = ("off", "0", "no", "none", "false")
@@ -32,9 +34,9 @@ def default_dir() -> Path:
     return Path(base) / "deft_jax" / "xla"
 
 
-def enable(log: Callable[[str], None] | None = None) -> Path | None:
+def enable() -> Path | None:
     """Point JAX's persistent compilation cache at the configured folder; returns it, or
-    None when the cache is off or unavailable. `log` gets one line saying which."""
+    None when the cache is off or unavailable; logs one line saying which."""
     setting = os.environ.get(ENV, "").strip()
     if setting.lower() in OFF:
         return None
@@ -46,10 +48,8 @@ def enable(log: Callable[[str], None] | None = None) -> Path | None:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            if log:
-                log(f"warning: compile cache {path} unavailable ({err.strerror}); compiling without it")
+            logger.warning(f"warning: compile cache {path} unavailable ({err.strerror}); compiling without it")
             return None
         jax.config.update("jax_compilation_cache_dir", str(path))
-    if log:
-        log(f"compile cache: {path} ({ENV}=off disables it)")
+    logger.info(f"compile cache: {path} ({ENV}=off disables it)")
     return path
