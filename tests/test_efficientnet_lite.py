@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from deft_jax.errors import UserError
-from deft_jax.models.efficientnet_lite import DepthwiseConv, default_lite0_weights, efficientnet_lite0
+from deft_jax.models.convolutions import DepthwiseConv
+from deft_jax.models.efficientnet_lite import default_lite0_weights, efficientnet_lite0
 from conftest import CIFAR_RESNET_WEIGHTS, lite0_weights_path, needs_lite0
 
 STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)

@@ -1,9 +1,10 @@
 """Convolutions shared by the ImageNet backbones: depthwise convolution, padding rules.
 
-`same_padding` is TensorFlow's "SAME" rule (EfficientNet-Lite); the torchvision/timm models
-use PyTorch's symmetric `padding=k // 2`, given as an int. `DepthwiseConv` runs as a fused
-sum of shifted slices on CPU (XLA's grouped convolution is several times slower there) and
-as a grouped convolution elsewhere; its parameters are the same either way.
+`same_padding` / `same_conv` are TensorFlow's "SAME" rule (EfficientNet-Lite); the
+torchvision/timm models use PyTorch's symmetric `padding=k // 2` (`torch_conv`).
+`DepthwiseConv` runs as a fused sum of shifted slices on CPU (XLA's grouped convolution is
+several times slower there) and as a grouped convolution elsewhere; its parameters are the
+same either way.
 """
 
 from __future__ import annotations
@@ -88,6 +89,15 @@ def torch_conv(x, features: int, kernel: int, stride: int = 1, *, name: str,
     method. `pad` defaults to PyTorch's usual `kernel // 2`."""
     pad = kernel // 2 if pad is None else pad
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(pad, pad), (pad, pad)],
+                   use_bias=use_bias, name=name)(x)
+
+
+def same_conv(x, features: int, kernel: int, stride: int = 1, *, name: str,
+              use_bias: bool = False):
+    """`nn.Conv` with static TF-SAME padding (from `x`'s shape) in NHWC; call inside a compact
+    method."""
+    padding = [same_padding(x.shape[1], kernel, stride), same_padding(x.shape[2], kernel, stride)]
+    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding,
                    use_bias=use_bias, name=name)(x)
 
 

@@ -21,57 +21,17 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from deft_jax.models.convolutions import DepthwiseConv, torch_conv
-from deft_jax.models.layers import ClassifierHead, GatedBatchNorm, TrainFlag
+from deft_jax.models.layers import ClassifierHead
+from deft_jax.models.mbconv import ConvBnAct, MBConv
 from deft_jax.models.staged_spec import Stage, staged_spec
 from deft_jax.models.weight_layout import Entry, LayoutBuilder
 
 ROWS = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
         (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
 STEM, LAST = 32, 1280
-
-
-def _bn(name: str) -> GatedBatchNorm:
-    return GatedBatchNorm(momentum=0.1, epsilon=1e-5, name=name)
-
-
-class ConvBnSilu(nn.Module):
-    features: int
-    kernel: int = 3
-    stride: int = 1
-
-    @nn.compact
-    def __call__(self, x, train: TrainFlag):
-        x = torch_conv(x, self.features, self.kernel, self.stride, name="conv")
-        return jax.nn.silu(_bn("bn")(x, train))
-
-
-class MBConvSE(nn.Module):
-    in_features: int
-    out_features: int
-    kernel: int
-    stride: int
-    expand_ratio: int
-
-    @nn.compact
-    def __call__(self, x, train: TrainFlag):
-        inputs = x
-        hidden = self.in_features * self.expand_ratio
-        if self.expand_ratio != 1:
-            x = jax.nn.silu(_bn("expand_bn")(torch_conv(x, hidden, 1, name="expand_conv"), train))
-        x = DepthwiseConv(self.kernel, self.stride, pad=self.kernel // 2, name="depthwise_conv")(x)
-        x = jax.nn.silu(_bn("depthwise_bn")(x, train))
-        s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = jax.nn.silu(torch_conv(s, max(1, self.in_features // 4), 1, name="se_reduce", use_bias=True))
-        x = x * jax.nn.sigmoid(torch_conv(s, hidden, 1, name="se_expand", use_bias=True))
-        x = _bn("project_bn")(torch_conv(x, self.out_features, 1, name="project_conv"), train)
-        if self.stride == 1 and self.in_features == self.out_features:
-            x = x + inputs
-        return x
+SE_REDUCTION = 4  # squeeze to in_features // 4
 
 
 def _blocks() -> list[tuple[int, int, int, int, int, int, int]]:
@@ -136,13 +96,14 @@ def efficientnet_b0(num_classes: int, weights: str | Path | None = None, input_s
                     granularity: str = "block", load_head: bool = False):
     """EfficientNet-B0 with a fresh `num_classes` head; `weights`: a timm or torchvision
     state dict (naming detected)."""
-    stages = [Stage("stem", functools.partial(ConvBnSilu, features=STEM, stride=2), "stem")]
+    stages = [Stage("stem", functools.partial(ConvBnAct, features=STEM, stride=2,
+                                              activation=jax.nn.silu), "stem")]
     for i, (row, _, cin, cout, kernel, stride, expand) in enumerate(_blocks()):
         stages.append(Stage(f"block{i}", functools.partial(
-            MBConvSE, in_features=cin, out_features=cout, kernel=kernel, stride=stride,
-            expand_ratio=expand), f"stage{row}"))
-    stages.append(Stage("final_conv", functools.partial(ConvBnSilu, features=LAST, kernel=1),
-                        "final_conv"))
+            MBConv, in_features=cin, out_features=cout, kernel=kernel, stride=stride,
+            expand_ratio=expand, activation=jax.nn.silu, se_reduction=SE_REDUCTION), f"stage{row}"))
+    stages.append(Stage("final_conv", functools.partial(
+        ConvBnAct, features=LAST, kernel=1, activation=jax.nn.silu), "final_conv"))
     stages.append(Stage("head", functools.partial(ClassifierHead, num_classes=num_classes), "head"))
     layouts = {"timm": timm_layout(), "torchvision": torchvision_layout()}
     return staged_spec("efficientnet_b0", stages, granularity=granularity,

@@ -26,18 +26,17 @@ import functools
 import math
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 
 from deft_jax.errors import UserError
-from deft_jax.models.convolutions import DepthwiseConv, same_padding
 from deft_jax.models.groups import GRANULARITIES
-from deft_jax.models.layers import ClassifierHead, GatedBatchNorm, TrainFlag
+from deft_jax.models.layers import ClassifierHead
+from deft_jax.models.mbconv import ConvBnAct, MBConv
 from deft_jax.models.staged_spec import Stage, staged_spec
 from deft_jax.models.weight_layout import Entry, LayoutBuilder
 
-BN_MOMENTUM = 0.1  # our fine-tuning convention (PyTorch semantics)
 BN_EPSILON = 1e-3  # as in the reference (TF EfficientNet)
+LITE_BN_NAMES = ("bn0", "bn1", "bn2")  # MBConv expand, depthwise, project BNs
 STEM_FEATURES = 32
 HEAD_FEATURES = 1280  # not width-scaled for the Lite models
 IMAGENET_CLASSES = 1000
@@ -83,61 +82,6 @@ def _block_configs(variant: int = 0) -> list[tuple[int, int, int, int, int, int]
         blocks.append((row, kernel, stride, expand, cin, cout))
         blocks.extend((row, kernel, 1, expand, cout, cout) for _ in range(repeats - 1))
     return blocks
-
-
-def _conv(x, features: int, kernel: int, stride: int = 1, *, name: str):
-    """Bias-free conv with static TF-SAME padding; call inside a compact method."""
-    padding = [same_padding(x.shape[1], kernel, stride), same_padding(x.shape[2], kernel, stride)]
-    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding,
-                   use_bias=False, name=name)(x)
-
-
-def _bn(name: str) -> GatedBatchNorm:
-    return GatedBatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
-
-
-class Stem(nn.Module):
-    """conv 3x3 stride 2 (3 -> 32) + BN + ReLU6."""
-
-    @nn.compact
-    def __call__(self, x, train: TrainFlag):
-        x = _conv(x, STEM_FEATURES, 3, 2, name="conv")
-        return jax.nn.relu6(_bn("bn")(x, train))
-
-
-class MBConv(nn.Module):
-    """Inverted residual block without SE: [expand 1x1 + BN + ReLU6], depthwise kxk + BN +
-    ReLU6, project 1x1 + BN, identity skip when stride 1 and in == out."""
-
-    in_features: int
-    out_features: int
-    kernel: int
-    stride: int
-    expand_ratio: int
-
-    @nn.compact
-    def __call__(self, x, train: TrainFlag):
-        inputs = x
-        hidden = self.in_features * self.expand_ratio
-        if self.expand_ratio != 1:
-            x = _conv(x, hidden, 1, name="expand_conv")
-            x = jax.nn.relu6(_bn("bn0")(x, train))
-        x = DepthwiseConv(self.kernel, self.stride, name="depthwise_conv")(x)
-        x = jax.nn.relu6(_bn("bn1")(x, train))
-        x = _conv(x, self.out_features, 1, name="project_conv")
-        x = _bn("bn2")(x, train)
-        if self.stride == 1 and self.in_features == self.out_features:
-            x = x + inputs
-        return x
-
-
-class FinalConv(nn.Module):
-    """conv 1x1 (320 -> 1280) + BN + ReLU6."""
-
-    @nn.compact
-    def __call__(self, x, train: TrainFlag):
-        x = _conv(x, HEAD_FEATURES, 1, name="conv")
-        return jax.nn.relu6(_bn("bn")(x, train))
 
 
 # --------------------------------------------------------------------------------------
@@ -211,12 +155,17 @@ def efficientnet_lite(variant: int, num_classes: int, weights: str | Path | None
                         f"(choose from {', '.join(GRANULARITIES)})")
     input_size = VARIANTS[variant][2] if input_size is None else input_size
     head_classes = IMAGENET_CLASSES if imagenet_head else num_classes
-    stages = [Stage("stem", Stem, "stem")]
+    conv_bn_act = functools.partial(ConvBnAct, activation=jax.nn.relu6, padding="same",
+                                    bn_epsilon=BN_EPSILON)
+    stages = [Stage("stem", functools.partial(conv_bn_act, features=STEM_FEATURES, stride=2),
+                    "stem")]
     for i, (row, kernel, stride, expand, cin, cout) in enumerate(_block_configs(variant)):
         stages.append(Stage(f"block{i}", functools.partial(
             MBConv, in_features=cin, out_features=cout, kernel=kernel, stride=stride,
-            expand_ratio=expand), f"stage{row}"))
-    stages.append(Stage("final_conv", FinalConv, "final_conv"))
+            expand_ratio=expand, activation=jax.nn.relu6, padding="same",
+            bn_epsilon=BN_EPSILON, bn_names=LITE_BN_NAMES), f"stage{row}"))
+    stages.append(Stage("final_conv", functools.partial(
+        conv_bn_act, features=HEAD_FEATURES, kernel=1), "final_conv"))
     stages.append(Stage("head", functools.partial(ClassifierHead, num_classes=head_classes), "head"))
     return staged_spec(name, stages, granularity=granularity, input_size=input_size,
                        layouts={"efficientnet_lite_pytorch": torch_layout(variant)},

@@ -18,52 +18,16 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 
-from deft_jax.models.convolutions import DepthwiseConv, torch_conv
-from deft_jax.models.layers import ClassifierHead, GatedBatchNorm, TrainFlag
+from deft_jax.models.layers import ClassifierHead
+from deft_jax.models.mbconv import ConvBnAct, MBConv
 from deft_jax.models.staged_spec import Stage, staged_spec
 from deft_jax.models.weight_layout import Entry, LayoutBuilder
 
 SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
            (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 STEM, LAST = 32, 1280
-
-
-def _bn(name: str) -> GatedBatchNorm:
-    return GatedBatchNorm(momentum=0.1, epsilon=1e-5, name=name)
-
-
-class ConvBnRelu6(nn.Module):
-    features: int
-    kernel: int = 3
-    stride: int = 1
-
-    @nn.compact
-    def __call__(self, x, train: TrainFlag):
-        x = torch_conv(x, self.features, self.kernel, self.stride, name="conv")
-        return jax.nn.relu6(_bn("bn")(x, train))
-
-
-class InvertedResidual(nn.Module):
-    in_features: int
-    out_features: int
-    stride: int
-    expand_ratio: int
-
-    @nn.compact
-    def __call__(self, x, train: TrainFlag):
-        inputs = x
-        hidden = self.in_features * self.expand_ratio
-        if self.expand_ratio != 1:
-            x = jax.nn.relu6(_bn("expand_bn")(torch_conv(x, hidden, 1, name="expand_conv"), train))
-        x = DepthwiseConv(3, self.stride, pad=1, name="depthwise_conv")(x)
-        x = jax.nn.relu6(_bn("depthwise_bn")(x, train))
-        x = _bn("project_bn")(torch_conv(x, self.out_features, 1, name="project_conv"), train)
-        if self.stride == 1 and self.in_features == self.out_features:
-            x = x + inputs
-        return x
 
 
 def _blocks() -> list[tuple[int, int, int, int, int]]:
@@ -102,13 +66,14 @@ def torch_layout() -> list[Entry]:
 def mobilenet_v2(num_classes: int, weights: str | Path | None = None, input_size: int = 224,
                  granularity: str = "block", load_head: bool = False):
     """MobileNetV2 with a fresh `num_classes` head; `weights`: a torchvision state dict."""
-    stages = [Stage("stem", functools.partial(ConvBnRelu6, features=STEM, stride=2), "stem")]
+    stages = [Stage("stem", functools.partial(ConvBnAct, features=STEM, stride=2,
+                                              activation=jax.nn.relu6), "stem")]
     for i, (stage, cin, cout, stride, expand) in enumerate(_blocks(), start=1):
         stages.append(Stage(f"block{i}", functools.partial(
-            InvertedResidual, in_features=cin, out_features=cout, stride=stride,
-            expand_ratio=expand), f"stage{stage}"))
-    stages.append(Stage("final_conv", functools.partial(ConvBnRelu6, features=LAST, kernel=1),
-                        "final_conv"))
+            MBConv, in_features=cin, out_features=cout, kernel=3, stride=stride,
+            expand_ratio=expand, activation=jax.nn.relu6), f"stage{stage}"))
+    stages.append(Stage("final_conv", functools.partial(
+        ConvBnAct, features=LAST, kernel=1, activation=jax.nn.relu6), "final_conv"))
     stages.append(Stage("head", functools.partial(ClassifierHead, num_classes=num_classes), "head"))
     return staged_spec("mobilenet_v2", stages, granularity=granularity, input_size=input_size,
                        layouts={"torchvision": torch_layout()}, weights=weights,
