@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from deft_jax.core import divergence
+from deft_jax.errors import UserError
 from deft_jax.runtime import rundir
 from deft_jax.config.schema import load_config
 from deft_jax.evolution.loop import run_search
@@ -235,3 +236,63 @@ def test_a_search_killed_with_sigkill_at_random_moments_resumes_to_the_uninterru
     rows = [[{k: h[k] for k in COMPARED} for h in map(json.loads, (d / rundir.HISTORY).read_text().splitlines())]
             for d in (straight, run)]
     assert rows[0] == rows[1]
+
+
+@pytest.mark.slow
+def test_a_search_stopped_with_sigterm_says_how_to_resume_and_resume_finishes_it(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+           "DEFT_JAX_COMPILE_CACHE": str(tmp_path / "xla")}
+    run = tmp_path / "run"
+    proc = _search(["--out", str(run), "--set", *tiny_overrides(**{"search.generations": 2})], env)
+    for line in iter(proc.stdout.readline, ""):
+        if line.startswith("gen   0/2"):
+            break
+    proc.send_signal(signal.SIGTERM)  # what a scheduler sends before it kills a preempted job
+    assert proc.wait() == 143
+    err = proc.stderr.read().strip().splitlines()
+    assert err[-1] == "interrupted: completed generations are saved; continue with --resume RUN_DIR"
+    assert not (run / rundir.METRICS).exists()
+    resumed = _search(["--resume", str(run)], env)
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert (run / rundir.METRICS).is_file()
+
+
+def test_sigterm_inside_a_command_exits_143_with_its_resume_hint(capsys):
+    from deft_jax.errors import exit_on_user_error
+
+    @exit_on_user_error(on_interrupt="interrupted: continue with --resume DIR")
+    def command():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal arrives before this ends
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        command()
+    assert stopped.value.code == 143
+    assert capsys.readouterr().err.strip() == "interrupted: continue with --resume DIR"
+    assert signal.getsignal(signal.SIGTERM) is before  # restored after the command
+
+
+def test_a_planted_lock_symlink_is_refused_and_its_target_left_untouched(tmp_path):
+    run, target = tmp_path / "run", tmp_path / "precious.txt"
+    run.mkdir()
+    target.write_text("the user's file\n")
+    (run / rundir.LOCK).symlink_to(target)
+    for shared in (False, True):  # a resume and a predict
+        with pytest.raises(UserError, match="symbolic link"):
+            rundir.lock(run, shared=shared)
+    assert target.read_text() == "the user's file\n"
+
+
+def test_a_reader_lock_writes_nothing_in_the_run_folder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert rundir.lock(run, shared=True) is False  # no lock file: none is created
+    assert list(run.iterdir()) == []
+    (run / rundir.LOCK).write_text("4242\n")
+    before = (run / rundir.LOCK).stat()
+    assert rundir.lock(run, shared=True) is True
+    rundir.release(run)
+    after = (run / rundir.LOCK).stat()
+    assert (run / rundir.LOCK).read_text() == "4242\n" and after.st_mtime_ns == before.st_mtime_ns

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,18 +40,27 @@ _held: dict[Path, int] = {}  # resolved folder -> file descriptor holding its lo
 def lock(path: Path, what: str = "run directory", shared: bool = False) -> bool:
     """Take the folder's lock (exclusive; `shared=True` for a reader) or raise a one-line
     UserError naming the process that holds it. Returns False when nothing was taken: this
-    process holds it already, or a reader cannot create the lock file (a read-only folder
-    that nobody can be writing)."""
+    process holds it already, or there is no lock file for a reader (a reader never creates
+    or writes one). `.lock` is opened without following a symbolic link and must be a
+    regular file."""
     path = Path(path)
     key = path.resolve()
     if key in _held:
         return False
+    # never through a link: a planted `.lock` symlink must not make us truncate its target
+    flags = (os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT) | os.O_NOFOLLOW
     try:
-        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path / LOCK, flags, 0o644)
     except OSError as err:
-        if shared:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"{what} {path}: {LOCK} is a symbolic link; refusing to use it "
+                            f"(remove it if you did not make it)") from None
+        if shared:  # no lock file: a reader writes nothing, and nobody is writing this folder
             return False
         raise UserError(f"cannot lock {what} {path}: {err.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{what} {path}: {LOCK} is not a regular file; refusing to use it")
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -58,8 +68,15 @@ def lock(path: Path, what: str = "run directory", shared: bool = False) -> bool:
         os.close(fd)
         raise UserError(f"{what} {path} is in use by process {holder}; wait for it to end "
                         "(or stop it) and try again") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    if not shared:  # the holder's pid, for the message above; a reader writes nothing
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as err:
+            os.close(fd)
+            if is_disk_full(err):
+                raise UserError(f"the disk is full (locking {path}); free some space and try again") from None
+            raise
     _held[key] = fd
     return True
 
