@@ -19,7 +19,7 @@ from PIL import Image
 
 from deft_jax.config.schema import load_config
 from deft_jax.models import IMAGENET_MODELS, LITE_MODELS, build_model
-from deft_jax.cli.predict import Predictor
+from deft_jax.run.predictor import Predictor
 from deft_jax.cli.search import main
 
 from conftest import SHARED_DATA

@@ -23,7 +23,7 @@ from deft_jax.data import folder as folder_loader
 from deft_jax.errors import UserError
 from deft_jax.data.inputs import prepare_data, split_dataset
 from deft_jax.models import build_model
-from deft_jax.cli.predict import checkpoint_sampling
+from deft_jax.run.predictor import checkpoint_sampling
 from deft_jax.data.splits import complete_splits
 
 from helpers import logged, tiny_overrides
@@ -303,7 +303,7 @@ def test_search_runs_on_a_split_folder_of_mixed_size_photos_with_no_other_data_o
     assert metrics["test"]["n"] == 6
 
     # predict resizes a photo exactly as training did: same pixels in, same probabilities
-    from deft_jax.cli.predict import Predictor
+    from deft_jax.run.predictor import Predictor
     predictor = Predictor(run)
     assert predictor.sampling.resize == "short-side-crop" and predictor.sampling.size == 16
     path = next(p for p in sorted((root / "test" / "cat").iterdir())

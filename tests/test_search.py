@@ -10,7 +10,7 @@ from deft_jax.data import load_dataset
 from deft_jax.evolution.fitness import MemoTable, evaluate_population
 from deft_jax.core.masks import mask_key
 from deft_jax.core.metrics import confusion_matrix, softmax
-from deft_jax.cli.predict import Predictor
+from deft_jax.run.predictor import Predictor
 from deft_jax.evolution.loop import run_search
 from deft_jax.models.groups import LayerGroups
 from deft_jax.cli.search import main

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from deft_jax.core.masks import GroupMask, lr_multiplier, trains
+from deft_jax.run.escape import markdown
 
 
 def render_report(*, cfg: dict, description: str, model: str, pretrained: str | None,
@@ -11,12 +12,13 @@ def render_report(*, cfg: dict, description: str, model: str, pretrained: str | 
                   split_sizes: dict[str, int], seconds: dict[str, float]) -> str:
     s = cfg["search"]
     total = sum(group_sizes.values())
+    class_names = [markdown(c) for c in class_names]  # the user's data: never raw in the report
     lines = [
         "# DEFT run report", "",
-        f"- Data: {description}; split sizes (train/val/test): "
+        f"- Data: {markdown(description)}; split sizes (train/val/test): "
         f"{split_sizes['train']}/{split_sizes['val']}/{split_sizes['test']} (grouped, stratified, "
         f"split seed {cfg['data']['split_seed']})",
-        f"- Model: {model}, pretrained weights: {pretrained or 'none (random init)'}, "
+        f"- Model: {model}, pretrained weights: {markdown(pretrained) if pretrained else 'none (random init)'}, "
         f"input {cfg['model']['input_size']} px",
         f"- Search: differential evolution, population {s['population_size']}, "
         f"{s['generations']} generations after the initial one, F={s['differential_weight']}, "
@@ -41,7 +43,7 @@ def render_report(*, cfg: dict, description: str, model: str, pretrained: str | 
               f"| val | {v['n']} | {v['accuracy']:.4f} | {v['macro_f1']:.4f} |",
               f"| test | {t['n']} | {t['accuracy']:.4f} | {t['macro_f1']:.4f} |", "",
               "Per-class test recall: " + ", ".join(
-                  f"{c} {r:.3f}" if r is not None else f"{c} n/a"
+                  f"{markdown(c)} {r:.3f}" if r is not None else f"{markdown(c)} n/a"
                   for c, r in t["per_class_recall"].items()), "",
               "Test confusion matrix (rows: true, columns: predicted):", "",
               "| | " + " | ".join(class_names) + " |", "|---" * (len(class_names) + 1) + "|"]
