@@ -73,9 +73,14 @@ def measure(folder: str, input_size: int) -> dict:
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
-    source = {"kind": "folder", "path": folder}
+    source = {"kind": "folder", "path": folder}  # the loaders before typed sources took dicts
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     if hasattr(data, "NormalizedImages"):
+        try:
+            from deft_jax.config.sources import FolderSource
+            source = FolderSource(path=folder)
+        except ImportError:
+            pass
         ds = data.load_dataset(source, input_size=input_size)
         t_load = time.perf_counter() - t0
         x = data.NormalizedImages(data.resize_images(ds.images, input_size), mean, std)

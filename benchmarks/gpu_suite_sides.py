@@ -41,9 +41,10 @@ def _masks(spec, count: int, seed: int = 0) -> list[dict]:
 
 def _digits(input_size: int, train: int, val: int, spec):
     """scikit-learn's 8x8 digits upscaled to the model's input (offline), split train/val."""
+    from deft_jax.config.sources import DigitsSource
     from deft_jax.data import load_dataset, preprocess
 
-    dataset = load_dataset({"kind": "digits"})
+    dataset = load_dataset(DigitsSource())
     rng = np.random.default_rng(0)
     order = rng.permutation(len(dataset.labels))[:train + val]
     x = preprocess(dataset.images[order], input_size, spec.mean, spec.std)

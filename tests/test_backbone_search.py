@@ -167,10 +167,11 @@ def test_every_backbone_from_a_weight_file_is_restored_by_predict_exactly(name, 
 @pytest.mark.slow
 @pytest.mark.skipif(not SIGN_LANGUAGE.is_dir(), reason=f"shared sign_language_digits not found at {SIGN_LANGUAGE}")
 def test_the_sign_language_photos_and_their_3024_px_outliers_run_through_a_resnet18_search(tmp_path, capsys):
+    from deft_jax.config.sources import FolderSource
     from deft_jax.data import load_dataset
 
     # the whole folder loads at the model's size, outliers resized like the rest
-    dataset = load_dataset({"kind": "folder", "path": str(SIGN_LANGUAGE)}, input_size=16)
+    dataset = load_dataset(FolderSource(path=str(SIGN_LANGUAGE)), input_size=16)
     assert dataset.images.shape == (2062, 16, 16, 3) and len(dataset.class_names) == 10
     assert {f"7/{o}" for o in OUTLIERS} <= set(dataset.groups)
     # a ResNet-18 search on the three outliers and nine ordinary photos (links, not copies)

@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import REPO
 from deft_jax.runtime import host_memory
 from deft_jax.config.schema import load_config
+from deft_jax.config.sources import FolderSource
 from deft_jax.data import (NormalizedImages, Sampling, decode_image, image_samples, load_dataset,
                            normalize_batch, preprocess)
 from deft_jax.data import folder as folder_loader
@@ -80,7 +81,7 @@ def test_a_class_folder_tree_of_mixed_sizes_and_types_loads_at_the_model_input_s
     root = photo_tree(tmp_path / "photos", {"": 8})
     add_clutter(root)
     with logged() as log:
-        ds = load_dataset({"kind": "folder", "path": str(root)}, input_size=24)
+        ds = load_dataset(FolderSource(path=str(root)), input_size=24)
     assert ds.class_names == list(CLASSES)
     assert ds.images.shape == (24, 24, 24, 3) and ds.images.dtype == np.uint8
     assert np.bincount(ds.labels).tolist() == [8, 8, 8]
@@ -94,8 +95,8 @@ def test_a_class_folder_tree_of_mixed_sizes_and_types_loads_at_the_model_input_s
 def test_without_a_model_input_size_mixed_sizes_still_need_image_size(tmp_path):
     root = photo_tree(tmp_path, {"": 2})
     with pytest.raises(UserError, match="different sizes.*image_size"):
-        load_dataset({"kind": "folder", "path": str(root)})
-    assert load_dataset({"kind": "folder", "path": str(root), "image_size": 12}).images.shape[1:3] == (12, 12)
+        load_dataset(FolderSource(path=str(root)))
+    assert load_dataset(FolderSource(path=str(root), image_size=12)).images.shape[1:3] == (12, 12)
 
 
 # --------------------------------------------------------------------------- split layout
@@ -111,7 +112,7 @@ def split_config(root, **data):
 def test_split_folders_are_splits_not_classes_and_their_membership_is_kept(tmp_path):
     root = photo_tree(tmp_path, {"train": 6, "validation": 2, "test": 3})
     with logged() as log:
-        ds = load_dataset({"kind": "folder", "path": str(root)}, input_size=16)
+        ds = load_dataset(FolderSource(path=str(root)), input_size=16)
     assert ds.class_names == list(CLASSES)
     assert ds.origin["layout"] == "split folders"
     assert ds.origin["split_folders"] == {"train": "train", "val": "validation", "test": "test"}
@@ -126,7 +127,7 @@ def test_split_folders_are_splits_not_classes_and_their_membership_is_kept(tmp_p
 
 def test_a_missing_val_folder_is_carved_out_of_train_stratified_and_grouped(tmp_path):
     root = photo_tree(tmp_path, {"Train": 8, "TEST": 2})  # any letter case
-    ds = load_dataset({"kind": "folder", "path": str(root)}, input_size=16)
+    ds = load_dataset(FolderSource(path=str(root)), input_size=16)
     splits, origin = split_dataset(split_config(root), ds)
     assert origin["from_dataset"] == ["train", "test"] and origin["carved_from_train"] == ["val"]
     assert all(g.startswith("TEST/") for g in ds.groups[splits["test"]])
@@ -144,7 +145,7 @@ def test_a_missing_val_folder_is_carved_out_of_train_stratified_and_grouped(tmp_
 
 def test_a_train_folder_alone_is_split_three_ways(tmp_path):
     root = photo_tree(tmp_path, {"train": 5})
-    ds = load_dataset({"kind": "folder", "path": str(root)}, input_size=16)
+    ds = load_dataset(FolderSource(path=str(root)), input_size=16)
     splits, origin = split_dataset(split_config(root), ds)
     assert origin["carved_from_train"] == ["val", "test"]
     assert [len(splits[k]) for k in ("train", "val", "test")] == [9, 3, 3]
@@ -163,7 +164,7 @@ def test_a_class_missing_from_one_split_is_reported(tmp_path):
     for f in (root / "test" / "owl").iterdir():
         f.unlink()
     with logged() as log:
-        ds = load_dataset({"kind": "folder", "path": str(root)}, input_size=16)
+        ds = load_dataset(FolderSource(path=str(root)), input_size=16)
     assert ds.class_names == list(CLASSES)
     assert ds.origin["classes_missing"] == {"test": ["owl"]}
     assert "warning: the test folder 'test' has no images of class(es) owl" in lines(log)
@@ -173,7 +174,7 @@ def test_an_extra_class_in_test_is_an_error(tmp_path):
     root = photo_tree(tmp_path, {"train": 2, "test": 1})
     photo(root / "test" / "zebra" / "z.jpg", (30, 20), 0)
     with pytest.raises(UserError, match="class 'zebra' has images in .*/test but none in .*/train"):
-        load_dataset({"kind": "folder", "path": str(root)}, input_size=16)
+        load_dataset(FolderSource(path=str(root)), input_size=16)
 
 
 @pytest.mark.parametrize("folders, needle", [
@@ -186,7 +187,7 @@ def test_ambiguous_split_folders_are_errors(tmp_path, folders, needle):
         photo(tmp_path / f / "a" / "x.png", (10, 10), 0)
         photo(tmp_path / f / "b" / "y.png", (10, 10), 1)
     with pytest.raises(UserError, match=needle):
-        load_dataset({"kind": "folder", "path": str(tmp_path)}, input_size=16)
+        load_dataset(FolderSource(path=str(tmp_path)), input_size=16)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -232,8 +233,8 @@ def test_resize_modes_crop_the_centre_stretch_or_pad(tmp_path):
     pad = decode_image(tmp_path / "wide.png", 12, "pad")
     assert pad[0].max() == 0 and pad[-1].max() == 0  # black bands above and below
     assert pad[6, 0, 0] > 200 and pad[6, 11, 2] > 200
-    with pytest.raises(UserError, match="resize must be one of"):
-        load_dataset({"kind": "folder", "path": str(tmp_path), "resize": "squash"}, input_size=8)
+    with pytest.raises(UserError, match="data.source.resize must be short-side-crop, stretch or pad, got 'squash'"):
+        load_config(None, [f'data.source={{kind="folder", path="{tmp_path}", resize="squash"}}'])
 
 
 # --------------------------------------------------------------------------- memory
@@ -245,7 +246,7 @@ def test_a_folder_too_big_for_memory_is_an_error_before_decoding(tmp_path, monke
     monkeypatch.setattr(folder_loader, "decode_all", lambda *a, **k: pytest.fail("decoded"))
     with pytest.raises(UserError, match=r"would need .* \(12 images at 224x224 px, uint8 RGB\) "
                                         r"but only .* available"):
-        load_dataset({"kind": "folder", "path": str(root)}, input_size=224)
+        load_dataset(FolderSource(path=str(root)), input_size=224)
 
 
 def test_the_prepared_splits_stay_uint8_and_normalise_each_batch_like_preprocess(tmp_path):
@@ -308,7 +309,7 @@ def test_search_runs_on_a_split_folder_of_mixed_size_photos_with_no_other_data_o
     assert predictor.sampling.resize == "short-side-crop" and predictor.sampling.size == 16
     path = next(p for p in sorted((root / "test" / "cat").iterdir())
                 if len(set(Image.open(p).size)) == 2)  # a JPEG that is not square
-    ds = load_dataset({"kind": "folder", "path": str(root)}, input_size=16)
+    ds = load_dataset(FolderSource(path=str(root)), input_size=16)
     i = list(ds.groups).index(path.relative_to(root).as_posix())
     expected = np.exp(predictor.logits(ds.images[i:i + 1]))
     np.testing.assert_allclose(predictor.probabilities(str(path)),

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPO
 from deft_jax.config.schema import load_config
+from deft_jax.config.sources import TfdsSource
 from deft_jax.data import load_dataset
 from deft_jax.errors import UserError
 
@@ -28,7 +29,7 @@ def prepared(tmp_path_factory):
 
 def test_predefined_splits_labels_and_class_names_come_from_the_dataset(prepared):
     name, data_dir = prepared
-    dataset = load_dataset({"kind": "tfds", "name": name, "data_dir": str(data_dir)})
+    dataset = load_dataset(TfdsSource(name=name, data_dir=str(data_dir)))
     assert dataset.class_names == ["red", "green", "blue"]
     assert dataset.images.shape == (42, 20, 20, 3) and dataset.images.dtype == np.uint8
     splits = dataset.predefined_splits
@@ -43,8 +44,7 @@ def test_predefined_splits_labels_and_class_names_come_from_the_dataset(prepared
 
 def test_a_named_split_is_read_alone_and_split_by_deft_jax(prepared):
     name, data_dir = prepared
-    dataset = load_dataset({"kind": "tfds", "name": name, "data_dir": str(data_dir),
-                            "split": "train", "image_size": 16, "max_examples": 21})
+    dataset = load_dataset(TfdsSource(name=name, data_dir=str(data_dir), split="train", image_size=16, max_examples=21))
     assert dataset.predefined_splits is None
     assert dataset.images.shape == (21, 16, 16, 3)
     assert sorted(set(dataset.labels.tolist())) == [0, 1, 2]  # TFDS stores examples shuffled
@@ -54,16 +54,17 @@ def test_a_dataset_that_is_not_prepared_is_one_line_saying_how_to_prepare_it(pre
     _, data_dir = prepared
     for name in ("mnist", "no_such_dataset"):
         with pytest.raises(UserError, match=rf"'{name}' is not prepared in .*tfds build {name}") as err:
-            load_dataset({"kind": "tfds", "name": name, "data_dir": str(data_dir)})
+            load_dataset(TfdsSource(name=name, data_dir=str(data_dir)))
         assert "\n" not in str(err.value)
-    with pytest.raises(UserError, match="unknown dataset option"):
-        load_dataset({"kind": "tfds", "name": "x", "path": "y"})
+    with pytest.raises(UserError, match=r"unknown config key data.source.path for data.source.kind = 'tfds' "
+                                        r"\(tfds keys: name, split, data_dir, image_size, max_examples;"):
+        load_config(None, ['data.source={kind="tfds", name="x", path="y"}'])
 
 
 def test_tfds_name_on_the_command_line_is_short_for_a_tfds_source_table():
     cfg = load_config(None, ["data.source=tfds:mnist", 'data.source.data_dir="/data/tfds"'])
-    assert cfg.data.source == {"kind": "tfds", "name": "mnist", "data_dir": "/data/tfds"}
-    assert load_config(None, ["data.source=tfds:mnist"]).data.source == {"kind": "tfds", "name": "mnist"}
+    assert cfg.data.source == TfdsSource(name="mnist", data_dir="/data/tfds")
+    assert load_config(None, ["data.source=tfds:mnist"]).data.source == TfdsSource(name="mnist")
     with pytest.raises(UserError, match="data.source must be a table, got 'mnist'"):
         load_config(None, ["data.source=mnist"])  # only the tfds: prefix is a shorthand
 

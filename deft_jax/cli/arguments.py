@@ -16,13 +16,36 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+def top_level_parts(entry: str) -> list[str]:
+    """`entry` cut at the ", " outside parentheses: `a: b (x, y), c (z)` -> `a: b (x, y)`, `c (z)`."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(entry):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0 and entry.startswith(", ", i):
+            parts.append(entry[start:i])
+            start = i + 2
+    return parts + [entry[start:]]
+
+
+def wrap_entries(entries: list[str], indent: str, width: int) -> list[str]:
+    """`entries` packed, comma-separated, into lines of at most `width` characters."""
+    lines, line = [], []
+    for entry in entries:
+        if line and len(indent + ", ".join(line + [entry])) > width:
+            lines.append(indent + ", ".join(line) + ",")
+            line = []
+        line.append(entry)
+    return lines + [indent + ", ".join(line)]
+
+
 def config_keys_epilog(sections, notes: dict[str, str] | None = None, exclude: tuple[str, ...] = (),
                        width: int = 96) -> str:
     """The config keys of dataclass `sections` (a Config, or one section class with its
     prefix, e.g. `(ExperimentConfig, "experiment")`) for a help epilog, each with its
     choices or default (`deft_jax.config.parsing.describe_keys`) and its note in `notes`,
     but not the sections in `exclude`; indented lines of at most `width` characters, an
-    entry never split."""
+    entry never split, except one longer than a line (a tagged union's keys of one kind),
+    which gets lines of its own, cut between its keys."""
     from deft_jax.config.parsing import describe_keys
 
     cls, prefix = sections if isinstance(sections, tuple) else (sections, "")
@@ -33,11 +56,20 @@ def config_keys_epilog(sections, notes: dict[str, str] | None = None, exclude: t
         if key.split(".", 1)[0] in exclude:
             continue
         entries.append(f"{entry[:-1]}; {notes[key]})" if key in notes else entry)
-    lines, line = [], []
+    lines, packed = [], []
     for entry in entries:
-        if line and len("  " + ", ".join(line + [entry])) > width:
-            lines.append("  " + ", ".join(line) + ",")
-            line = []
-        line.append(entry)
-    lines.append("  " + ", ".join(line))
+        if len("  " + entry) <= width:
+            packed.append(entry)
+            continue
+        if packed:
+            lines += wrap_entries(packed, "  ", width)
+            lines[-1] += ","
+            packed = []
+        first, *rest = wrap_entries(top_level_parts(entry), "    ", width)
+        lines += [first.replace("    ", "  ", 1), *rest]
+        lines[-1] += ","
+    if packed:
+        lines += wrap_entries(packed, "  ", width)
+    else:
+        lines[-1] = lines[-1].removesuffix(",")
     return "\n".join(lines)

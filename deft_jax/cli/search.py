@@ -32,7 +32,7 @@ from deft_jax.errors import UserError, exit_on_user_error
 from deft_jax.runtime import rundir
 
 KEY_NOTES = {  # what the dataclasses cannot say about a key
-    "data.source": "kind = digits|folder|npz|tfds ..., or tfds:NAME; see the README",
+    "data.source.kind": "or data.source=tfds:NAME",
     "model.name": "a name of deft_jax.models.MODEL_NAMES, see the README's Backbones",
     "model.weights": "default|none|PATH",
     "search.evaluation": "alias search.strategy",
@@ -66,6 +66,29 @@ def build_parser() -> arguments.ArgumentParser:
     return p
 
 
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    """The `--set` values of a parsed command line, `--evaluation` last."""
+    overrides = list(args.overrides)
+    if args.evaluation:
+        overrides.append(f"search.evaluation={json.dumps(args.evaluation)}")
+    return overrides
+
+
+def new_run_config(args: argparse.Namespace) -> Config:
+    """A new run's config: the defaults, `--config`, `--set`, `--evaluation`, `--seed`."""
+    return load_config(args.config, overrides_of(args), args.seed)
+
+
+def resumed_run_config(raw: dict, overrides: list[str]) -> Config:
+    """A resumed run's config: its config.json (`raw`, an old one too: a source is a
+    table of its kind and the options set) with `overrides` (already checked by
+    `check_resume_overrides`)."""
+    saved = config_from_dict(raw)
+    cfg = config_from_dict(apply_overrides(copy.deepcopy(raw), overrides))
+    check_resumed_config(saved, cfg)
+    return cfg
+
+
 @exit_on_user_error(on_interrupt="interrupted: completed generations are saved; "
                                  "continue with --resume RUN_DIR")
 def main(argv: list[str] | None = None) -> int:
@@ -76,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         from deft_jax.runtime import compile_cache
         compile_cache.enable()
         from deft_jax.run.pipeline import resolve_run_dir, run_pipeline
-        overrides = list(args.overrides)
-        if args.evaluation:
-            overrides.append(f"search.evaluation={json.dumps(args.evaluation)}")
+        overrides = overrides_of(args)
         with rundir.owned():  # the run directory's lock is held until the run ends
             if args.resume:
                 run_dir = Path(args.resume)
@@ -90,13 +111,10 @@ def main(argv: list[str] | None = None) -> int:
                 check_resume_overrides(overrides)
                 if distributed.is_writer():
                     rundir.lock(run_dir)
-                raw = rundir.read_json(run_dir / rundir.CONFIG)
-                saved = config_from_dict(raw)
-                cfg = config_from_dict(apply_overrides(copy.deepcopy(raw), overrides))
-                check_resumed_config(saved, cfg)
+                cfg = resumed_run_config(rundir.read_json(run_dir / rundir.CONFIG), overrides)
                 run_pipeline(cfg, run_dir, resume=True)
             else:
-                cfg = load_config(args.config, overrides, args.seed)
+                cfg = new_run_config(args)
                 run_pipeline(cfg, resolve_run_dir(args.out, cfg), resume=False)
     return 0
 

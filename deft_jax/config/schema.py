@@ -15,13 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from deft_jax.config.parsing import (
-    check_choices,
-    from_dict,
-    merge,
-    numbers_in,
-    set_values,
-)
+from deft_jax.config.parsing import check_choices, from_dict, merge, set_values
+from deft_jax.config.sources import DigitsSource, Source, check_source, tfds_shorthand
 from deft_jax.errors import UserError
 from deft_jax.models.groups import GRANULARITIES
 from deft_jax.models.registry import MODEL_NAMES, MODELS
@@ -51,7 +46,8 @@ RESUME_SETTABLE = ("search.evaluation", "search.strategy", "search.generations",
 
 @dataclasses.dataclass
 class DataConfig:
-    source: dict = dataclasses.field(default_factory=lambda: {"kind": "digits", "max_per_class": 60})
+    # one of the kinds of `deft_jax.config.sources` (the digits demo by default)
+    source: Source = dataclasses.field(default_factory=lambda: DigitsSource(max_per_class=60))
     fractions: list = dataclasses.field(default_factory=lambda: [0.6, 0.2, 0.2])
     split_seed: int = 0
     # keep at most this many training images per class (seeded by split_seed; val and test
@@ -161,18 +157,12 @@ class Config:
 ALIASES = {SearchConfig: {"strategy": "evaluation"}}  # old key -> key
 
 
-def tfds_shorthand(key: list[str], value):
-    """`data.source=tfds:NAME` is short for `data.source={kind="tfds", name="NAME"}`."""
-    if key == ["data", "source"] and isinstance(value, str) and value.startswith("tfds:"):
-        return {"kind": "tfds", "name": value[len("tfds:"):]}
-    return value
-
-
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """`a.b.c=value` (value parsed as JSON, else taken as a string) into nested dict `raw`.
     `data.source=tfds:NAME` is short for `data.source={kind="tfds", name="NAME"}`; a later
-    `data.source.data_dir=...` (or `.split`) adds to it."""
-    return set_values(raw, overrides, expand=tfds_shorthand)
+    `data.source.data_dir=...` (or `.split`) adds to it. `data.source.kind=...` of another
+    kind starts the source from that kind's defaults."""
+    return set_values(raw, overrides, Config, expand=tfds_shorthand)
 
 
 def check_resume_overrides(overrides: list[str]) -> None:
@@ -260,9 +250,7 @@ def validate(cfg: Config) -> None:
     fr = cfg.data.fractions
     need(len(fr) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in fr) and abs(sum(fr) - 1) < 1e-6,
          f"data.fractions must be three positive numbers summing to 1, got {fr}")
-    need(isinstance(cfg.data.source.get("kind"), str), "data.source.kind must be set")
-    need(all(math.isfinite(x) for x in numbers_in(cfg.data.source)),
-         "data.source numbers must be finite")
+    check_source(cfg.data.source)
     e = cfg.experiment
     need(e.seeds >= 1, f"experiment.seeds must be >= 1, got {e.seeds}")
     need(all(isinstance(g, str) for g in e.handpicked), "experiment.handpicked must be a list of layer-group names")

@@ -20,9 +20,9 @@ from deft_jax.data.normalize import (
                                   preprocess,
                                   resize_images,
 )
-from deft_jax.data.sources import KINDS, load_dataset, sampling_of
+from deft_jax.data.sources import load_dataset, sampling_of
 
 __all__ = ["Dataset", "DEFAULT_RESIZE", "IMAGE_EXTENSIONS", "LEGACY_RESIZE", "RESIZE_MODES",
            "Sampling", "decode_image", "image_samples", "image_to_samples", "load_image_file",
            "NormalizedImages", "normalization_constants", "normalize_batch", "preprocess",
-           "resize_images", "KINDS", "load_dataset", "sampling_of"]
+           "resize_images", "load_dataset", "sampling_of"]

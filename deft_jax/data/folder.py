@@ -1,11 +1,10 @@
 """A folder of images -> a `Dataset`: layout (see `deft_jax.data.layout`), memory check,
 parallel decoding with progress, uint8 samples at one size.
 
-Options (``data.source``, kind "folder"): `path`; `label_regex`, `group_regex`;
-`resize` (short-side-crop | stretch | pad, for whole images); `image_size` (the size
-whole images or crops are resized to; default: the model's input size); `crop`,
-`crop_stride` (tiles at full resolution); `max_images` (the first k images per class, per
-split folder).
+Options: `deft_jax.config.sources.FolderSource` (`path`; `label_regex`, `group_regex`;
+`resize` for whole images; `image_size`, the size whole images or crops are resized to,
+default the model's input size; `crop`, `crop_stride`, tiles at full resolution;
+`max_images`, the first k images per class, per split folder), checked by the config.
 """
 
 from __future__ import annotations
@@ -19,14 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from deft_jax.config.sources import FolderSource
 from deft_jax.data.dataset import Dataset, require_two_classes
-from deft_jax.data.images import (
-    DEFAULT_RESIZE,
-    Sampling,
-    crop_count,
-    header_size,
-    image_samples,
-)
+from deft_jax.data.images import Sampling, crop_count, header_size, image_samples
 from deft_jax.data.layout import FolderScan, compile_regex, regex_value, scan_folder
 from deft_jax.errors import UserError
 from deft_jax.runtime import host_memory
@@ -34,29 +28,14 @@ from deft_jax.runtime import host_memory
 logger = logging.getLogger(__name__)
 
 MEMORY_HEADROOM = 0.8  # share of the host's available memory the decoded images may take
-OPTIONS = {"kind", "path", "label_regex", "group_regex", "crop", "crop_stride", "image_size",
-           "max_images", "resize"}
 
 
-def positive_int(source: dict, key: str, default=None):
-    value = source.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise UserError(f"dataset option '{key}' must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def folder_sampling(source: dict, input_size: int | None) -> Sampling:
+def folder_sampling(source: FolderSource, input_size: int | None) -> Sampling:
     """How each image of a folder source becomes samples (also stored for predict)."""
-    crop = positive_int(source, "crop")
-    stride = positive_int(source, "crop_stride")
-    if stride is not None and crop is None:
-        raise UserError("dataset option 'crop_stride' needs 'crop' to be set")
-    size = positive_int(source, "image_size")
-    if size is None and crop is None:
+    size = source.image_size
+    if size is None and source.crop is None:
         size = input_size
-    return Sampling(crop, stride or crop, size, source.get("resize", DEFAULT_RESIZE))
+    return Sampling(source.crop, source.crop_stride or source.crop, size, source.resize)
 
 
 def _first_per_class(scan: FolderScan, k: int) -> list[int]:
@@ -179,19 +158,16 @@ def decode_all(files, rel, sampling: Sampling, counts, shape,
     return images
 
 
-def load_folder(source: dict, input_size: int | None = None) -> Dataset:
-    path = source.get("path")
-    if not path:
-        raise UserError("folder dataset needs a 'path'")
-    root = Path(os.path.expanduser(str(path)))
+def load_folder(source: FolderSource, input_size: int | None = None) -> Dataset:
+    root = Path(os.path.expanduser(source.path))
     if not root.exists():
         raise UserError(f"dataset path not found: {root}")
     if not root.is_dir():
         raise UserError(f"dataset path is not a directory: {root}")
     sampling = folder_sampling(source, input_size)
-    max_images = positive_int(source, "max_images")
+    max_images = source.max_images
 
-    scan = scan_folder(root, source.get("label_regex"))
+    scan = scan_folder(root, source.label_regex)
     class_names = sorted(set(scan.labels))
     require_two_classes(np.array([class_names.index(n) for n in scan.labels], dtype=np.int64),
                         class_names, str(root))  # before any image is decoded
@@ -200,7 +176,7 @@ def load_folder(source: dict, input_size: int | None = None) -> Dataset:
     class_index = {n: i for i, n in enumerate(class_names)}
     labels = np.array([class_index[scan.labels[i]] for i in keep], dtype=np.int32)
     rel = [f.relative_to(root).as_posix() for f in files]
-    image_groups = _groups(files, rel, source.get("group_regex"))
+    image_groups = _groups(files, rel, source.group_regex)
 
     workers = max(1, min(8, os.cpu_count() or 1))
     counts, (height, width) = _sample_counts(files, rel, sampling, workers)

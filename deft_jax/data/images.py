@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deft_jax.config.sources import DEFAULT_RESIZE, RESIZE_MODES  # the config's choices
 from deft_jax.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-RESIZE_MODES = ("short-side-crop", "stretch", "pad")
-DEFAULT_RESIZE = "short-side-crop"
 # predict on a checkpoint that predates the resize option: what training did then
 LEGACY_RESIZE = "stretch"
 _EXIF_ORIENTATION = 0x0112

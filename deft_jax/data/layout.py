@@ -132,10 +132,7 @@ def _regex_samples(folder: Path, regex: re.Pattern, pattern: str,
     return files, names
 
 
-def compile_regex(pattern, key: str, group_name: str) -> re.Pattern:
-    if not isinstance(pattern, str):
-        raise UserError(f"dataset option '{key}' must be a regular expression string, "
-                        f"got {pattern!r}")
+def compile_regex(pattern: str, key: str, group_name: str) -> re.Pattern:
     try:
         regex = re.compile(pattern)
     except re.error as err:

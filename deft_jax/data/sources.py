@@ -5,14 +5,13 @@ labels 0..C-1 and a group id per sample. Samples that share a group (the crops o
 tile, or all tiles of one case when `group_regex` is set) must never be split across
 train/val/test; `deft_jax.data.splits` enforces that.
 
-Source configs (a dict with a `kind` key):
+Sources are the typed values of `deft_jax.config.sources` (their options, defaults and
+checks live there):
 
-- ``{"kind": "digits", "max_per_class": None}``
-- ``{"kind": "folder", "path": ..., "resize": "short-side-crop", "label_regex": None,
-  "group_regex": None, "crop": None, "crop_stride": None, "image_size": None,
-  "max_images": None}`` (see `deft_jax.data.folder` and `deft_jax.data.layout`)
-- ``{"kind": "npz", "path": ...}`` (MedMNIST layout; its own train/val/test become
-  `predefined_splits`)
+- `DigitsSource` (`max_per_class`)
+- `FolderSource` (see `deft_jax.data.folder` and `deft_jax.data.layout`)
+- `NpzSource` (MedMNIST layout; its own train/val/test become `predefined_splits`)
+- `TfdsSource` (see `deft_jax.data.tfds`)
 
 Folder notes. A folder is either ``root/<class>/...`` or ``root/<split>/<class>/...``
 (split folders train, val/valid/validation, test; the splits it lacks are carved out of
@@ -42,21 +41,19 @@ from pathlib import Path
 import numpy as np
 
 import deft_jax.data.folder as folder
-from deft_jax.data.dataset import Dataset, require_two_classes
-from deft_jax.data.folder import positive_int as _positive_int
-from deft_jax.data.images import DEFAULT_RESIZE, Sampling
-from deft_jax.data.tfds import (
-    OPTIONS as TFDS_OPTIONS,  # tensorflow_datasets itself: lazily
+from deft_jax.config.sources import (
+    DEFAULT_RESIZE,
+    DigitsSource,
+    FolderSource,
+    NpzSource,
+    Source,
+    TfdsSource,
+    check_source,
 )
+from deft_jax.data.dataset import Dataset, require_two_classes
+from deft_jax.data.images import Sampling
 from deft_jax.errors import UserError
 
-KINDS = ("digits", "folder", "npz", "tfds")
-_OPTIONS = {
-    "digits": {"kind", "max_per_class"},
-    "folder": folder.OPTIONS,
-    "npz": {"kind", "path"},
-    "tfds": TFDS_OPTIONS,
-}
 _NPZ_KEYS = ("train_images", "train_labels", "val_images", "val_labels",
              "test_images", "test_labels")
 
@@ -66,49 +63,43 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def load_dataset(source: dict, input_size: int | None = None) -> Dataset:
-    """Load a dataset from a source config dict (see module docstring).
+def load_dataset(source: Source, input_size: int | None = None) -> Dataset:
+    """Load a dataset from a typed source (see module docstring).
 
     `input_size`: the model's input size, which a folder's whole images are resized to
     unless `image_size` is set (None: keep their own size, which must then be one size).
     A few lines about what was read (layout, skipped files, progress) are logged."""
-    if not isinstance(source, dict):
-        raise UserError(f"dataset source must be a mapping with a 'kind' key, got {source!r}")
-    kind = source.get("kind")
-    if kind not in KINDS:
-        raise UserError(f"unknown dataset kind {kind!r}; expected one of {', '.join(KINDS)}")
-    unknown = sorted(set(source) - _OPTIONS[kind])
-    if unknown:
-        raise UserError(f"unknown dataset option(s) {', '.join(map(repr, unknown))} for kind "
-                        f"'{kind}'; allowed: {', '.join(sorted(_OPTIONS[kind] - {'kind'}))}")
-    if kind == "digits":
-        dataset = _load_digits(source)
-    elif kind == "tfds":  # optional extra, imported only when used
+    check_source(source)  # the config's rules, also for a source built in code
+    if isinstance(source, DigitsSource):
+        dataset, where = _load_digits(source), source.kind
+    elif isinstance(source, TfdsSource):  # tensorflow_datasets itself: imported only when used
         from deft_jax.data.tfds import load_tfds
-        dataset = load_tfds(source)
-    elif kind == "folder":
-        dataset = folder.load_folder(source, input_size)
+        dataset, where = load_tfds(source), source.name
+    elif isinstance(source, FolderSource):
+        dataset, where = folder.load_folder(source, input_size), source.path
+    elif isinstance(source, NpzSource):
+        dataset, where = _load_npz(source), source.path
     else:
-        dataset = _load_npz(source)
-    require_two_classes(dataset.labels, dataset.class_names, source.get("path") or source.get("name") or kind)
+        raise TypeError(f"not a data source: {source!r}")
+    require_two_classes(dataset.labels, dataset.class_names, where)
     return dataset
 
 
-def sampling_of(source: dict, input_size: int) -> dict:
+def sampling_of(source: Source, input_size: int) -> dict:
     """How predict turns one image file into samples as this source did at training time
     (stored in the checkpoint): crops, the size whole images or crops are resized to,
     and the resize mode."""
-    if source.get("kind") == "folder":
+    if isinstance(source, FolderSource):
         s = folder.folder_sampling(source, input_size)
     else:
-        s = Sampling(size=input_size, resize=source.get("resize", DEFAULT_RESIZE))
+        s = Sampling(size=input_size, resize=DEFAULT_RESIZE)
     return {"crop": s.crop, "crop_stride": s.crop_stride, "image_size": s.size, "resize": s.resize}
 
 
-def _load_digits(source: dict) -> Dataset:
+def _load_digits(source: DigitsSource) -> Dataset:
     from sklearn.datasets import load_digits
 
-    max_per_class = _positive_int(source, "max_per_class")
+    max_per_class = source.max_per_class
     bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     labels = bunch.target.astype(np.int32)
@@ -160,11 +151,8 @@ def _npz_array(npz, key: str, path: Path) -> np.ndarray:
                         "(unpickling can run code); store plain numeric arrays") from None
 
 
-def _load_npz(source: dict) -> Dataset:
-    path = source.get("path")
-    if not path:
-        raise UserError("npz dataset needs a 'path'")
-    p = Path(os.path.expanduser(str(path)))
+def _load_npz(source: NpzSource) -> Dataset:
+    p = Path(os.path.expanduser(source.path))
     if not p.exists():
         raise UserError(f"dataset path not found: {p}")
     if not p.is_file():

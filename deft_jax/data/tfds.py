@@ -1,5 +1,5 @@
-"""TensorFlow Datasets as a data source: ``{"kind": "tfds", "name": ..., "split": ...,
-"data_dir": ..., "image_size": ..., "max_examples": ...}``.
+"""TensorFlow Datasets as a data source: `deft_jax.config.sources.TfdsSource` (`name`,
+`split`, `data_dir`, `image_size`, `max_examples`), checked by the config.
 
 Needs the optional extra (`pip install -e .[tfds]`: tensorflow-datasets, which reads
 prepared datasets without TensorFlow through `tfds.data_source` and decodes images with
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deft_jax.config.sources import TfdsSource
 from deft_jax.data.dataset import Dataset
 from deft_jax.errors import UserError
 
-OPTIONS = {"kind", "name", "split", "data_dir", "image_size", "max_examples"}
 VALIDATION_NAMES = ("validation", "val", "valid")
 
 
@@ -42,15 +42,6 @@ def _import_tfds():
         raise UserError("data source kind 'tfds' needs tensorflow-datasets: "
                         "pip install -e '.[tfds]' (or pip install tensorflow-datasets)") from None
     return tfds
-
-
-def _positive(source: dict, key: str) -> int | None:
-    value = source.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"tfds option '{key}' must be a positive integer, got {value!r}")
-    return value
 
 
 def _not_prepared(name: str, data_dir: str | None, detail: str = "") -> UserError:
@@ -127,19 +118,17 @@ def _val_from_train(labels: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, 
     return np.sort(keep), np.sort(val)
 
 
-def load_tfds(source: dict):
+def load_tfds(source: TfdsSource):
     """A `deft_jax.data.Dataset` from a prepared TFDS dataset (see the module docstring)."""
 
-    name = source.get("name")
-    if not isinstance(name, str) or not name:
-        raise UserError("tfds dataset needs a 'name', e.g. {kind=\"tfds\", name=\"beans\"}")
-    data_dir = source.get("data_dir")
+    name = source.name
+    data_dir = source.data_dir
     if data_dir is not None:
-        data_dir = os.path.expanduser(str(data_dir))
+        data_dir = os.path.expanduser(data_dir)
         if not Path(data_dir).is_dir():
             raise _not_prepared(name, data_dir, " (the folder does not exist)")
-    split = source.get("split")
-    image_size, limit = _positive(source, "image_size"), _positive(source, "max_examples")
+    split = source.split
+    image_size, limit = source.image_size, source.max_examples
     tfds = _import_tfds()
     builder = _builder(tfds, name, data_dir)
     info = builder.info
