@@ -296,3 +296,23 @@ def test_a_reader_lock_writes_nothing_in_the_run_folder(tmp_path):
     rundir.release(run)
     after = (run / rundir.LOCK).stat()
     assert (run / rundir.LOCK).read_text() == "4242\n" and after.st_mtime_ns == before.st_mtime_ns
+
+
+def test_a_full_disk_before_the_run_is_resumable_leaves_an_empty_folder_and_advice_that_works(
+        tmp_path, monkeypatch, capsys):
+    import errno
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(rundir.os, "fsync", no_space)  # the first file of the run: splits.json
+    with pytest.raises(SystemExit) as stopped:
+        main(["--out", str(run), "--set", *tiny_overrides()])
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "splits.json" in err and "run the same command again" in err and "--resume" not in err
+    assert [p.name for p in run.iterdir() if p.name != rundir.LOCK] == []  # no .tmp left behind
+    rundir.create_fresh(run)  # so the same command starts again
+    rundir.release(run)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from deft_jax.errors import UserError
+from deft_jax.runtime import rundir
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -178,9 +178,7 @@ def save_splits(path, splits: dict[str, np.ndarray], groups, seed=None,
     text += "\n}\n"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    rundir.write_text_atomic(path, text)  # fsynced, a unique temporary name, a full disk is one line
 
 
 def load_splits(path) -> dict[str, np.ndarray]:

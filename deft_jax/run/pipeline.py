@@ -58,10 +58,11 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
 
     if writer and not resume:
         rundir.create_fresh(run_dir)
-        save_splits(run_dir / rundir.SPLITS, data.splits, dataset.groups,
-                    seed=cfg.data.split_seed, fractions=list(cfg.data.fractions),
-                    origin=data.split_origin)
-        rundir.write_json(run_dir / rundir.CONFIG, cfg.to_dict())  # last: it marks a resumable run
+        with rundir.first_files(run_dir):
+            save_splits(run_dir / rundir.SPLITS, data.splits, dataset.groups,
+                        seed=cfg.data.split_seed, fractions=list(cfg.data.fractions),
+                        origin=data.split_origin)
+            rundir.write_json(run_dir / rundir.CONFIG, cfg.to_dict())  # last: it marks a resumable run
 
     evaluator, mode, reason = make_evaluator(cfg, spec, variables, data.arrays)
     n = {k: len(v) for k, v in data.splits.items()}

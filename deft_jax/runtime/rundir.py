@@ -124,6 +124,30 @@ def create_fresh(path: Path, what: str = "run directory") -> None:
         raise UserError(exists)
 
 
+class DiskFull(UserError):
+    """The disk filled up while a run file was written (`path`)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        super().__init__(disk_full_message(self.path))
+
+
+@contextlib.contextmanager
+def first_files(path: Path) -> Iterator[None]:
+    """The files that make a new folder a run (splits.json, then config.json, which marks it
+    resumable): a full disk while they are written removes what was written, so the folder
+    is empty again and the same command can simply be run again (`--resume` would not
+    work: there is nothing to resume)."""
+    try:
+        yield
+    except DiskFull as err:
+        for p in Path(path).iterdir():
+            if p.name != LOCK and p.is_file():
+                p.unlink()
+        raise UserError(f"the disk is full (writing {err.path}); free some space and run the "
+                        f"same command again (nothing was computed; {path} is left empty)") from None
+
+
 def disk_full_message(path: Path) -> str:
     return (f"the disk is full (writing {path}); free some space, then continue with "
             f"--resume {Path(path).parent}")
@@ -148,7 +172,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(err, OSError) and is_disk_full(err):
-            raise UserError(disk_full_message(path)) from None
+            raise DiskFull(path) from None
         raise
 
 
