@@ -123,7 +123,7 @@ def case_a_full_disk(tmp_path, monkeypatch):
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(rundir.os, "fsync", no_space)
-    return search.main, sets(), "--resume"
+    return search.main, sets(), "run the same command again"  # nothing is resumable yet
 
 
 def case_predict_on_random_checkpoint_data(tmp_path, monkeypatch):
