@@ -135,17 +135,20 @@ class DiskFull(UserError):
 @contextlib.contextmanager
 def first_files(path: Path) -> Iterator[None]:
     """The files that make a new folder a run (splits.json, then config.json, which marks it
-    resumable): a full disk while they are written removes what was written, so the folder
-    is empty again and the same command can simply be run again (`--resume` would not
-    work: there is nothing to resume)."""
+    resumable): a full disk while they are written removes the folder again (nothing was
+    computed), so the same command can simply be run again; `--resume` would not work,
+    there is nothing to resume."""
     try:
         yield
     except DiskFull as err:
+        release(path)
         for p in Path(path).iterdir():
-            if p.name != LOCK and p.is_file():
+            if p.is_file() and not p.is_symlink():
                 p.unlink()
-        raise UserError(f"the disk is full (writing {err.path}); free some space and run the "
-                        f"same command again (nothing was computed; {path} is left empty)") from None
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+        raise UserError(f"the disk is full (writing {err.path.name}); free some space and run the "
+                        f"same command again (nothing was computed; {path} was removed)") from None
 
 
 def disk_full_message(path: Path) -> str:
