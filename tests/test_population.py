@@ -55,6 +55,7 @@ SHARDED_CHILD = textwrap.dedent("""
     import jax, numpy as np
     from deft_jax.core.masks import mask_from_names
     from deft_jax.evolution.evaluators.population import PopulationEvaluator
+    from deft_jax.evolution.evaluators.recipe import FitnessRecipe
     from test_population import POPULATION, SUFFIX_POPULATION, tiny_problem
     spec, variables, data, cfg = tiny_problem()
     ev = PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg), sharded=True)
