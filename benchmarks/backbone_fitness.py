@@ -24,7 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deft_jax.config.schema import FineTuneConfig  # noqa: E402
-from deft_jax.evolution.fitness import SequentialEvaluator  # noqa: E402
+from deft_jax.evolution.evaluators.recipe import FitnessRecipe  # noqa: E402
+from deft_jax.evolution.evaluators.sequential import SequentialEvaluator  # noqa: E402
 from deft_jax.data.inputs import SplitArrays  # noqa: E402
 from deft_jax.models import IMAGENET_MODELS, LITE_MODELS, build_model  # noqa: E402
 
@@ -41,7 +42,7 @@ def time_model(name: str, size: int, n_train: int, n_val: int) -> dict:
                        rng.integers(0, 10, n_train).astype(np.int32),
                        rng.normal(size=(n_val, size, size, 3)).astype(np.float32),
                        rng.integers(0, 10, n_val).astype(np.int32), 10)
-    evaluator = SequentialEvaluator(spec, variables, data, FineTuneConfig(batch_size=32, epochs=1))
+    evaluator = SequentialEvaluator(spec, variables, data, FitnessRecipe(FineTuneConfig(batch_size=32, epochs=1)))
     mask = {g: True for g in spec.group_names}
     times = []
     for _ in range(2):

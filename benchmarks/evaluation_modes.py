@@ -40,7 +40,8 @@ import jax  # noqa: E402
 
 from benchmarks.machine import cpu_model  # noqa: E402
 from deft_jax.config.schema import FineTuneConfig  # noqa: E402
-from deft_jax.evolution.fitness import SequentialEvaluator  # noqa: E402
+from deft_jax.evolution.evaluators.recipe import FitnessRecipe  # noqa: E402
+from deft_jax.evolution.evaluators.sequential import SequentialEvaluator  # noqa: E402
 from deft_jax.data.inputs import SplitArrays  # noqa: E402
 from deft_jax.evolution.evaluators.choice import device_memory_limit  # noqa: E402
 from deft_jax.core.masks import decode_genome, searchable_groups  # noqa: E402
@@ -66,14 +67,14 @@ def make_evaluator(strategy: str, spec, variables, data, cfg):
     """As deft_jax.evolution.evaluators.choice builds them, memory limit included (a population program that
     does not fit runs as several smaller ones, reported as members_per_program)."""
     if strategy == "sequential":
-        return SequentialEvaluator(spec, variables, data, cfg)
+        return SequentialEvaluator(spec, variables, data, FitnessRecipe(cfg))
     limit = device_memory_limit()
     if strategy == "vmap":
-        return PopulationEvaluator(spec, variables, data, cfg, memory_limit_bytes=limit)
+        return PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg), memory_limit_bytes=limit)
     if strategy == "vmap-1":
-        return PopulationEvaluator(spec, variables, data, cfg, members_per_program=1, memory_limit_bytes=limit)
+        return PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg), members_per_program=1, memory_limit_bytes=limit)
     if strategy == "sharded":
-        return PopulationEvaluator(spec, variables, data, cfg, sharded=True, memory_limit_bytes=limit)
+        return PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg), sharded=True, memory_limit_bytes=limit)
     raise ValueError(strategy)
 
 

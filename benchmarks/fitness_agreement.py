@@ -59,9 +59,7 @@ def masks_to_score(group_names, count: int, seed: int, threshold: float) -> list
 def fitnesses(cfg, spec, variables, data, masks, schedule: str, seed: int) -> list[float]:
     c = copy.deepcopy(cfg)
     c.search.schedule, c.seed = schedule, seed
-    recipe, keep = fitness_recipe(c)
-    evaluator = build_evaluator("sequential", spec, variables, data.arrays, recipe,
-                                metric=c.search.metric, seed=seed, keep=keep)
+    evaluator = build_evaluator("sequential", spec, variables, data.arrays, fitness_recipe(c))
     return evaluator.evaluate(masks)
 
 

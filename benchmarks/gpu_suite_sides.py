@@ -63,6 +63,7 @@ def run_jax(args, model: str, workdir: Path) -> dict:
 
     from deft_jax.config.schema import FineTuneConfig
     from deft_jax.evolution.evaluators.choice import build_evaluator, device_memory_limit
+    from deft_jax.evolution.evaluators.recipe import FitnessRecipe
     from deft_jax.data.inputs import SplitArrays
     from deft_jax.core.masks import mask_key
     from deft_jax.models import build_model
@@ -85,7 +86,7 @@ def run_jax(args, model: str, workdir: Path) -> dict:
         if 2 * size > len(masks):
             rows.append({"model": model, "population": size, "skipped": "fewer distinct masks than 2P"})
             continue
-        evaluator = build_evaluator("vmap", spec, variables, data, FineTuneConfig(**recipe),
+        evaluator = build_evaluator("vmap", spec, variables, data, FitnessRecipe(FineTuneConfig(**recipe)),
                                     memory_limit_bytes=limit)
         t0 = time.perf_counter()
         warm = evaluator.evaluate(masks[:size])
@@ -106,7 +107,8 @@ def run_jax(args, model: str, workdir: Path) -> dict:
     size16 = 32 if 32 in sizes else sizes[-1]
     if 2 * size16 <= len(masks):
         evaluator = build_evaluator("vmap", spec, variables, data,
-                                    FineTuneConfig(**recipe, compute_dtype="bfloat16"), memory_limit_bytes=limit)
+                                    FitnessRecipe(FineTuneConfig(**recipe, compute_dtype="bfloat16")),
+                                    memory_limit_bytes=limit)
         evaluator.evaluate(masks[:size16])
         t0 = time.perf_counter()
         f16 = evaluator.evaluate(masks[size16:2 * size16])

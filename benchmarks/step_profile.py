@@ -13,9 +13,9 @@ def step_inputs(spec, variables, features, data, mask, start: int, gated: bool, 
     """(step model, state, flags, x, y) of one train step from stage `start` (public core API)."""
     import jax
     import jax.numpy as jnp
-    from deft_jax.core import training
+    from deft_jax.core import optimizer, training
 
-    tx = training.make_optimizer(data["cfg"])
+    tx = optimizer.make_optimizer(data["cfg"])
     model = training.StepModel.of(spec, tx, start, data["cfg"].compute_dtype)
     params = training.suffix(variables["params"], spec, start)
     stats = training.suffix(variables["batch_stats"], spec, start)

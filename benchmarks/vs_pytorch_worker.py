@@ -109,7 +109,8 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
 
     from deft_jax.config.schema import load_config
     from deft_jax.data import load_dataset
-    from deft_jax.evolution.fitness import SequentialEvaluator
+    from deft_jax.evolution.evaluators.recipe import FitnessRecipe
+    from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
     from deft_jax.data.inputs import prepare_data
     from deft_jax.models import build_model
     from deft_jax.evolution.evaluators.choice import make_evaluator
@@ -125,8 +126,9 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
     data = prepare_data(cfg, spec, dataset)
     variables = spec.init(cfg.seed)
     if strategy == NO_PREFIX:
-        inner = SequentialEvaluator(spec, variables, data.arrays, cfg.finetune,
-                                    metric=cfg.search.metric, seed=cfg.seed, cache_prefix=False)
+        inner = SequentialEvaluator(spec, variables, data.arrays,
+                                    FitnessRecipe(cfg.finetune, metric=cfg.search.metric, seed=cfg.seed,
+                                                  cache_prefix=False))
         resolved, reason = "sequential", "frozen-prefix feature cache off"
     else:
         inner, resolved, reason = make_evaluator(cfg, spec, variables, data.arrays)

@@ -20,7 +20,7 @@ from deft_jax.experiment.runner import run_experiment, seed_config
 from deft_jax.experiment.summary import SUMMARY_JSON, SUMMARY_MD
 from deft_jax.data.inputs import prepare_data
 from deft_jax.config.schema import DEFAULT_EXPERIMENT_METHODS
-from deft_jax.methods import MethodContext, ProgramCache, run_order
+from deft_jax.methods import MethodContext, ExperimentCache, run_order
 from deft_jax.methods.auto_rgn import rgn_multipliers, scale_by_rgn
 from deft_jax.core.metrics import roc_auc_ovr
 from deft_jax.models import build_model
@@ -224,7 +224,7 @@ def test_auto_rgn_with_unit_multipliers_is_the_full_fine_tune(monkeypatch):
     spec = build_model("small_cnn", 10, "none", 16)
     data = prepare_data(cfg, spec)
     ctx = MethodContext(cfg=cfg, data=data, spec=spec, variables=spec.init(cfg.seed), seed=0,
-                        programs=ProgramCache())
+                        programs=ExperimentCache())
     monkeypatch.setattr(auto_rgn, "rgn_multipliers",
                         lambda grads, params, head=None: jax.tree.map(lambda _: jnp.float32(1.0), params))
     ours, reference = auto_rgn.run(ctx), full.run(ctx)
@@ -245,7 +245,7 @@ def test_the_final_learning_rate_is_the_grid_rate_with_the_best_validation_score
 
     def run(config):
         ctx = MethodContext(cfg=config, data=data, spec=spec, variables=spec.init(config.seed), seed=0,
-                            programs=ProgramCache())
+                            programs=ExperimentCache())
         return full.run(ctx)
 
     tuned = run(cfg)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from deft_jax.config.schema import FineTuneConfig
-from deft_jax.evolution.fitness import SequentialEvaluator
+from deft_jax.evolution.evaluators.recipe import FitnessRecipe
+from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
 from deft_jax.data.inputs import SplitArrays
 from deft_jax.core.finetune import FineTuner
 from deft_jax.data.batches import batch_plan
@@ -56,8 +57,9 @@ def _evaluator(cache_prefix, **cfg):
     v0 = spec.init(1)
     x, y = random_arrays(96)
     data = SplitArrays(x[:64], y[:64], x[64:], y[64:], 3)
-    return spec, SequentialEvaluator(spec, v0, data, FineTuneConfig(batch_size=16, learning_rate=0.1, **cfg),
-                                     cache_prefix=cache_prefix)
+    return spec, SequentialEvaluator(
+        spec, v0, data, FitnessRecipe(FineTuneConfig(batch_size=16, learning_rate=0.1, **cfg),
+                                      cache_prefix=cache_prefix))
 
 
 def test_frozen_prefix_feature_cache_gives_the_same_fitness_as_no_cache():

@@ -7,7 +7,7 @@ import pytest
 from deft_jax.models.groups import assign_groups
 from deft_jax.core.masks import decode_genome, mask_from_names, mask_key
 from deft_jax.models.small_cnn import small_cnn
-from deft_jax.core.training import gate_updates
+from deft_jax.core.optimizer import gate_updates
 
 
 def test_genome_decodes_to_group_mask_with_the_head_always_trained():

@@ -12,7 +12,8 @@ import pytest
 from conftest import REPO
 from deft_jax.runtime import rundir
 from deft_jax.config.schema import FineTuneConfig
-from deft_jax.evolution.fitness import SequentialEvaluator
+from deft_jax.evolution.evaluators.recipe import FitnessRecipe
+from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
 from deft_jax.data.inputs import SplitArrays
 from deft_jax.core.masks import mask_from_names
 from deft_jax.models.small_cnn import small_cnn
@@ -54,9 +55,10 @@ SHARDED_CHILD = textwrap.dedent("""
     import jax, numpy as np
     from deft_jax.core.masks import mask_from_names
     from deft_jax.evolution.evaluators.population import PopulationEvaluator
+    from deft_jax.evolution.evaluators.recipe import FitnessRecipe
     from test_population import POPULATION, SUFFIX_POPULATION, tiny_problem
     spec, variables, data, cfg = tiny_problem()
-    ev = PopulationEvaluator(spec, variables, data, cfg, sharded=True)
+    ev = PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg), sharded=True)
     logits = [ev.evaluate_logits([mask_from_names(n, spec.group_names) for n in pop])
               for pop in (POPULATION, SUFFIX_POPULATION)]
     fitness = ev.evaluate([mask_from_names(n, spec.group_names) for n in POPULATION])
@@ -70,11 +72,11 @@ def test_sequential_vmap_and_sharded_give_the_same_fitness_for_the_same_masks(tm
     spec, variables, data, cfg = tiny_problem()
     populations = [[mask_from_names(n, spec.group_names) for n in pop]
                    for pop in (POPULATION, SUFFIX_POPULATION)]
-    seq = SequentialEvaluator(spec, variables, data, cfg)
+    seq = SequentialEvaluator(spec, variables, data, FitnessRecipe(cfg))
     reference = [np.stack([sequential_logits(seq, m) for m in pop]) for pop in populations]
     seq_fitness = seq.evaluate(populations[0])
 
-    vmap = PopulationEvaluator(spec, variables, data, cfg)
+    vmap = PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg))
     assert vmap.name == "vmap"
     for pop, ref in zip(populations, reference):
         np.testing.assert_allclose(vmap.evaluate_logits(pop), ref, atol=1e-4)
@@ -106,7 +108,7 @@ def test_frozen_leaves_are_bit_identical_after_a_vmapped_fine_tune():
                          batch_size=16, epochs=2)
     masks = [mask_from_names(n, spec.group_names)
              for n in (["conv1", "conv3"], ["conv2", "conv4"], [], ["conv1", "conv2", "conv3", "conv4"])]
-    members = PopulationEvaluator(spec, v0, data, cfg).fine_tune(masks)
+    members = PopulationEvaluator(spec, v0, data, FitnessRecipe(cfg)).fine_tune(masks)
     assert len(members) == len(masks)
     for mask, v1 in zip(masks, members):
         for collection in ("params", "batch_stats"):
@@ -192,18 +194,18 @@ def test_a_memory_limit_splits_the_population_into_smaller_programs_with_the_sam
     spec, variables, data, cfg = tiny_problem()
     masks = [mask_from_names(names, spec.group_names) for names in
              ((), ("conv2",), ("conv1", "conv3"), ("conv1", "conv2", "conv3", "conv4"))]
-    whole = PopulationEvaluator(spec, variables, data, cfg)
+    whole = PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg))
     reference = whole.evaluate_logits(masks)
     start = min(whole.start_of(m) for m in masks)
-    two = PopulationEvaluator(spec, variables, data, cfg).program_bytes(2, start)
+    two = PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg)).program_bytes(2, start)
     four = whole.program_bytes(4, start)
     assert two < four
-    limited = PopulationEvaluator(spec, variables, data, cfg, memory_limit_bytes=two)
+    limited = PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg), memory_limit_bytes=two)
     logits = limited.evaluate_logits(masks)
     assert limited.members_per_program == 2
     assert limited.stats()["memory_fit"]["program_bytes"] <= two
     np.testing.assert_allclose(logits, reference, atol=1e-4)
-    roomy = PopulationEvaluator(spec, variables, data, cfg, memory_limit_bytes=four)
+    roomy = PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg), memory_limit_bytes=four)
     roomy.evaluate_logits(masks)
     assert roomy.members_per_program is None  # the whole population fits: one program
 
@@ -211,7 +213,7 @@ def test_a_memory_limit_splits_the_population_into_smaller_programs_with_the_sam
 def test_a_population_member_that_cannot_fit_in_memory_is_a_one_line_user_error():
     from deft_jax.errors import UserError
     spec, variables, data, cfg = tiny_problem()
-    ev = PopulationEvaluator(spec, variables, data, cfg, memory_limit_bytes=1024)
+    ev = PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg), memory_limit_bytes=1024)
     with pytest.raises(UserError, match="lower finetune.batch_size"):
         ev.evaluate_logits([mask_from_names(("conv1",), spec.group_names)])
 

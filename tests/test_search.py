@@ -191,8 +191,8 @@ def test_resume_of_the_real_pipeline_after_an_interruption_matches_an_uninterrup
     straight = tmp_path / "straight"
     assert main(["--out", str(straight), "--set", *over]) == 0
 
-    from deft_jax.evolution import fitness
-    original = fitness.SequentialEvaluator.evaluate
+    from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
+    original = SequentialEvaluator.evaluate
     calls = {"n": 0}
 
     def flaky(self, masks):
@@ -202,12 +202,12 @@ def test_resume_of_the_real_pipeline_after_an_interruption_matches_an_uninterrup
         return original(self, masks)
 
     interrupted = tmp_path / "interrupted"
-    monkeypatch.setattr(fitness.SequentialEvaluator, "evaluate", flaky)
+    monkeypatch.setattr(SequentialEvaluator, "evaluate", flaky)
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(interrupted), "--set", *over])
     assert exc.value.code == 130
     assert not (interrupted / "metrics.json").exists() and not (interrupted / "report.md").exists()
-    monkeypatch.setattr(fitness.SequentialEvaluator, "evaluate", original)
+    monkeypatch.setattr(SequentialEvaluator, "evaluate", original)
     assert main(["--resume", str(interrupted)]) == 0
     for name in ("best.json",):
         assert rundir.read_json(interrupted / name) == rundir.read_json(straight / name)

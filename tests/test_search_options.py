@@ -12,7 +12,9 @@ from deft_jax.evolution.evaluators.choice import build_evaluator, make_evaluator
 from deft_jax.evolution.loop import baseline_genomes, run_search, select_mask
 from deft_jax.core.final import train_final
 from deft_jax.core.finetune import FineTuner
-from deft_jax.evolution.fitness import Halving, MemoTable, SequentialEvaluator, evaluate_population
+from deft_jax.evolution.evaluators.recipe import FitnessRecipe
+from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
+from deft_jax.evolution.fitness import Halving, MemoTable, evaluate_population
 from deft_jax.models.groups import LayerGroups
 from deft_jax.data.inputs import prepare_data
 from deft_jax.data import load_dataset
@@ -74,8 +76,8 @@ def test_gated_members_with_learning_rate_genes_train_what_the_static_mask_train
     masks = [decode_genome(g, names, 0.5, "mask+lr")
              for g in ([0.9, 0.1, 0.7, 1.0], [0.1, 0.6, 0.1, 0.8], [0.1, 0.1, 0.1, 0.1])]
     assert any(isinstance(v, float) for m in masks for v in m.values())
-    reference = SequentialEvaluator(spec, variables, data, cfg).evaluate_logits(masks)
-    gated = build_evaluator(mode, spec, variables, data, cfg, lr_multipliers=True)
+    reference = SequentialEvaluator(spec, variables, data, FitnessRecipe(cfg)).evaluate_logits(masks)
+    gated = build_evaluator(mode, spec, variables, data, FitnessRecipe(cfg, lr_multipliers=True))
     np.testing.assert_allclose(gated.evaluate_logits(masks), reference, atol=1e-4)
 
 
@@ -85,13 +87,13 @@ def test_gated_members_with_learning_rate_genes_train_what_the_static_mask_train
 def test_best_val_fitness_is_the_best_epoch_of_the_same_fine_tune():
     spec, variables, data, cfg = problem(epochs=4)
     mask = mask_from_names(["conv2", "conv4"], spec.group_names)
-    last = SequentialEvaluator(spec, variables, data, cfg)  # one compiled program for every length
+    last = SequentialEvaluator(spec, variables, data, FitnessRecipe(cfg))  # one compiled program for every length
     per_epoch = [last.evaluate([mask], epochs=e)[0] for e in range(1, 5)]
     assert len(set(per_epoch)) > 1  # the curve moves, so the test can tell epochs apart
     for mode in ("sequential", "vmap-1"):
-        best = build_evaluator(mode, spec, variables, data, cfg, keep="best-val").evaluate([mask])[0]
+        best = build_evaluator(mode, spec, variables, data, FitnessRecipe(cfg, keep="best-val")).evaluate([mask])[0]
         assert best == pytest.approx(min(per_epoch), abs=1e-6)
-        short = build_evaluator(mode, spec, variables, data, cfg, keep="best-val").evaluate([mask], epochs=2)[0]
+        short = build_evaluator(mode, spec, variables, data, FitnessRecipe(cfg, keep="best-val")).evaluate([mask], epochs=2)[0]
         assert short == pytest.approx(min(per_epoch[:2]), abs=1e-6)
 
 

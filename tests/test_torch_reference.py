@@ -19,8 +19,9 @@ from benchmarks.torch_reference import (TorchReference, freeze, make_optimizer, 
 from deft_jax.data import Dataset, load_dataset  # noqa: E402
 from deft_jax.core.finetune import FineTuner  # noqa: E402
 from deft_jax.data.batches import batch_plan
-from deft_jax.core.training import make_optimizer as make_optax  # noqa: E402
-from deft_jax.evolution.fitness import SequentialEvaluator  # noqa: E402
+from deft_jax.core.optimizer import make_optimizer as make_optax  # noqa: E402
+from deft_jax.evolution.evaluators.recipe import FitnessRecipe  # noqa: E402
+from deft_jax.evolution.evaluators.sequential import SequentialEvaluator  # noqa: E402
 from deft_jax.data.inputs import prepare_data  # noqa: E402
 from benchmarks.torch_twins.torch_models import torch_twin  # noqa: E402
 from deft_jax.core.masks import mask_from_names  # noqa: E402
@@ -87,7 +88,7 @@ def test_pytorch_reference_and_deft_jax_train_the_same_above_chance_models_for_t
     class."""
     cfg, spec, data, variables, _, reference = tiny
     tuner = FineTuner(spec, cfg.finetune)
-    evaluator = SequentialEvaluator(spec, variables, data, cfg.finetune, seed=cfg.seed)
+    evaluator = SequentialEvaluator(spec, variables, data, FitnessRecipe(cfg.finetune, seed=cfg.seed))
     one_class = 1.0 - np.bincount(data.y_val).max() / len(data.y_val)
     assert one_class == pytest.approx(2 / 3)
     for names in MASKS:

@@ -7,9 +7,10 @@ import optax
 import pytest
 
 from deft_jax.data import batches
-from deft_jax.core import training
+from deft_jax.core import optimizer, training
 from deft_jax.evolution.evaluators.choice import Evaluator, build_evaluator
-from deft_jax.evolution.fitness import SequentialEvaluator
+from deft_jax.evolution.evaluators.recipe import FitnessRecipe
+from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
 from deft_jax.core.masks import mask_from_names
 from deft_jax.evolution.evaluators.population import PopulationEvaluator
 
@@ -26,8 +27,8 @@ problem = small_cnn_problem
 def test_every_evaluation_mode_gives_the_static_mask_references_validation_logits(mode):
     spec, variables, data, cfg = problem()
     masks = [mask_from_names(n, spec.group_names) for n in MASKS]
-    reference = SequentialEvaluator(spec, variables, data, cfg).evaluate_logits(masks)
-    evaluator = build_evaluator(mode, spec, variables, data, cfg)
+    reference = SequentialEvaluator(spec, variables, data, FitnessRecipe(cfg)).evaluate_logits(masks)
+    evaluator = build_evaluator(mode, spec, variables, data, FitnessRecipe(cfg))
     assert isinstance(evaluator, Evaluator) and evaluator.name == mode
     np.testing.assert_allclose(evaluator.evaluate_logits(masks), reference, atol=1e-4)
 
@@ -35,12 +36,12 @@ def test_every_evaluation_mode_gives_the_static_mask_references_validation_logit
 def test_vmap_1_can_start_each_member_at_its_own_first_trainable_stage():
     spec, variables, data, cfg = problem()
     masks = [mask_from_names(n, spec.group_names) for n in MASKS]
-    one = PopulationEvaluator(spec, variables, data, cfg, members_per_program=1, compile_after=1)
+    one = PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg), members_per_program=1, compile_after=1)
     one.evaluate(masks)
     stages = len(spec.stage_names)  # conv1..conv4 + head
     firsts = [0, 1, 2, 3, 4, 0]
     assert one.stats()["stages_trained"] == sum(stages - k for k in firsts)
-    whole = build_evaluator("vmap", spec, variables, data, cfg)
+    whole = build_evaluator("vmap", spec, variables, data, FitnessRecipe(cfg))
     whole.evaluate(masks)  # one program for the whole population: from its lowest first stage
     assert whole.stats()["stages_trained"] == stages * len(masks)
 
@@ -51,7 +52,7 @@ def test_a_first_stage_gets_its_own_program_only_once_it_recurs():
     times it gets its own program, and later members with it train from there."""
     spec, variables, data, cfg = problem()
     population = [mask_from_names(n, spec.group_names) for n in (["conv1"], [])]  # first stages 0, 4
-    ev = build_evaluator("vmap-1", spec, variables, data, cfg)
+    ev = build_evaluator("vmap-1", spec, variables, data, FitnessRecipe(cfg))
     trained = []
     for _ in range(3):
         before = ev.stats()["stages_trained"]
@@ -70,7 +71,7 @@ def test_a_program_from_stage_k_runs_no_forward_or_backward_convolution_below_k(
     forward and weight-gradient convolutions of stages k..3 and input-gradient convolutions
     only above k: 3 * (4 - k) - 1. Nothing of stages below k is in the program."""
     spec, variables, data, cfg = problem()
-    model = training.StepModel.of(spec, training.make_optimizer(cfg), start)
+    model = training.StepModel.of(spec, optimizer.make_optimizer(cfg), start)
     params = training.suffix(variables["params"], spec, start)
     stats = training.suffix(variables["batch_stats"], spec, start)
     gates = {g: np.float32(1.0) for g in spec.group_names}
@@ -87,7 +88,7 @@ def test_a_static_mask_differentiates_only_its_trainable_groups():
     trainable conv1 and conv3: its input gradient is still needed)."""
     spec, variables, data, cfg = problem()
     mask = mask_from_names(["conv1", "conv3"], spec.group_names)
-    model = training.StepModel.of(spec, training.make_optimizer(cfg), 0)
+    model = training.StepModel.of(spec, optimizer.make_optimizer(cfg), 0)
     state = training.init_state(model, variables["params"], variables["batch_stats"], mask)
     jaxpr = jax.make_jaxpr(training.fine_tune_program(model, mask))(
         state, None, data.x_train[None, :16], data.y_train[None, :16])
@@ -98,7 +99,7 @@ def test_a_static_mask_differentiates_only_its_trainable_groups():
 def test_the_scan_program_equals_one_jitted_step_per_batch():
     spec, variables, data, cfg = problem()
     mask = mask_from_names(["conv2", "conv4"], spec.group_names)
-    model = training.StepModel.of(spec, training.make_optimizer(cfg), 0)
+    model = training.StepModel.of(spec, optimizer.make_optimizer(cfg), 0)
     (xs, ys), = batches.training_batches(data.x_train, data.y_train, cfg, cfg.epochs, seed=0)
     state = training.init_state(model, variables["params"], variables["batch_stats"], mask)
     scanned, losses = jax.jit(training.fine_tune_program(model, mask))(state, None, xs, ys)
@@ -119,8 +120,8 @@ def test_bfloat16_compute_agrees_with_float32_fitness():
     spec, variables, data, cfg32 = problem(epochs=1)
     _, _, _, cfg16 = problem(epochs=1, compute_dtype="bfloat16")
     masks = [mask_from_names(n, spec.group_names) for n in MASKS]
-    l32 = build_evaluator("vmap-1", spec, variables, data, cfg32).evaluate_logits(masks)
-    l16 = build_evaluator("vmap-1", spec, variables, data, cfg16).evaluate_logits(masks)
+    l32 = build_evaluator("vmap-1", spec, variables, data, FitnessRecipe(cfg32)).evaluate_logits(masks)
+    l16 = build_evaluator("vmap-1", spec, variables, data, FitnessRecipe(cfg16)).evaluate_logits(masks)
     assert np.all(np.isfinite(l16))
     # observed on this toy problem (random labels, lr 0.1): mean |difference| ~5% of the
     # mean |logit|, predictions ~95% equal
@@ -132,7 +133,7 @@ def test_bfloat16_compute_agrees_with_float32_fitness():
 def test_gated_members_keep_frozen_leaves_bit_identical_with_momentum_and_weight_decay():
     spec, variables, data, cfg = problem(weight_decay=0.05)
     masks = [mask_from_names(n, spec.group_names) for n in MASKS]
-    members = PopulationEvaluator(spec, variables, data, cfg, members_per_program=1).fine_tune(masks)
+    members = PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg), members_per_program=1).fine_tune(masks)
     for mask, trained in zip(masks, members):
         for group in spec.group_names:
             before = jax.tree.leaves(variables["params"][group])

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from deft_jax.config.schema import FineTuneConfig
-from deft_jax.core import training
+from deft_jax.core import optimizer, training
 from deft_jax.core.masks import (
     frozen_pattern,
     has_lr_multipliers,
@@ -28,6 +28,7 @@ from deft_jax.core.masks import (
 )
 from deft_jax.data import batches
 from deft_jax.models.base import ModelSpec
+from deft_jax.runtime.program_cache import ProgramCache
 
 
 class FineTuner:
@@ -39,26 +40,30 @@ class FineTuner:
         self.spec = spec
         self.cfg = cfg
         self.epochs = cfg.epochs if epochs is None else epochs
-        self.tx = training.make_optimizer(cfg, learning_rate) if tx is None else tx
+        self.tx = optimizer.make_optimizer(cfg, learning_rate) if tx is None else tx
         self.last_state: training.TrainState | None = None  # of the latest fine_tune
-        self._programs: dict = {}
-        self._forward: dict = {}
-        self.compiles = 0
+        self.programs = ProgramCache()  # fine-tune programs, per (frozen pattern, scales, start)
+        self.forwards = ProgramCache()  # inference forwards, per first stage
 
-    def step_model(self, start: int) -> training.StepModel:
-        return training.StepModel.of(self.spec, self.tx, start, self.cfg.compute_dtype)
+    @property
+    def compiles(self) -> int:
+        """Fine-tune programs built so far (forwards not counted)."""
+        return self.programs.compiles
+
+    def step_model(self, start: int, leaf_scales: bool = False) -> training.StepModel:
+        """`leaf_scales`: the optimizer ends in `scale_by_leaf` (per-group learning rates)."""
+        return training.StepModel.of(self.spec, self.tx, start, self.cfg.compute_dtype, leaf_scales)
 
     def program(self, mask: Mapping, start: int):
         """The jitted program of `mask`'s frozen pattern from stage `start` (cached): the
         whole fine-tune on accelerators, one step on CPU (see `training.scan_steps`).
-        Per-group learning-rate multipliers live in the state, so they share the program."""
+        Per-group learning-rate multipliers live in the optimizer state, so masks that differ
+        only in them share the program."""
         flags = frozen_pattern(mask)
-        key = (mask_key(flags), has_lr_multipliers(mask), start)
-        if key not in self._programs:
-            run = training.program(self.step_model(start), flags)
-            self._programs[key] = jax.jit(run, donate_argnums=(0,))
-            self.compiles += 1
-        return self._programs[key]
+        scaled = has_lr_multipliers(mask)
+        key = (mask_key(flags), scaled, start)
+        return self.programs.get(key, lambda: jax.jit(training.program(self.step_model(start, scaled), flags),
+                                                      donate_argnums=(0,)))
 
     def fine_tune(self, variables: dict, mask: Mapping, x: np.ndarray, y: np.ndarray,
                   seed: int, start: int = 0, epochs: int | None = None,
@@ -69,7 +74,7 @@ class FineTuner:
         (the variables are the live device arrays: copy what must outlive the call)."""
         flags = frozen_pattern(mask)
         epochs = self.epochs if epochs is None else epochs
-        model = self.step_model(start)
+        model = self.step_model(start, has_lr_multipliers(mask))
         params = training.suffix(variables["params"], self.spec, start)
         stats = training.suffix(variables["batch_stats"], self.spec, start)
         multipliers = ({g: lr_multiplier(v) for g, v in mask.items()} if has_lr_multipliers(mask)
@@ -101,4 +106,4 @@ class FineTuner:
     def logits(self, variables: dict, x: np.ndarray, start: int = 0, batch_size: int = 256) -> np.ndarray:
         """Inference-mode logits (all BatchNorms use running statistics)."""
         return training.logits(self.spec, variables, x, start=start, batch_size=batch_size,
-                               cache=self._forward)
+                               cache=self.forwards)

@@ -7,10 +7,15 @@ training, every baseline method and the benchmarks use these.
 - `TrainState` (params, batch_stats, opt_state) and `train_step`, a pure function of
   (state, group flags, x, y). Group flags are Python bools (a static mask: only trainable
   leaves are differentiated and handed to the optimizer, frozen leaves pass through
-  bit-identical) or traced floats (a gated population member: every leaf is differentiated
-  and `gate_updates`, last in the optax chain, zeroes a frozen leaf's update, so momentum
-  and weight decay cannot move it). Either way the flags are the BatchNorm train/inference
-  switches of each group.
+  bit-identical) or traced floats (a gated population member: every leaf is differentiated,
+  the optimizer's updates of frozen leaves are zeroed after `tx.update` and their optimizer
+  state is kept as it was, so momentum and weight decay cannot move them). Either way the
+  flags are the BatchNorm train/inference switches of each group.
+- Per-leaf learning-rate multipliers (`search.space = "mask+lr"`) are `scale_by_leaf`, the
+  last transform of the optax chain (`StepModel.of(..., leaf_scales=True)`): the
+  multipliers live in its optimizer state, so they are traced inputs of the program (every
+  vmapped member has its own, no recompile per multiplier), as auto-rgn's `scale_by_rgn`
+  keeps its per-tensor multipliers in its state.
 - `fine_tune_program`: all steps of a fine-tune as one device program (`lax.scan` over the
   stacked batches: no host round trip per step), transformed where it is used (`jax.jit`
   for one member, `jax.vmap` for a population, `shard_map` over devices). On accelerators
@@ -35,9 +40,15 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from deft_jax.config.schema import FineTuneConfig
+from deft_jax.core.optimizer import (
+    keep_gated_off_state,
+    scale_by_leaf,
+    set_leaf_scales,
+    zero_gated_off,
+)
 from deft_jax.models.base import ModelSpec
 from deft_jax.models.groups import leaf_values
+from deft_jax.runtime.program_cache import ProgramCache
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -48,39 +59,6 @@ class TrainState(NamedTuple):
     params: dict
     batch_stats: dict
     opt_state: Any
-    # per-leaf learning-rate multipliers (`search.space = "mask+lr"`), with the structure of
-    # the leaves the optimizer updates; None: every trained leaf at the base rate
-    lr_scales: Any = None
-
-
-def make_optimizer(cfg: FineTuneConfig, learning_rate: float | None = None) -> optax.GradientTransformation:
-    lr = cfg.learning_rate if learning_rate is None else learning_rate
-    if cfg.optimizer == "sgd":
-        return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                           optax.sgd(lr, momentum=cfg.momentum or None))
-    if cfg.optimizer == "adam":
-        return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(lr))
-    if cfg.optimizer == "adamw":
-        return optax.adamw(lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
-
-
-def gate_updates(gates) -> optax.GradientTransformation:
-    """Zero the updates of gated-off leaves; `gates` is a pytree of bools/floats (possibly
-    traced) with the updates' structure. Put it *last* in the chain so that momentum and
-    weight decay cannot move a frozen leaf: its update is exactly 0, its value bit-identical."""
-
-    def init_fn(params):
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None):
-        del params
-        updates = jax.tree.map(
-            lambda u, m: jnp.where(jnp.asarray(m) > 0.5, u, jnp.zeros_like(u)), updates, gates)
-        return updates, state
-
-    return optax.GradientTransformation(init_fn, update_fn)
 
 
 # --- the train step --------------------------------------------------------------------------
@@ -119,7 +97,9 @@ class StepModel(NamedTuple):
 
     @classmethod
     def of(cls, spec: ModelSpec, tx: optax.GradientTransformation, start: int = 0,
-           compute_dtype: str = "float32") -> "StepModel":
+           compute_dtype: str = "float32", leaf_scales: bool = False) -> "StepModel":
+        """`leaf_scales`: `tx` followed by `scale_by_leaf` (per-group learning rates)."""
+        tx = optax.chain(tx, scale_by_leaf()) if leaf_scales else tx
         return cls(spec.net, start, suffix(spec.layer_groups.labels, spec, start), tx,
                    COMPUTE_DTYPES[compute_dtype])
 
@@ -134,26 +114,22 @@ def init_state(model: StepModel, params: Mapping, batch_stats: Mapping, flags: G
                lr_multipliers: Mapping[str, Any] | None = None) -> TrainState:
     """A fresh optimizer state: over the trainable leaves for a static mask, over every leaf
     (the gates do not enter it) for a gated member. `lr_multipliers` (group -> multiplier,
-    a float or a [members] array) scale each group's updates (per-group learning rates)."""
+    a float or a [members] array) scale each group's updates (per-group learning rates;
+    the model's optimizer must end in `scale_by_leaf`)."""
     params, batch_stats = dict(params), dict(batch_stats)
     if is_static(flags):
         trainable, _ = _partition(params, _leaf_mask(model, flags))
-        scales = None
+        opt_state = model.tx.init(trainable)
         if lr_multipliers is not None:
             flat_labels = traverse_util.flatten_dict(dict(model.labels))
-            scales = {k: jnp.asarray(lr_multipliers[flat_labels[k]], jnp.float32) for k in trainable}
-        return TrainState(params, batch_stats, model.tx.init(trainable), scales)
-    scales = None
+            opt_state = set_leaf_scales(opt_state, {k: jnp.asarray(lr_multipliers[flat_labels[k]], jnp.float32)
+                                                    for k in trainable})
+        return TrainState(params, batch_stats, opt_state)
+    opt_state = model.tx.init(params)
     if lr_multipliers is not None:
-        scales = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32),
-                              leaf_values(model.labels, lr_multipliers))
-    return TrainState(params, batch_stats, model.tx.init(params), scales)
-
-
-def _scale(updates, lr_scales):
-    if lr_scales is None:
-        return updates
-    return jax.tree.map(lambda u, s: u * s.astype(u.dtype), updates, lr_scales)
+        opt_state = set_leaf_scales(opt_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32),
+                                                            leaf_values(model.labels, lr_multipliers)))
+    return TrainState(params, batch_stats, opt_state)
 
 
 def _leaf_mask(model: StepModel, flags: GroupFlags) -> dict:
@@ -180,19 +156,19 @@ def train_step(model: StepModel, state: TrainState, flags: GroupFlags, x, y) -> 
 
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         updates, opt_state = model.tx.update(grads, state.opt_state, trainable)
-        updates = _scale(updates, state.lr_scales)
         params = _merge(optax.apply_updates(trainable, updates), frozen)
-        return TrainState(params, stats, opt_state, state.lr_scales), loss
+        return TrainState(params, stats, opt_state), loss
 
     def loss_fn(p):
         return _loss(model, p, state.batch_stats, flags, x, y)
 
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    gated = optax.chain(model.tx, gate_updates(_leaf_mask(model, flags)))
-    # the chain's state is (base state, EmptyState); only the base state is carried
-    updates, (opt_state, _) = gated.update(grads, (state.opt_state, optax.EmptyState()), state.params)
-    updates = _scale(updates, state.lr_scales)
-    return TrainState(optax.apply_updates(state.params, updates), stats, opt_state, state.lr_scales), loss
+    gates = _leaf_mask(model, flags)
+    updates, opt_state = model.tx.update(grads, state.opt_state, state.params)
+    # a frozen leaf's update is exactly 0 and its optimizer state is left as it was
+    updates = zero_gated_off(updates, gates)
+    opt_state = keep_gated_off_state(model.tx, opt_state, state.opt_state, gates)
+    return TrainState(optax.apply_updates(state.params, updates), stats, opt_state), loss
 
 
 def scan_steps() -> bool:
@@ -263,16 +239,15 @@ def padded_chunks(x: np.ndarray, size: int):
 
 
 def logits(spec: ModelSpec, variables: dict, x: np.ndarray, start: int = 0, stop: int | None = None,
-           batch_size: int = 256, cache: dict | None = None) -> np.ndarray:
-    """Run stages [start, stop) in inference mode over x in batches; returns numpy."""
+           batch_size: int = 256, cache: ProgramCache | None = None) -> np.ndarray:
+    """Run stages [start, stop) in inference mode over x in batches; returns numpy. The
+    forward program is kept in `cache` under ("forward", start, stop)."""
     if len(x) == 0:
         return np.zeros((0,))
-    cache = {} if cache is None else cache
-    key = (start, stop)
-    if key not in cache:
-        net = spec.net
-        cache[key] = jax.jit(lambda v, xb: net.apply(v, xb, train=False, start=start, stop=stop))
-    fn = cache[key]
+    cache = ProgramCache() if cache is None else cache
+    net = spec.net
+    fn = cache.get(("forward", start, stop),
+                   lambda: jax.jit(lambda v, xb: net.apply(v, xb, train=False, start=start, stop=stop)))
     size = min(batch_size, len(x))
     outputs = [np.asarray(fn(variables, jnp.asarray(chunk)))[:n] for chunk, n in padded_chunks(x, size)]
     return np.concatenate(outputs) if outputs else np.zeros((0,))

@@ -4,8 +4,6 @@
 - `PrefixFeatureCache`: with augmentation off, the activations entering the lowest
   trainable stage depend only on the pretrained weights and the data, so they are
   computed once per distinct prefix and the short fine-tune trains the suffix only.
-- `SequentialEvaluator`: one member after another with a static mask (compiled once per
-  distinct mask): no frozen-weight gradients, but a compile for every new mask.
 - `evaluate_population`: memo table, feasibility and one evaluator call per population.
 """
 
@@ -18,14 +16,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from deft_jax.config.schema import FineTuneConfig
-from deft_jax.core import divergence, training
-from deft_jax.core.best_epoch import BestEpoch
-from deft_jax.core.finetune import FineTuner
+from deft_jax.core import training
 from deft_jax.core.masks import GroupMask, mask_key
 from deft_jax.data.inputs import SplitArrays
 from deft_jax.models.base import ModelSpec
 from deft_jax.models.groups import LayerGroups
+from deft_jax.runtime.program_cache import ProgramCache
 
 
 class MemoTable:
@@ -62,7 +58,7 @@ class PrefixFeatureCache:
         self.spec, self.variables, self.data = spec, variables, data
         self.max_bytes = max_bytes
         self._store: OrderedDict[int, tuple[np.ndarray, np.ndarray, float]] = OrderedDict()
-        self._fns: dict = {}
+        self.forwards = ProgramCache()
         self.hits = self.misses = 0
         self.seconds_computing = 0.0
         self.seconds_saved = 0.0
@@ -78,8 +74,8 @@ class PrefixFeatureCache:
             return train, val
         self.misses += 1
         t0 = time.perf_counter()
-        train = training.logits(self.spec, self.variables, self.data.x_train, stop=start, cache=self._fns)
-        val = training.logits(self.spec, self.variables, self.data.x_val, stop=start, cache=self._fns)
+        train = training.logits(self.spec, self.variables, self.data.x_train, stop=start, cache=self.forwards)
+        val = training.logits(self.spec, self.variables, self.data.x_val, stop=start, cache=self.forwards)
         cost = time.perf_counter() - t0
         self.seconds_computing += cost
         self._store[start] = (train, val, cost)
@@ -99,53 +95,6 @@ def infeasible_fitness(fraction: float, limit: float) -> float:
     """Masks training more than the allowed parameter fraction are never trained: their
     fitness is 1 + the excess, worse than any real fitness and pointing back to feasibility."""
     return 1.0 + (fraction - limit)
-
-
-class SequentialEvaluator:
-    """Evaluates masks one after another with static masks (compile cache per mask)."""
-
-    name = "sequential"
-    on_member_done = None  # callback(number of members just finished), e.g. progress
-
-    def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, cfg: FineTuneConfig,
-                 metric: str = "accuracy", seed: int = 0, cache_prefix: bool = True,
-                 keep: str = "last"):
-        self.spec, self.variables, self.data = spec, variables, data
-        self.cfg, self.metric, self.seed, self.keep = cfg, metric, seed, keep
-        self.tuner = FineTuner(spec, cfg)
-        self.cache_prefix = cache_prefix and not cfg.augment
-        self.prefix = PrefixFeatureCache(spec, variables, data)
-
-    def _fine_tune_one(self, mask: GroupMask, epochs: int | None) -> tuple[np.ndarray, list[float]]:
-        """Validation logits (of the epoch `keep` says) and training losses of the mask's
-        fine-tune."""
-        start = training.first_trainable_stage(self.spec, mask) if self.cache_prefix else 0
-        x_train, x_val = self.prefix.features(start)
-        kept = BestEpoch(self.keep, self.metric, self.data.y_val, self.data.num_classes)
-        variables, losses = self.tuner.fine_tune(
-            self.variables, mask, x_train, self.data.y_train, seed=self.seed, start=start, epochs=epochs,
-            after_epoch=None if self.keep == "last" else
-            lambda epoch, v: kept.offer(0, self.tuner.logits(v, x_val, start=start), mask))
-        if self.keep == "last":
-            return self.tuner.logits(variables, x_val, start=start), losses
-        return kept.logits[0], losses
-
-    def evaluate_logits(self, masks: Sequence[GroupMask], epochs: int | None = None) -> np.ndarray:
-        return np.stack([self._fine_tune_one(m, epochs)[0] for m in masks])
-
-    def evaluate(self, masks: Sequence[GroupMask], epochs: int | None = None) -> list[float]:
-        out = []
-        for mask in masks:
-            logits, losses = self._fine_tune_one(mask, epochs)
-            out.append(divergence.fitness_from_logits(self.metric, logits, self.data.y_val,
-                                                      self.data.num_classes, mask,
-                                                      losses if self.keep == "last" else None))
-            if self.on_member_done is not None:
-                self.on_member_done(1)
-        return out
-
-    def stats(self) -> dict:
-        return {"compiles": self.tuner.compiles, **(self.prefix.stats() if self.cache_prefix else {})}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -133,7 +133,7 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
     de, de_params = make_differential_evolution(s, len(genes))
     base_key = jax.random.key(cfg.seed)
     halving = Halving(cfg.finetune.epochs, s.promote_fraction) if s.fidelity == "halving" else None
-    whole_epochs = fitness_recipe(cfg)[0].epochs
+    whole_epochs = fitness_recipe(cfg).finetune.epochs
     if s.select != "best" and n_val < 1:
         raise ValueError("search.select = smallest-within-1se needs the validation size n_val")
 

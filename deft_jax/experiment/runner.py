@@ -19,14 +19,14 @@ from deft_jax.data.splits import save_splits
 from deft_jax.errors import UserError
 from deft_jax.experiment.records import RUNS, RUNS_CSV, append_run, read_runs, write_csv
 from deft_jax.experiment.summary import SUMMARY_MD, format_value, summarize
-from deft_jax.methods import MethodContext, ProgramCache, get_method, run_order
+from deft_jax.methods import MethodContext, ExperimentCache, get_method, run_order
 from deft_jax.methods import handpicked as handpicked_method
 from deft_jax.runtime import rundir
 
 logger = logging.getLogger(__name__)
 
 META = "experiment.json"
-PROGRAMS_KEPT = 40  # compiled fine-tune programs kept alive across seeds (see ProgramCache)
+PROGRAMS_KEPT = 40  # compiled fine-tune programs kept alive across seeds (see ExperimentCache)
 
 
 def seed_config(cfg: Config, s: int) -> Config:
@@ -71,7 +71,7 @@ def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, see
 
     # everything that can fail on user input fails before the output folder is created
     dataset = load_dataset(cfg.data.source, input_size=cfg.model.input_size)
-    programs = ProgramCache()
+    programs = ExperimentCache()
     spec = programs.model(cfg, len(dataset.class_names))
     for m in order:  # a method's own config check (the deft variants' overrides)
         check = getattr(get_method(m), "check_config", None)

@@ -20,7 +20,7 @@ from deft_jax.methods import (
     random_search,
     scratch,
 )
-from deft_jax.methods.common import MethodContext, MethodResult, ProgramCache
+from deft_jax.methods.common import MethodContext, MethodResult, ExperimentCache
 
 METHODS: dict[str, Any] = {  # name -> an object with run(ctx) and optionally AFTER
     "scratch": scratch,
@@ -60,4 +60,4 @@ def run_order(names: list[str]) -> list[str]:
     return ordered
 
 
-__all__ = ["METHODS", "SEARCH_METHODS", "MethodContext", "MethodResult", "ProgramCache", "get_method", "run_order"]
+__all__ = ["METHODS", "SEARCH_METHODS", "MethodContext", "MethodResult", "ExperimentCache", "get_method", "run_order"]

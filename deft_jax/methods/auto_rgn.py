@@ -36,7 +36,7 @@ import optax
 from flax import traverse_util
 
 from deft_jax.core.masks import HEAD
-from deft_jax.core.training import make_optimizer
+from deft_jax.core.optimizer import make_optimizer, scale_leaves
 from deft_jax.methods.common import (
     MethodContext,
     MethodResult,
@@ -101,7 +101,7 @@ def scale_by_rgn(inner: optax.GradientTransformation, steps_per_epoch: int,
         fresh = rgn_multipliers(updates, params, None if labels is None else head_tree(params, labels))
         multipliers = jax.tree.map(lambda f, m: jnp.where(refresh, f, m), fresh, state.multipliers)
         scaled, inner_state = inner.update(updates, state.inner, params)
-        scaled = jax.tree.map(lambda u, m: u * m.astype(u.dtype), scaled, multipliers)
+        scaled = scale_leaves(scaled, multipliers)
         return scaled, RgnState(state.count + 1, multipliers, inner_state)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -6,7 +6,7 @@ All methods train with the core's recipe through the one final-training path,
 `final.learning_rate`, the seed's batches), and are scored once on val and test;
 `final_fit` adds the one-vs-rest AUC from the softmax probabilities.
 
-Compiled programs are kept in a `ProgramCache` that lives as long as the experiment: the
+Compiled programs are kept in an `ExperimentCache` that lives as long as the experiment: the
 model, optimizer and batch shapes are the same for every seed, so a mask compiled once
 (for one seed or one method) is never compiled again. Wall times of later seeds and
 methods therefore exclude compiles that an earlier one already paid for.
@@ -30,15 +30,17 @@ from deft_jax.data.inputs import PreparedData, prepare_data
 from deft_jax.errors import UserError
 from deft_jax.models import build_model
 from deft_jax.models.base import ModelSpec
+from deft_jax.runtime.program_cache import ProgramCache
 
 
-class ProgramCache:
-    """Models and compiled fine-tune programs shared by all seeds and methods of one run."""
+class ExperimentCache:
+    """Models and fine-tuners (with their compiled programs) shared by all seeds and
+    methods of one experiment."""
 
     def __init__(self):
         self._models: dict = {}
         self._tuners: dict = {}
-        self.programs: dict = {}  # free-form: methods key their own jitted functions here
+        self.programs = ProgramCache()  # methods' own programs, keyed as they choose
         self._released = 0  # compiles of tuners dropped by `release_if_over`
 
     def model(self, cfg: Config, num_classes: int, name: str | None = None,
@@ -61,11 +63,12 @@ class ProgramCache:
         return self._tuners[key]
 
     def compiles(self) -> int:
-        """Fine-tune programs compiled so far, including those since released."""
-        return self._released + self._live_compiles()
+        """Programs compiled so far (the tuners' fine-tunes and the methods' own), including
+        those since released."""
+        return self._released + sum(t.compiles for t in self._tuners.values()) + self.programs.compiles
 
     def _live_compiles(self) -> int:
-        return sum(t.compiles for t in self._tuners.values())
+        return sum(t.compiles for t in self._tuners.values()) + len(self.programs)
 
     def release_if_over(self, limit: int) -> bool:
         """Drop every cached fine-tune program (and JAX's compile caches) once more than
@@ -75,7 +78,7 @@ class ProgramCache:
         the recompiles. Models (weights) are kept."""
         if self._live_compiles() <= limit:
             return False
-        self._released += self._live_compiles()
+        self._released += sum(t.compiles for t in self._tuners.values())
         self._tuners.clear()
         self.programs.clear()
         jax.clear_caches()
@@ -92,7 +95,7 @@ class MethodContext:
     variables: dict             # its variables; the new head is initialised from cfg.seed
     seed: int                   # seed index s (0-based)
     previous: dict = dataclasses.field(default_factory=dict)  # method -> record, same seed
-    programs: ProgramCache = dataclasses.field(default_factory=ProgramCache)
+    programs: ExperimentCache = dataclasses.field(default_factory=ExperimentCache)
     state_dir: Path | None = None  # where a method may keep resumable state
 
     def data_for(self, spec: ModelSpec) -> PreparedData:

@@ -28,7 +28,7 @@ from deft_jax.config.schema import Config, validate
 from deft_jax.core.masks import mask_from_key
 from deft_jax.errors import UserError
 from deft_jax.evolution.evaluators.choice import Evaluator, make_evaluator
-from deft_jax.evolution.fitness import SequentialEvaluator
+from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
 from deft_jax.evolution.loop import run_search
 from deft_jax.methods.common import MethodContext, MethodResult, final_fit
 

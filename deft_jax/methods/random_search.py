@@ -84,7 +84,7 @@ def run(ctx: MethodContext) -> MethodResult:
     result.extra.update({"budget": n, "budget_source": source, "draws": draws,
                          "space_exhausted": len(memo.entries) < n,
                          "best_fitness": memo.entries[best_key], "best_fitness_so_far": best_so_far,
-                         "fitness_epochs": len(memo.entries) * fitness_recipe(cfg)[0].epochs,
+                         "fitness_epochs": len(memo.entries) * fitness_recipe(cfg).finetune.epochs,
                          "evaluation": mode, "search_seconds": round(t1 - t0, 2),
                          "final_seconds": round(time.perf_counter() - t1, 2)})
     return result

@@ -13,6 +13,7 @@ from deft_jax.data import LEGACY_RESIZE, Sampling, image_samples, preprocess
 from deft_jax.errors import UserError
 from deft_jax.run.checkpoint import restore_model
 from deft_jax.runtime import rundir
+from deft_jax.runtime.program_cache import ProgramCache
 
 
 def checkpoint_sampling(meta: dict) -> Sampling:
@@ -38,7 +39,7 @@ class Predictor:
                 rundir.release(run_dir)
         self.class_names = list(self.meta["class_names"])
         self.sampling = checkpoint_sampling(self.meta)
-        self._cache: dict = {}
+        self._cache = ProgramCache()
 
     def logits(self, images_uint8: np.ndarray) -> np.ndarray:
         x = preprocess(images_uint8, self.meta["input_size"], self.meta["mean"], self.meta["std"])

@@ -2,23 +2,24 @@
 
 Names: the *evaluation mode* (`search.evaluation`, `--evaluation`; `search.strategy` and
 `--strategy` are accepted aliases) says how population members' short fine-tunes run:
-`sequential`, `vmap`, `vmap-1`, `sharded` or `auto`. The differential-evolution algorithm is
+`sequential`, `vmap`, `vmap-1`, `sharded` or `auto`. What a fitness is (`FitnessRecipe`,
+`fitness_recipe`) is the same for all of them (`deft_jax.evolution.evaluators.recipe`). The differential-evolution algorithm is
 `deft_jax.evolution.loop`'s business, and `benchmarks/evaluation_modes.py` compares the modes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import jax
 import numpy as np
 
-from deft_jax.config.schema import Config, FineTuneConfig
+from deft_jax.config.schema import Config
 from deft_jax.core.masks import GroupMask
 from deft_jax.data.inputs import SplitArrays
-from deft_jax.evolution.fitness import SequentialEvaluator
+from deft_jax.evolution.evaluators.recipe import FitnessRecipe, fitness_recipe
+from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
 from deft_jax.models.base import ModelSpec
 from deft_jax.runtime.host_memory import available_bytes
 
@@ -100,31 +101,17 @@ def device_memory_limit() -> int | None:
     return limit
 
 
-def build_evaluator(mode: str, spec: ModelSpec, variables: dict, data: SplitArrays, finetune,
-                    metric: str = "accuracy", seed: int = 0,
-                    memory_limit_bytes: int | None = None, keep: str = "last",
-                    lr_multipliers: bool = False) -> Evaluator:
+def build_evaluator(mode: str, spec: ModelSpec, variables: dict, data: SplitArrays,
+                    recipe: FitnessRecipe, memory_limit_bytes: int | None = None) -> Evaluator:
     """The evaluator of a concrete evaluation mode (not `auto`; see `pick_mode`)."""
     if mode == "sequential":
-        return SequentialEvaluator(spec, variables, data, finetune, metric=metric, seed=seed, keep=keep)
+        return SequentialEvaluator(spec, variables, data, recipe)
     from deft_jax.evolution.evaluators.population import PopulationEvaluator
     if mode not in ("vmap", "vmap-1", "sharded"):
         raise ValueError(f"unknown evaluation mode {mode!r}")
-    return PopulationEvaluator(spec, variables, data, finetune, metric=metric, seed=seed,
-                               sharded=mode == "sharded",
+    return PopulationEvaluator(spec, variables, data, recipe, sharded=mode == "sharded",
                                members_per_program=1 if mode == "vmap-1" else None,
-                               memory_limit_bytes=memory_limit_bytes, keep=keep,
-                               lr_multipliers=lr_multipliers)
-
-
-def fitness_recipe(cfg: Config) -> tuple[FineTuneConfig, str]:
-    """(fine-tune recipe, keep rule) of a candidate's fitness: the paper's short fine-tune
-    ([finetune], last epoch) or, with `search.schedule = "final"`, the final training's
-    epochs, learning rate and `final.keep`."""
-    if cfg.search.schedule == "short":
-        return cfg.finetune, "last"
-    lr = cfg.final.learning_rate if cfg.final.learning_rate is not None else cfg.finetune.learning_rate
-    return dataclasses.replace(cfg.finetune, epochs=cfg.final.epochs, learning_rate=lr), cfg.final.keep
+                               memory_limit_bytes=memory_limit_bytes)
 
 
 def make_evaluator(cfg: Config, spec: ModelSpec, variables: dict,
@@ -133,8 +120,5 @@ def make_evaluator(cfg: Config, spec: ModelSpec, variables: dict,
     mode, reason = pick_mode(cfg.search.evaluation)
     # the model's and population's size decide how many members share a program
     limit = device_memory_limit() if mode != "sequential" else None
-    recipe, keep = fitness_recipe(cfg)
-    evaluator = build_evaluator(mode, spec, variables, data, recipe, metric=cfg.search.metric,
-                                seed=cfg.seed, memory_limit_bytes=limit, keep=keep,
-                                lr_multipliers=cfg.search.space == "mask+lr")
+    evaluator = build_evaluator(mode, spec, variables, data, fitness_recipe(cfg), memory_limit_bytes=limit)
     return evaluator, mode, reason

@@ -4,7 +4,8 @@ Layer-group masks enter the program as *traced* per-group gates (one float per m
 and group), so masks never change the program (`deft_jax.core.training.train_step` with traced
 flags): the gates are the BatchNorm `train` flags of `StagedNet` (a gated-off group runs in
 inference mode and keeps its running statistics bit-identical) and the last transform of
-the optax chain (`gate_updates`: momentum and weight decay cannot move a frozen leaf).
+the optimizer's updates (zeroed, with the optimizer state left as it was, for frozen
+leaves: momentum and weight decay cannot move them).
 
 The whole short fine-tune of a program's members is one device program: `lax.scan` over
 the batches stacked on the device (`training.fine_tune_program`), `jax.vmap` over the
@@ -22,11 +23,8 @@ per device instead, each from its own members' first trainable stage (`vmap-1` o
 forward or backward pass below a member's first trainable stage); which members share a
 program and where it starts is `deft_jax.evolution.evaluators.member_plan`'s business.
 
-Memory: with `memory_limit_bytes` (90% of the device's free memory, see
-`deft_jax.evolution.evaluators.choice`), the program's size is read from XLA's memory analysis of the
-compiled program (arguments + outputs + temporaries, per device) before it runs; when the
-whole population does not fit, it runs as programs of fewer members (halving until it
-fits). The compiled program of the analysis is the one that runs (no second compile).
+Memory: with `memory_limit_bytes`, the members per program are fitted to the device's
+memory before the population runs (`deft_jax.evolution.evaluators.memory_fit`).
 
 Frozen prefix: when augmentation is off, the stages below a program's lowest trainable
 stage are run once (`PrefixFeatureCache`) and the program trains the suffix only.
@@ -38,18 +36,16 @@ import time
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from deft_jax.config.schema import FineTuneConfig
-from deft_jax.core import divergence, training
+from deft_jax.core import divergence, optimizer, training
 from deft_jax.core.best_epoch import BestEpoch
 from deft_jax.core.masks import GroupMask, lr_multiplier, trains
 from deft_jax.data import batches
 from deft_jax.data.inputs import SplitArrays
-from deft_jax.errors import UserError
+from deft_jax.evolution.evaluators import memory_fit
 from deft_jax.evolution.evaluators.member_plan import MemberPlan
 from deft_jax.evolution.evaluators.programs import (
     AXIS,
@@ -58,26 +54,25 @@ from deft_jax.evolution.evaluators.programs import (
     to_host,
     train_program,
 )
+from deft_jax.evolution.evaluators.recipe import FitnessRecipe
 from deft_jax.evolution.fitness import PrefixFeatureCache
 from deft_jax.models.base import ModelSpec
 from deft_jax.models.groups import leaf_values
+from deft_jax.runtime.program_cache import ProgramCache
 
 
 class PopulationEvaluator:
     """Fitness of many masks from one vmapped (or sharded) fine-tune program."""
 
-    def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, cfg: FineTuneConfig,
-                 metric: str = "accuracy", seed: int = 0, sharded: bool = False,
-                 cache_prefix: bool = True, pad_to: int | None = None,
-                 eval_images_per_call: int = 2048, members_per_program: int | None = None,
-                 memory_limit_bytes: int | None = None, compile_after: int = 3,
-                 keep: str = "last", lr_multipliers: bool = False):
-        """`keep`: a member's fitness is of its last epoch, or of its best one ("best-val");
-        `lr_multipliers`: masks carry per-group learning-rate multipliers (`mask+lr`), which
-        enter the program as traced per-member scales (no recompiles)."""
-        self.spec, self.data, self.cfg = spec, data, cfg
-        self.metric, self.seed, self.sharded = metric, seed, sharded
-        self.keep, self.lr_multipliers = keep, lr_multipliers
+    def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, recipe: FitnessRecipe,
+                 sharded: bool = False, pad_to: int | None = None, eval_images_per_call: int = 2048,
+                 members_per_program: int | None = None, memory_limit_bytes: int | None = None,
+                 compile_after: int = 3):
+        """`recipe.lr_multipliers`: masks carry per-group learning-rate multipliers
+        (`mask+lr`), which enter the program as traced per-member scales (no recompiles)."""
+        self.spec, self.data, self.recipe, self.cfg = spec, data, recipe, recipe.finetune
+        self.metric, self.seed, self.keep = recipe.metric, recipe.seed, recipe.keep
+        self.lr_multipliers, self.sharded = recipe.lr_multipliers, sharded
         self.on_member_done = None  # callback(number of members just finished), e.g. progress
         if sharded:
             self.name = "sharded"
@@ -85,14 +80,12 @@ class PopulationEvaluator:
             self.name = "vmap-1" if members_per_program == 1 else "vmap"
         self.variables = {"params": dict(variables["params"]),
                           "batch_stats": dict(variables.get("batch_stats", {}))}
-        self.cache_prefix = cache_prefix and not cfg.augment
+        self.cache_prefix = recipe.prefix_cached
         self.prefix = PrefixFeatureCache(spec, variables, data)
-        self.base_tx = training.make_optimizer(cfg)
+        self.base_tx = optimizer.make_optimizer(self.cfg)
         self.groups = spec.group_names
         self.eval_images_per_call = eval_images_per_call
-        self.memory_limit_bytes = memory_limit_bytes
-        self.memory_fit: dict | None = None  # what fitting the program to memory decided
-        self._fitted: set[tuple[int, int]] = set()
+        self.memory = memory_fit.MemoryFit(memory_limit_bytes)
         if sharded:
             self.mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
             self.num_devices = self.mesh.size
@@ -100,16 +93,13 @@ class PopulationEvaluator:
             self.mesh, self.num_devices = None, 1
         self.plan = MemberPlan(spec, self.cache_prefix, self.num_devices, members_per_program,
                                compile_after, pad_to)
-        self._programs: dict = {}
+        self.programs = ProgramCache()  # ("train", size, start, steps) / ("logits", size, start)
         self._batch_cache: dict = {}
-        self.compiles = 0
         self.seconds = 0.0
 
     @property
     def members_per_program(self) -> int | None:
         return self.plan.members_per_program
-
-    # --- public API ------------------------------------------------------------------------
 
     def evaluate(self, masks: Sequence[GroupMask], epochs: int | None = None) -> list[float]:
         """Fitness (1 - metric on the val split) per mask, in order; `epochs` (default: the
@@ -174,16 +164,14 @@ class PopulationEvaluator:
 
     def stats(self) -> dict:
         plan = self.plan
-        out = {"compiles": self.compiles, "population_calls": plan.calls,
+        out = {"compiles": self.programs.compiles, "population_calls": plan.calls,
                "members_per_program": plan.members_per_program,
                "members_evaluated": plan.members, "members_padded": plan.padded,
                "devices": self.num_devices, "population_seconds": round(self.seconds, 3),
                "stages_trained": sum(plan.stages_trained)}
-        if self.memory_fit:
-            out["memory_fit"] = self.memory_fit
+        if self.memory.decision:
+            out["memory_fit"] = self.memory.decision
         return {**out, **(self.prefix.stats() if self.cache_prefix else {})}
-
-    # --- which members share a program -----------------------------------------------------
 
     def start_of(self, mask: GroupMask) -> int:
         """The stage a member's program starts at (see `MemberPlan.start_of`)."""
@@ -197,21 +185,23 @@ class PopulationEvaluator:
             self._fit_to_memory(len(masks), groups[0][0])
         out = []
         for start, idx in groups:
-            if self.memory_limit_bytes and self.members_per_program:
+            if self.memory.limit_bytes and self.members_per_program:
                 self._fit_to_memory(len(idx), start)
             out.append((start, idx, self.plan.padded_chunks([masks[i] for i in idx], start)))
         return out
 
-    # --- the population program ------------------------------------------------------------
+    def _mesh(self) -> Mesh | None:
+        return self.mesh if self.sharded else None
 
     def _put(self, x, spec: P):
-        return put(x, self.mesh if self.sharded else None, spec)
+        return put(x, self._mesh(), spec)
 
     def _to_host(self, tree):
-        return to_host(tree, self.mesh if self.sharded else None)
+        return to_host(tree, self._mesh())
 
     def _step_model(self, start: int) -> training.StepModel:
-        return training.StepModel.of(self.spec, self.base_tx, start, self.cfg.compute_dtype)
+        return training.StepModel.of(self.spec, self.base_tx, start, self.cfg.compute_dtype,
+                                     leaf_scales=self.lr_multipliers)
 
     def _batches(self, start: int) -> list[list[tuple]]:
         """This seed's stacked training batches of the features entering stage `start`, per
@@ -226,31 +216,18 @@ class PopulationEvaluator:
 
     def _fit_to_memory(self, n_masks: int, start: int) -> None:
         """With a memory limit, choose the members per program so that the program fits: the
-        whole (padded) population if it does, else halve until it does. The candidates are
-        compiled ahead of time; the one that fits is the program that runs. Checked once per
-        (members per device, first stage run)."""
-        if not self.memory_limit_bytes:
+        whole (padded) population if it does, else fewer (`MemoryFit`)."""
+        if not self.memory.limit_bytes:
             return
         if self.members_per_program is None:  # the whole population, padded as the plan will
             per_device = -(-max(n_masks, self.plan.pad_to) // self.num_devices)
         else:
             per_device = self.members_per_program
-        if (per_device, start) in self._fitted:
-            return
-        while True:
-            needed = self._program_bytes(per_device * self.num_devices, start)
-            if needed <= self.memory_limit_bytes:
-                break
-            if per_device == 1:
-                raise UserError(
-                    f"one population member's fine-tune needs {needed / 2**30:.2f} GiB per device, more "
-                    f"than the {self.memory_limit_bytes / 2**30:.2f} GiB available; lower finetune.batch_size "
-                    "or model.input_size")
-            per_device = -(-per_device // 2)
-            self.plan.members_per_program = per_device
-        self._fitted.add((per_device, start))
-        self.memory_fit = {"members_per_program": self.members_per_program, "program_bytes": int(needed),
-                           "limit_bytes": int(self.memory_limit_bytes)}
+        fitted = self.memory.members_per_device(
+            per_device, start, self.members_per_program,
+            lambda k: self.program_bytes(k * self.num_devices, start))
+        if fitted != per_device:
+            self.plan.members_per_program = fitted
 
     def _member_state(self, start: int) -> training.TrainState:
         """One member's initial state from stage `start` (pretrained suffix, fresh optimizer
@@ -258,50 +235,30 @@ class PopulationEvaluator:
         return training.init_state(self._step_model(start),
                                    training.suffix(self.variables["params"], self.spec, start),
                                    training.suffix(self.variables["batch_stats"], self.spec, start),
-                                   {g: 0.5 for g in self.groups},
-                                   {g: 1.0 for g in self.groups} if self.lr_multipliers else None)
-
-    def _state_shapes(self, size: int, start: int):
-        state = jax.eval_shape(lambda: self._member_state(start))
-        member = NamedSharding(self.mesh, P(AXIS)) if self.sharded else None
-        return jax.tree.map(lambda a: jax.ShapeDtypeStruct((size,) + tuple(a.shape), a.dtype,
-                                                           sharding=member), state)
+                                   {g: 0.5 for g in self.groups})
 
     def program_bytes(self, size: int, start: int) -> int:
         """Per-device bytes of the fine-tune program for `size` members from stage `start`
-        (XLA memory analysis: arguments + outputs + temporaries - donated aliases)."""
-        return self._program_bytes(size, start)
-
-    def _program_bytes(self, size: int, start: int) -> int:
+        (XLA memory analysis); the program is compiled ahead of time into the cache, under
+        the key it runs from."""
         xs, ys = self._batches(start)[0][0]
         steps = xs.shape[0] if training.scan_steps() else 1
         if not training.scan_steps():  # one step per call: one batch per argument
             xs, ys = xs[0], ys[0]
-        key = ("train", size, start, steps)
-        if key not in self._programs or not hasattr(self._programs[key], "memory_analysis"):
-            member = NamedSharding(self.mesh, P(AXIS)) if self.sharded else None
-            shared = NamedSharding(self.mesh, P()) if self.sharded else None
-            gates = {g: jax.ShapeDtypeStruct((size,), jnp.float32, sharding=member) for g in self.groups}
-            args = (self._state_shapes(size, start), gates,
-                    jax.ShapeDtypeStruct(xs.shape, xs.dtype, sharding=shared),
-                    jax.ShapeDtypeStruct(ys.shape, ys.dtype, sharding=shared))
-            self._programs[key] = self._program("train", size, start, steps).lower(*args).compile()
-        m = self._programs[key].memory_analysis()
-        return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-                - m.alias_size_in_bytes)
+        member_state = jax.eval_shape(lambda: self._member_state(start))
+        shapes = memory_fit.train_argument_shapes(member_state, size, self.groups, xs, ys, self._mesh())
+        compiled = self.programs.compile_ahead(("train", size, start, steps),
+                                               lambda: train_program(self._step_model(start), self._mesh()),
+                                               *shapes)
+        return memory_fit.compiled_bytes(compiled)
 
-    def _program(self, kind: str, size: int, start: int, steps: int = 0):
-        key = (kind, size, start, steps)
-        if key in self._programs:
-            return self._programs[key]
-        mesh = self.mesh if self.sharded else None
-        if kind == "train":
-            fn = train_program(self._step_model(start), mesh)
-        else:
-            fn = logits_program(self.spec, start, mesh)
-        self.compiles += 1
-        self._programs[key] = fn
-        return fn
+    def _train_program(self, size: int, start: int, steps: int):
+        return self.programs.get(("train", size, start, steps),
+                                 lambda: train_program(self._step_model(start), self._mesh()))
+
+    def _logits_program(self, size: int, start: int):
+        return self.programs.get(("logits", size, start),
+                                 lambda: logits_program(self.spec, start, self._mesh()))
 
     def _train(self, masks: Sequence[GroupMask], start: int, epochs: int | None = None,
                after_epoch=None) -> training.TrainState:
@@ -317,11 +274,12 @@ class PopulationEvaluator:
         if self.lr_multipliers:
             per_group = {g: np.asarray([lr_multiplier(m[g]) for m in masks], np.float32) for g in self.groups}
             scales = leaf_values(self._step_model(start).labels, per_group)
-            state = state._replace(lr_scales=jax.tree.map(lambda a: self._put(a, P(AXIS)), scales))
+            state = state._replace(opt_state=optimizer.set_leaf_scales(
+                state.opt_state, jax.tree.map(lambda a: self._put(a, P(AXIS)), scales)))
         plan = self._batches(start)
         for epoch, chunks in enumerate(plan[:len(plan) if epochs is None else epochs]):
             for xs, ys in chunks:
-                compiled = self._program("train", size, start, xs.shape[0] if training.scan_steps() else 1)
+                compiled = self._train_program(size, start, xs.shape[0] if training.scan_steps() else 1)
                 state, _ = training.run_batches(compiled, state, gates, [(xs, ys)])
             if after_epoch is not None:
                 after_epoch(epoch, state)
@@ -329,7 +287,7 @@ class PopulationEvaluator:
 
     def _val_logits(self, start: int, state: training.TrainState, x_val: np.ndarray) -> np.ndarray:
         size = jax.tree.leaves(state.params)[0].shape[0]
-        fn = self._program("logits", size, start)
+        fn = self._logits_program(size, start)
         chunk = max(1, min(len(x_val), self.eval_images_per_call // size))
         outputs = []
         for xb, n in training.padded_chunks(x_val, chunk):

@@ -1,0 +1,63 @@
+"""`SequentialEvaluator`: population members one after another, each a static-mask
+fine-tune (`deft_jax.core.finetune.FineTuner`, compiled once per distinct frozen pattern):
+no frozen-weight gradients, but a compile for every new mask."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from deft_jax.core import divergence, training
+from deft_jax.core.best_epoch import BestEpoch
+from deft_jax.core.finetune import FineTuner
+from deft_jax.core.masks import GroupMask
+from deft_jax.data.inputs import SplitArrays
+from deft_jax.evolution.evaluators.recipe import FitnessRecipe
+from deft_jax.evolution.fitness import PrefixFeatureCache
+from deft_jax.models.base import ModelSpec
+
+
+class SequentialEvaluator:
+    """Evaluates masks one after another with static masks (compile cache per mask)."""
+
+    name = "sequential"
+    on_member_done = None  # callback(number of members just finished), e.g. progress
+
+    def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, recipe: FitnessRecipe):
+        self.spec, self.variables, self.data, self.recipe = spec, variables, data, recipe
+        self.metric, self.seed, self.keep = recipe.metric, recipe.seed, recipe.keep
+        self.tuner = FineTuner(spec, recipe.finetune)
+        self.cache_prefix = recipe.prefix_cached
+        self.prefix = PrefixFeatureCache(spec, variables, data)
+
+    def _fine_tune_one(self, mask: GroupMask, epochs: int | None) -> tuple[np.ndarray, list[float]]:
+        """Validation logits (of the epoch `keep` says) and training losses of the mask's
+        fine-tune."""
+        start = training.first_trainable_stage(self.spec, mask) if self.cache_prefix else 0
+        x_train, x_val = self.prefix.features(start)
+        kept = BestEpoch(self.keep, self.metric, self.data.y_val, self.data.num_classes)
+        variables, losses = self.tuner.fine_tune(
+            self.variables, mask, x_train, self.data.y_train, seed=self.seed, start=start, epochs=epochs,
+            after_epoch=None if self.keep == "last" else
+            lambda epoch, v: kept.offer(0, self.tuner.logits(v, x_val, start=start), mask))
+        if self.keep == "last":
+            return self.tuner.logits(variables, x_val, start=start), losses
+        return kept.logits[0], losses
+
+    def evaluate_logits(self, masks: Sequence[GroupMask], epochs: int | None = None) -> np.ndarray:
+        return np.stack([self._fine_tune_one(m, epochs)[0] for m in masks])
+
+    def evaluate(self, masks: Sequence[GroupMask], epochs: int | None = None) -> list[float]:
+        out = []
+        for mask in masks:
+            logits, losses = self._fine_tune_one(mask, epochs)
+            out.append(divergence.fitness_from_logits(self.metric, logits, self.data.y_val,
+                                                      self.data.num_classes, mask,
+                                                      losses if self.keep == "last" else None))
+            if self.on_member_done is not None:
+                self.on_member_done(1)
+        return out
+
+    def stats(self) -> dict:
+        return {"compiles": self.tuner.compiles, **(self.prefix.stats() if self.cache_prefix else {})}

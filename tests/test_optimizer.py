@@ -1,0 +1,68 @@
+"""The optax side of the training core: per-leaf learning-rate multipliers are a transform
+whose state carries them (traced: one program for every multiplier), and a gated step
+leaves frozen leaves and their optimizer state untouched."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from helpers import small_cnn_problem
+
+from deft_jax.core import optimizer, training
+from deft_jax.core.masks import mask_from_names
+from deft_jax.runtime.program_cache import ProgramCache
+
+PARAMS = {"a": {"w": jnp.arange(1.0, 4.0)}, "b": jnp.asarray([0.5, -2.0])}
+GRADS = {"a": {"w": jnp.asarray([0.3, -0.7, 1.1])}, "b": jnp.asarray([2.0, 0.25])}
+
+
+def test_a_leafs_first_update_is_exactly_its_multiplier_times_the_unscaled_update():
+    base = optax.chain(optax.add_decayed_weights(0.01), optax.sgd(0.1, momentum=0.9))
+    tx = optax.chain(base, optimizer.scale_by_leaf())
+    plain, _ = base.update(GRADS, base.init(PARAMS), PARAMS)
+    state = optimizer.set_leaf_scales(tx.init(PARAMS), {"a": {"w": jnp.float32(0.25)}, "b": jnp.float32(1.0)})
+    scaled, _ = tx.update(GRADS, state, PARAMS)
+    np.testing.assert_array_equal(scaled["a"]["w"], plain["a"]["w"] * jnp.float32(0.25))
+    np.testing.assert_array_equal(scaled["b"], plain["b"])
+    ones, _ = tx.update(GRADS, tx.init(PARAMS), PARAMS)  # init: every multiplier 1
+    jax.tree.map(np.testing.assert_array_equal, ones, plain)
+
+
+def test_multipliers_are_traced_state_one_program_serves_every_member():
+    tx = optax.chain(optax.sgd(0.1), optimizer.scale_by_leaf())
+    programs = ProgramCache()
+
+    def step(scales):
+        program = programs.get("update", lambda: jax.jit(jax.vmap(
+            lambda s: tx.update(GRADS, optimizer.set_leaf_scales(tx.init(PARAMS), s), PARAMS)[0])))
+        return program(scales)
+
+    members = {"a": {"w": jnp.asarray([1.0, 0.5, 2.0])}, "b": jnp.asarray([0.1, 1.0, 3.0])}
+    out = step(members)
+    step({"a": {"w": jnp.asarray([4.0, 4.0, 4.0])}, "b": jnp.asarray([0.0, 0.0, 0.0])})
+    assert programs.compiles == 1
+    for i in range(3):
+        np.testing.assert_array_equal(out["a"]["w"][i], -0.1 * GRADS["a"]["w"] * members["a"]["w"][i])
+        np.testing.assert_array_equal(out["b"][i], -0.1 * GRADS["b"] * members["b"][i])
+
+
+def test_a_gated_step_with_multipliers_leaves_frozen_leaves_and_their_momentum_untouched():
+    spec, variables, data, cfg = small_cnn_problem(weight_decay=0.05)
+    mask = mask_from_names(["conv2", "conv4"], spec.group_names)
+    gates = {g: jnp.float32(1.0 if on else 0.0) for g, on in mask.items()}
+    model = training.StepModel.of(spec, optimizer.make_optimizer(cfg), 0, leaf_scales=True)
+    multipliers = {g: 0.5 if g == "conv2" else 1.0 for g in spec.group_names}
+    state = training.init_state(model, variables["params"], variables["batch_stats"], gates, multipliers)
+    step = jax.jit(lambda s, x, y: training.train_step(model, s, gates, x, y))
+    for i in range(3):
+        state, _ = step(state, data.x_train[16 * i:16 * (i + 1)], data.y_train[16 * i:16 * (i + 1)])
+    trace = state.opt_state[0][1][0].trace  # (decay, (momentum, sgd scale)), scale_by_leaf
+    for group, on in mask.items():
+        for before, after, momentum in zip(jax.tree.leaves(variables["params"][group]),
+                                           jax.tree.leaves(state.params[group]),
+                                           jax.tree.leaves(trace[group])):
+            if on:
+                assert not np.array_equal(before, after)
+            else:
+                np.testing.assert_array_equal(before, after)  # bit-identical
+                np.testing.assert_array_equal(momentum, np.zeros_like(momentum))  # never moved
