@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deft_jax.run.figures import pareto_front  # shared with report.html
+
 PLOTS = ("accuracy_by_method.png", "deft_fitness.png", "deft_groups.png", "pareto.png")
 
 
@@ -73,17 +75,6 @@ def write_plots(by: dict, meta: dict, groups: list[str], chosen: dict, out: Path
     if write_pareto(plt, by, meta, out / PLOTS[3]):
         written.append(PLOTS[3])
     return written
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The (trainable fraction, validation accuracy) points no other point beats on both
-    (fewer parameters and at least the accuracy), by increasing fraction."""
-    front, best = [], -np.inf
-    for fraction, accuracy in sorted(points, key=lambda p: (p[0], -p[1])):
-        if accuracy > best:
-            front.append((fraction, accuracy))
-            best = accuracy
-    return front
 
 
 def write_pareto(plt, by: dict, meta: dict, path: Path) -> bool:

@@ -1,5 +1,5 @@
 """Text from the user's data (class names from folder names or dataset metadata, file paths)
-made safe for where it is written: a terminal or a tab-separated line, and Markdown.
+made safe for where it is written: a terminal or a tab-separated line, Markdown, and HTML.
 
 A class name can hold an escape sequence (which rewrites the terminal it is printed on), a
 newline or tab (which splits a prediction line), or Markdown/HTML syntax (which breaks
@@ -35,3 +35,9 @@ def markdown(text: str) -> str:
     """`text` for a Markdown line or table cell: visible escapes (as `terminal`), HTML
     special characters as entities, and Markdown syntax characters backslash-escaped."""
     return _MARKDOWN.sub(r"\\\1", html.escape(terminal(text), quote=False))
+
+
+def html_text(text: str) -> str:
+    """`text` for HTML content or a quoted attribute: visible escapes (as `terminal`) and
+    `& < > " '` as entities."""
+    return html.escape(terminal(text), quote=True)

@@ -19,6 +19,7 @@ from deft_jax.evolution.progress import SearchProgress
 from deft_jax.models import build_model
 from deft_jax.run.checkpoint import save_checkpoint
 from deft_jax.run.report import render_report
+from deft_jax.run.report_html import render_html
 from deft_jax.runtime import distributed, rundir
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,14 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
                            best_fitness=result.best_fitness, history=result.history, metrics=metrics,
                            class_names=data.class_names, split_sizes=n, seconds=seconds)
     rundir.write_text_atomic(run_dir / rundir.REPORT, report)
+    page = render_html(cfg=cfg.to_dict(), description=dataset.description, model=spec.name,
+                       pretrained=spec.pretrained, group_sizes=sizes, best_mask=result.best_mask,
+                       best_fitness=result.best_fitness, history=result.history, memo=result.memo,
+                       memo_short=result.memo_epochs, metrics=metrics, class_names=data.class_names,
+                       split_sizes=n, seconds=seconds, test_images=data.x_test, test_labels=data.y_test,
+                       test_logits=final.test_logits, test_ids=dataset.groups[data.splits["test"]])
+    rundir.write_text_atomic(run_dir / rundir.REPORT_HTML, page)
     t = metrics["test"]
     logger.info(f"test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f} (n={t['n']}); "
-        f"total {seconds['total']:.0f} s; report: {run_dir / rundir.REPORT}")
+        f"total {seconds['total']:.0f} s; report: {run_dir / rundir.REPORT} and {rundir.REPORT_HTML}")
     return metrics

@@ -31,7 +31,7 @@ from deft_jax.errors import UserError
 # Files a finished run holds; a run missing metrics.json or report.md is not complete.
 CONFIG, SPLITS, HISTORY, BEST, METRICS, REPORT = (
     "config.json", "splits.json", "history.jsonl", "best.json", "metrics.json", "report.md")
-STATE, CHECKPOINT = "search_state.msgpack", "checkpoint"
+STATE, CHECKPOINT, REPORT_HTML = "search_state.msgpack", "checkpoint", "report.html"
 LOCK = ".lock"
 
 _held: dict[Path, int] = {}  # resolved folder -> file descriptor holding its lock
@@ -225,13 +225,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def clear_results(run_dir: Path, config: dict | None = None) -> None:
     """Make a run unfinished just before its final model is replaced: metrics.json and
-    report.md go first (a run without them is not complete), then config.json takes the
+    report.md (and report.html) go first (a run without them is not complete), then config.json takes the
     config the new final model is trained with (`--resume --set final.epochs=...`), then
     the old checkpoint goes. Called only once the search has finished, so a resume that
     fails earlier (a torn state, a bad input) never turns a finished run into an
     unfinished one."""
     run_dir = Path(run_dir)
-    for name in (METRICS, REPORT):
+    for name in (METRICS, REPORT, REPORT_HTML):
         (run_dir / name).unlink(missing_ok=True)
     if config is not None:
         write_json(run_dir / CONFIG, config)
