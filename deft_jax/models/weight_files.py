@@ -56,6 +56,35 @@ def read_weight_file(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
+def _bfloat16() -> np.dtype | None:
+    try:
+        import ml_dtypes  # ships with jax
+    except ImportError:  # pragma: no cover
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+BFLOAT16 = _bfloat16()
+
+
+def is_real_float(dtype: np.dtype) -> bool:
+    """float16/32/64 or bfloat16 (numpy does not count ml_dtypes' bfloat16 as floating)."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or (BFLOAT16 is not None and dtype == BFLOAT16)
+
+
+def as_float32(array, what: str) -> np.ndarray:
+    """A weight tensor as float32: float16/32/64 and bfloat16 are converted; integers,
+    booleans and complex values (whose imaginary part would be dropped) are refused with
+    one line starting with `what` (e.g. "weights file X: key 'conv1.weight'")."""
+    array = np.asarray(array)
+    if not is_real_float(array.dtype):
+        kind = "complex" if array.dtype.kind == "c" else "not floating point"
+        raise UserError(f"{what} has dtype {array.dtype} ({kind}); weights must be real "
+                        "floating point (float16, bfloat16, float32 or float64)")
+    return array.astype(np.float32)
+
+
 def file_digest(path: str | Path) -> str:
     """SHA-256 of the file's bytes (hex)."""
     digest = hashlib.sha256()
