@@ -210,7 +210,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"config file not found: {path}")
+            raise UserError(f"config file not found: {path}" if not path.exists()
+                            else f"config file {path} is not a regular file")
         try:
             text = path.read_text()
             loaded = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)

@@ -350,7 +350,8 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file {path} not found")
+        raise UserError(f"weights file {path} "
+                        f"{'is not a regular file' if path.exists() else 'not found'}")
     try:
         if zipfile.is_zipfile(path):
             obj = _read_zip(path)

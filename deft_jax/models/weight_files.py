@@ -34,7 +34,8 @@ def read_weight_file(path: str | Path) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file {path} not found")
+        raise UserError(f"weights file {path} "
+                        f"{'is not a regular file' if path.exists() else 'not found'}")
     if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
         from deft_jax.models.torch_weights import read_torch_state_dict
         return read_torch_state_dict(path)

@@ -155,7 +155,8 @@ def pretrained_loader(path: str | Path, model_name: str, layouts: Mapping[str, l
     """(load_pretrained, the path as text) for `ModelSpec`; see the module docstring."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file {path} not found")
+        raise UserError(f"weights file {path} "
+                        f"{'is not a regular file' if path.exists() else 'not found'}")
     digest = weight_files.file_digest(path)
     arrays, naming = None, None
     for candidate, entries in layouts.items():
