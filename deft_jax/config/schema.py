@@ -217,6 +217,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         except (ValueError, UnicodeDecodeError, OSError) as err:  # syntax; 5000 digits; unreadable
             raise UserError(f"cannot parse config {path}: {str(err).split(';')[0]}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"config {path} must be a table of sections, got {type(loaded).__name__}")
         raw = merge(raw, loaded, Config)
     raw = apply_overrides(raw, list(overrides or []))
     if seed is not None:

@@ -36,6 +36,8 @@ group `group` or the first capture group). For
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +154,7 @@ def _check_npz_size(npz, key: str, path: Path) -> None:
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
             shape, _, dtype = read_header(f)
-    except (KeyError, ValueError, OSError, EOFError) as err:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise UserError(f"cannot read npz file {path}: '{key}': {_one_line(err)}") from None
     if dtype.hasobject:
         return  # refused as a pickled array when read
@@ -171,9 +173,11 @@ def _npz_array(npz, key: str, path: Path) -> np.ndarray:
     _check_npz_size(npz, key, path)
     try:
         return np.asarray(npz[key])
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:  # a damaged record
+        raise UserError(f"cannot read npz file {path}: '{key}': {_one_line(err)}") from None
     except ValueError as err:  # numpy refuses object arrays without allow_pickle
         if "allow_pickle" not in str(err):
-            raise
+            raise UserError(f"cannot read npz file {path}: '{key}': {_one_line(err)}") from None
         raise UserError(f"{path.name}: '{key}' is a pickled (object) array, which is never loaded "
                         "(unpickling can run code); store plain numeric arrays") from None
 
@@ -186,7 +190,7 @@ def _load_npz(source: NpzSource) -> Dataset:
         raise UserError(f"dataset path is not a file: {p} (npz datasets are one .npz file)")
     try:
         npz = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # not an npz, truncated
         raise UserError(f"cannot read npz file {p}: {_one_line(err)}") from None
     with npz:
         missing = [k for k in _NPZ_KEYS if k not in npz.files]

@@ -145,7 +145,7 @@ def restore_model(path: Path):
     if stored is None or not isinstance(getattr(stored, "tree", None), dict):
         raise UserError(f"cannot restore checkpoint {path}: its arrays' metadata is unreadable")
     stored = stored.tree
-    meta = validate_meta(dict(meta) if meta is not None else None, path)
+    meta = validate_meta(dict(meta) if isinstance(meta, dict) else meta, path)
     spec = build_model(meta["model"], meta["num_classes"], "none", meta["input_size"],
                        meta.get("granularity", "block"))
     expected = spec.variable_shapes()  # tracing only: nothing is allocated
