@@ -699,3 +699,78 @@ def test_metrics_json_is_strict_json_without_nan(tmp_path):
     text = (tmp_path / "m.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {"auc": None, "x": [None, 1.5]}
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Fill the file system of `disk` until only about `leave` bytes are free."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    block = b"\0" * 65536
+    try:
+        while True:
+            try:
+                os.write(fd, block)
+            except OSError as err:
+                assert err.errno == errno.ENOSPC, err
+                try:
+                    os.write(fd, b"\0" * 4096)  # the last partial block
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
+@pytest.mark.slow
+def test_a_really_full_disk_is_one_error_line_whose_advice_leads_to_a_finished_run(tmp_path):
+    """A small tmpfs filled to a few levels (nothing free, a few KB, enough for the run's
+    first files but not the checkpoint): each run ends in one `error:` line; after space is
+    freed, doing what the line says finishes the run."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = disk / "run"
+    command = ["--out", str(run), "--set", *tiny_overrides()]
+
+    def search_cli(args):
+        return subprocess.run([sys.executable, "-m", "deft_jax.search", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=600)
+
+    advised = set()
+    try:
+        for leave in (0, 4096, 64 * 1024):
+            filler = _fill(disk, leave)
+            proc = search_cli(command)
+            lines = [l for l in proc.stderr.strip().splitlines() if not l.startswith("compile cache")]
+            assert proc.returncode == 2, proc.stderr[-3000:]
+            assert len(lines) == 1 and lines[0].startswith("error: the disk is full"), proc.stderr[-3000:]
+            assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
+            assert not (run / "metrics.json").exists()
+            filler.unlink()  # free the space, then follow the advice
+            if "--resume" in lines[0]:
+                assert leave > 0 and (run / "config.json").exists(), lines[0]
+                advice = ["--resume", lines[0].rsplit("--resume ", 1)[1].strip()]
+                advised.add("resume")
+            else:
+                assert "run the same command again" in lines[0] and not run.exists(), lines[0]
+                advice = command
+                advised.add("again")
+            done = search_cli(advice)
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert (run / "metrics.json").exists() and (run / "report.md").exists()
+            shutil.rmtree(run)
+        assert advised == {"resume", "again"}  # a level before the run is resumable, and one after
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

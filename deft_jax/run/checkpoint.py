@@ -41,6 +41,11 @@ def save_checkpoint(path: Path, variables: dict, meta: dict) -> None:
         meta=ocp.JsonCheckpointHandler(multiprocessing_options=local),
         composite_options=ocp.CompositeOptions(multiprocessing_options=local))
     checkpointer = ocp.Checkpointer(handler, multiprocessing_options=local)
+    # on a full disk orbax's writer threads log each failure with its traceback (absl ERROR)
+    # and leave callbacks that find the event loop closed; the error below says it once
+    _quiet_closed_loop_callbacks()
+    absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
+    absl.setLevel(logging.CRITICAL)
     try:
         checkpointer.save(path, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
@@ -48,6 +53,8 @@ def save_checkpoint(path: Path, variables: dict, meta: dict) -> None:
         if not rundir.is_disk_full(err):
             raise
         raise UserError(rundir.disk_full_message(path)) from None
+    finally:
+        absl.setLevel(level)
 
 
 def _first_line(err: BaseException) -> str:
