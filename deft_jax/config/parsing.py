@@ -73,9 +73,14 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config {where} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise UserError(f"config {where} must be a finite number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond every float (JSON and TOML allow it)
+            number = math.inf
+        if not math.isfinite(number):
+            got = repr(value) if isinstance(value, float) else "an integer beyond any float"
+            raise UserError(f"config {where} must be a finite number, got {got}")
+        return number
     if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise UserError(f"config {where} must be an integer, got {value!r}")
     if typ is bool and not isinstance(value, bool):
@@ -175,6 +180,8 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         pass
+    except ValueError as err:  # an integer of more digits than Python converts
+        raise UserError(f"cannot read value {text[:20]}...: {str(err).split(';')[0]}") from None
     if text.strip()[:1] in ("{", "["):
         try:
             return tomllib.loads(f"value = {text}")["value"]

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Literal
 
 from deft_jax.config.parsing import check_choices, from_dict, merge, set_values
-from deft_jax.config.sources import DigitsSource, Source, check_source, tfds_shorthand
+from deft_jax.config.sources import (
+    MAX_COUNT,
+    MAX_INPUT_SIZE,
+    DigitsSource,
+    Source,
+    check_source,
+    shown,
+    tfds_shorthand,
+)
 from deft_jax.errors import UserError
 from deft_jax.models.groups import GRANULARITIES
 from deft_jax.models.registry import MODEL_NAMES, MODELS
@@ -33,9 +41,21 @@ Select = Literal["best", "smallest-within-1se"]
 Keep = Literal["last", "best-val"]
 Folds = Literal["repeated"]
 
-# Larger inputs than any model here was built for; the memory check in `inputs` bounds
-# what a dataset may need below this.
-MAX_INPUT_SIZE = 1024
+MAX_SEED = 2**31 - 1
+# [lowest, highest] of every integer key (a source's: `SOURCE_INT_BOUNDS`), checked before
+# any work: above these a run would hang for years or ask XLA for impossible arrays.
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "seed": (0, MAX_SEED),
+    "data.split_seed": (0, MAX_SEED),
+    "data.train_per_class": (0, MAX_COUNT),
+    "model.input_size": (8, MAX_INPUT_SIZE),  # MAX_INPUT_SIZE: see config.sources
+    "finetune.batch_size": (1, 1 << 16),
+    "finetune.epochs": (1, 10_000),
+    "search.population_size": (4, 4096),  # DE needs 4
+    "search.generations": (0, 100_000),
+    "final.epochs": (1, 10_000),
+    "experiment.seeds": (1, 1000),
+}
 # `--resume --set` may change only these: they do not change the search's result (the
 # strategies give the same fitnesses; more generations continue the same DE, equal to an
 # uninterrupted run with that many) or only retrain the final model; the new values are
@@ -190,12 +210,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"config file not found: {path}")
+            raise UserError(f"config file not found: {path}" if not path.exists()
+                            else f"config file {path} is not a regular file")
         try:
             text = path.read_text()
             loaded = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"cannot parse config {path}: {err}") from None
+        except (ValueError, UnicodeDecodeError, OSError) as err:  # syntax; 5000 digits; unreadable
+            raise UserError(f"cannot parse config {path}: {str(err).split(';')[0]}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"config {path} must be a table of sections, got {type(loaded).__name__}")
         raw = merge(raw, loaded, Config)
     raw = apply_overrides(raw, list(overrides or []))
     if seed is not None:
@@ -213,24 +236,44 @@ def config_from_dict(raw: dict) -> Config:
     return cfg
 
 
+def int_keys(cls=None, where: str = "") -> list[str]:
+    """The dotted names of every integer key of `Config` (the sections'; not data.source's)."""
+    from deft_jax.config.parsing import field_types, optional_type
+    keys = []
+    for name, typ in field_types(cls or Config).items():
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(typ):
+            keys += int_keys(typ, key)
+        elif typ is int or optional_type(typ) is int:
+            keys.append(key)
+    return keys
+
+
+def check_int_bounds(cfg: Config) -> None:
+    """Every integer key within its `INT_BOUNDS` (a key without bounds is a bug here)."""
+    for key in int_keys():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        lo, hi = INT_BOUNDS[key]
+        if value is not None and not lo <= value <= hi:
+            raise UserError(f"invalid config: {key} must be an integer in [{lo}, {hi}], "
+                            f"got {shown(value)}")
+
+
 def validate(cfg: Config) -> None:
     def need(ok: bool, message: str):
         if not ok:
             raise UserError(f"invalid config: {message}")
 
     s, f, m = cfg.search, cfg.finetune, cfg.model
-    need(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
-    need(cfg.data.split_seed >= 0, f"data.split_seed must be >= 0, got {cfg.data.split_seed}")
+    check_int_bounds(cfg)
     need(m.name in MODEL_NAMES, f"model.name must be one of {', '.join(MODEL_NAMES)}, got {m.name!r}")
     check_choices(cfg)  # every Literal-typed key: one of its choices
     need(m.granularity in MODELS[m.name].granularities,
          f"model.granularity {m.granularity!r} does not apply to {m.name} "
          f"(choose from {', '.join(MODELS[m.name].granularities)})")
-    need(8 <= m.input_size <= MAX_INPUT_SIZE,
-         f"model.input_size must be in [8, {MAX_INPUT_SIZE}], got {m.input_size}")
     need(m.weights != "", "model.weights must be default, none or a file path")
-    need(s.population_size >= 4, f"search.population_size must be >= 4 (DE needs 4), got {s.population_size}")
-    need(s.generations >= 0, f"search.generations must be >= 0, got {s.generations}")
     need(0.0 <= s.differential_weight <= 2.0, f"search.differential_weight must be in [0, 2], got {s.differential_weight}")
     need(0.0 <= s.crossover_rate <= 1.0, f"search.crossover_rate must be in [0, 1], got {s.crossover_rate}")
     need(0.0 < s.threshold < 1.0, f"search.threshold must be in (0, 1), got {s.threshold}")
@@ -239,20 +282,15 @@ def validate(cfg: Config) -> None:
     need(s.fidelity == "full" or (s.schedule == "final" and f.epochs < cfg.final.epochs),
          "search.fidelity = halving needs search.schedule = final and finetune.epochs (the short "
          f"budget) < final.epochs (the whole one), got {s.schedule!r}, {f.epochs} and {cfg.final.epochs}")
-    need(cfg.data.train_per_class >= 0, f"data.train_per_class must be >= 0, got {cfg.data.train_per_class}")
     need(f.learning_rate > 0, f"finetune.learning_rate must be > 0, got {f.learning_rate}")
-    need(f.batch_size >= 1, f"finetune.batch_size must be >= 1, got {f.batch_size}")
-    need(f.epochs >= 1, f"finetune.epochs must be >= 1, got {f.epochs}")
     need(f.weight_decay >= 0, f"finetune.weight_decay must be >= 0, got {f.weight_decay}")
     need(0 <= f.momentum < 1, f"finetune.momentum must be in [0, 1), got {f.momentum}")
-    need(cfg.final.epochs >= 1, f"final.epochs must be >= 1, got {cfg.final.epochs}")
     need(cfg.final.learning_rate is None or cfg.final.learning_rate > 0, "final.learning_rate must be > 0")
     fr = cfg.data.fractions
     need(len(fr) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in fr) and abs(sum(fr) - 1) < 1e-6,
          f"data.fractions must be three positive numbers summing to 1, got {fr}")
     check_source(cfg.data.source)
     e = cfg.experiment
-    need(e.seeds >= 1, f"experiment.seeds must be >= 1, got {e.seeds}")
     need(all(isinstance(g, str) for g in e.handpicked), "experiment.handpicked must be a list of layer-group names")
     need(all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 and math.isfinite(r)
              for r in e.learning_rates), "experiment.learning_rates must be a list of positive numbers")

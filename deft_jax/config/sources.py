@@ -21,6 +21,24 @@ Resize = Literal["short-side-crop", "stretch", "pad"]
 RESIZE_MODES: tuple[str, ...] = get_args(Resize)
 DEFAULT_RESIZE = "short-side-crop"
 
+# Larger inputs than any model here was built for (model.input_size, a source's
+# image_size, a checkpoint's); the memory checks bound what a dataset may need below this.
+MAX_INPUT_SIZE = 1024
+MAX_CROP = 1 << 15  # pixels: larger than any image this reads
+MAX_COUNT = 10**9  # images per class, per split, examples: more than any dataset here
+# every integer option of a source: 1 .. its bound (or null); checked before any work
+SOURCE_INT_BOUNDS = {"max_per_class": MAX_COUNT, "crop": MAX_CROP, "crop_stride": MAX_CROP,
+                     "image_size": MAX_INPUT_SIZE, "max_images": MAX_COUNT,
+                     "max_examples": MAX_COUNT}
+
+
+def shown(value) -> str:
+    """An integer as text for an error line; a huge one as its magnitude (a number of
+    thousands of digits is neither readable nor printable by Python)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"{'-' if value < 0 else ''}about 10^{int(value.bit_length() * 0.30103)}"
+    return repr(value)
+
 
 @dataclasses.dataclass
 class DigitsSource:
@@ -89,7 +107,10 @@ def check_source(source: Source, where: str = "data.source") -> None:
     for field in dataclasses.fields(source):
         value = getattr(source, field.name)
         if isinstance(value, int) and not isinstance(value, bool):
-            need(value >= 1, f"{field.name} must be a positive integer or null, got {value}")
+            top = SOURCE_INT_BOUNDS[field.name]  # every integer option has a bound
+            need(value >= 1, f"{field.name} must be a positive integer or null, got {shown(value)}")
+            need(value <= top, f"{field.name} must be an integer in [1, {top}] or null, "
+                               f"got {shown(value)}")
     if isinstance(source, (FolderSource, NpzSource)):
         need(source.path != "", f"path must be set for kind {source.kind} (the dataset's "
                                 f"{'folder' if source.kind == 'folder' else '.npz file'})")

@@ -8,6 +8,10 @@ import numpy as np
 
 from deft_jax.errors import UserError
 
+# ImageNet-1k's count: more classes than any dataset here is for; per-class results (a
+# C x C confusion matrix in metrics.json and report.md) stay small
+MAX_CLASSES = 1000
+
 
 @dataclasses.dataclass
 class Dataset:
@@ -31,6 +35,12 @@ class Dataset:
     @property
     def image_size(self) -> tuple[int, int]:
         return int(self.images.shape[1]), int(self.images.shape[2])
+
+
+def check_class_count(count: int, where: str, what: str = "classes") -> None:
+    """At most MAX_CLASSES classes, checked before anything per class is allocated."""
+    if count > MAX_CLASSES:
+        raise UserError(f"{where} has {count:,} {what}, more than the {MAX_CLASSES} this supports")
 
 
 def require_two_classes(labels: np.ndarray, class_names: list[str], where: str) -> None:

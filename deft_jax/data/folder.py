@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from deft_jax.config.sources import FolderSource
-from deft_jax.data.dataset import Dataset, require_two_classes
+from deft_jax.data.dataset import Dataset, check_class_count, require_two_classes
 from deft_jax.data.images import Sampling, crop_count, header_size, image_samples
 from deft_jax.data.layout import FolderScan, compile_regex, regex_value, scan_folder
 from deft_jax.errors import UserError
@@ -169,6 +169,7 @@ def load_folder(source: FolderSource, input_size: int | None = None) -> Dataset:
 
     scan = scan_folder(root, source.label_regex)
     class_names = sorted(set(scan.labels))
+    check_class_count(len(class_names), str(root))
     require_two_classes(np.array([class_names.index(n) for n in scan.labels], dtype=np.int64),
                         class_names, str(root))  # before any image is decoded
     keep = list(range(len(scan.files))) if max_images is None else _first_per_class(scan, max_images)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 from pathlib import Path
 
 from deft_jax.data.images import IMAGE_EXTENSIONS, is_image_name
@@ -62,6 +63,19 @@ def _subfolders(folder: Path) -> tuple[list[Path], int]:
     return sorted(dirs), hidden
 
 
+def regular_file(path: Path) -> Path:
+    """`path` when it is a regular file (or a link to one), from stat alone: a FIFO, socket
+    or device named like an image is never opened (reading a FIFO waits forever)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:  # a dangling link, no permission
+        raise UserError(f"cannot read image {path}: {err.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path} is not a regular file (a FIFO, socket or device named like an "
+                        "image); remove it or move it out of the dataset folder")
+    return path
+
+
 class _Lister:
     """Image files under folders, counting what it skips."""
 
@@ -79,7 +93,7 @@ class _Lister:
                 if is_hidden(fname):
                     self.hidden += 1
                 elif is_image_name(fname):
-                    files.append(Path(dirpath) / fname)
+                    files.append(regular_file(Path(dirpath) / fname))
                 else:
                     self.other += 1
         return sorted(files)

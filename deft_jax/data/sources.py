@@ -36,6 +36,8 @@ group `group` or the first capture group). For
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +52,10 @@ from deft_jax.config.sources import (
     TfdsSource,
     check_source,
 )
-from deft_jax.data.dataset import Dataset, require_two_classes
+from deft_jax.data.dataset import Dataset, check_class_count, require_two_classes
 from deft_jax.data.images import Sampling
 from deft_jax.errors import UserError
+from deft_jax.runtime import host_memory
 
 _NPZ_KEYS = ("train_images", "train_labels", "val_images", "val_labels",
              "test_images", "test_labels")
@@ -81,6 +84,7 @@ def load_dataset(source: Source, input_size: int | None = None) -> Dataset:
         dataset, where = _load_npz(source), source.path
     else:
         raise TypeError(f"not a data source: {source!r}")
+    check_class_count(len(dataset.class_names), where)
     require_two_classes(dataset.labels, dataset.class_names, where)
     return dataset
 
@@ -140,13 +144,40 @@ def _npz_images(arr: np.ndarray, key: str, path: Path) -> np.ndarray:
     return np.rint(arr).astype(np.uint8)
 
 
+def _check_npz_size(npz, key: str, path: Path) -> None:
+    """The array's header (shape, dtype) against the bytes its record holds, before numpy
+    allocates the array: a tiny crafted .npz cannot ask for terabytes."""
+    try:
+        info = npz.zip.getinfo(f"{key}.npy")
+        with npz.zip.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(f)
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise UserError(f"cannot read npz file {path}: '{key}': {_one_line(err)}") from None
+    if dtype.hasobject:
+        return  # refused as a pickled array when read
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if nbytes > info.file_size:
+        raise UserError(f"{path.name}: '{key}' claims shape {list(shape)} ({nbytes:,} bytes) but "
+                        f"its record holds {info.file_size:,} bytes (a truncated or damaged file)")
+    available = host_memory.available_bytes()
+    if available is not None and nbytes > available:
+        raise UserError(f"{path.name}: '{key}' needs {nbytes / 2**30:.1f} GiB, more than the "
+                        f"{available / 2**30:.1f} GiB of available memory")
+
+
 def _npz_array(npz, key: str, path: Path) -> np.ndarray:
     """One array of an .npz; a pickled (object) array is refused as a user error."""
+    _check_npz_size(npz, key, path)
     try:
         return np.asarray(npz[key])
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:  # a damaged record
+        raise UserError(f"cannot read npz file {path}: '{key}': {_one_line(err)}") from None
     except ValueError as err:  # numpy refuses object arrays without allow_pickle
         if "allow_pickle" not in str(err):
-            raise
+            raise UserError(f"cannot read npz file {path}: '{key}': {_one_line(err)}") from None
         raise UserError(f"{path.name}: '{key}' is a pickled (object) array, which is never loaded "
                         "(unpickling can run code); store plain numeric arrays") from None
 
@@ -159,7 +190,7 @@ def _load_npz(source: NpzSource) -> Dataset:
         raise UserError(f"dataset path is not a file: {p} (npz datasets are one .npz file)")
     try:
         npz = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # not an npz, truncated
         raise UserError(f"cannot read npz file {p}: {_one_line(err)}") from None
     with npz:
         missing = [k for k in _NPZ_KEYS if k not in npz.files]
@@ -191,7 +222,10 @@ def _load_npz(source: NpzSource) -> Dataset:
         raise UserError(f"no images found in {p}")
     if labels.min() < 0:
         raise UserError(f"{p.name}: labels must be >= 0, found {labels.min()}")
-    if class_names is None:
+    if class_names is None:  # labels 0..max are the classes: bounded before anything per class
+        check_class_count(int(labels.max()) + 1, p.name,
+                          f"classes (its largest label is {labels.max()}; without class_names "
+                          "labels 0..largest are the classes)")
         class_names = [str(c) for c in range(int(labels.max()) + 1)]
     elif labels.max() >= len(class_names):
         raise UserError(f"{p.name}: label {labels.max()} out of range for "

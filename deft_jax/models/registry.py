@@ -134,7 +134,8 @@ def resolve_weights(name: str, weights: str) -> Weights:
         return path
     path = Path(weights)
     if not (path.is_file() or (kind == "cifar" and path.is_dir())):
-        raise UserError(f"weights not found: {path}")
+        raise UserError(f"weights not found: {path}" if not path.exists()
+                        else f"weights {path} is not a regular file")
     return path
 
 

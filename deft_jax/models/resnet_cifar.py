@@ -30,7 +30,7 @@ import numpy as np
 from deft_jax.errors import UserError
 from deft_jax.models.base import ModelSpec, StagedNet, stage_rules
 from deft_jax.models.layers import ClassifierHead, GatedBatchNorm, TrainFlag
-from deft_jax.models.torch_weights import read_torch_state_dict
+from deft_jax.models.weight_files import as_float32, read_weight_file
 
 DEPTHS = (20, 32, 44, 56)
 PLANES = (16, 32, 64)
@@ -158,7 +158,7 @@ def _check_and_convert(path: Path, tensors: dict[str, np.ndarray], depth: int,
         raise UserError(f"weights file {path} does not match {name}: " + "; ".join(problems))
     converted = {}
     for key, (collection, flax_path, _) in expected.items():
-        value = np.asarray(tensors[key], dtype=np.float32)
+        value = as_float32(tensors[key], f"weights file {path}: key '{key}'")
         if flax_path[-1] == "kernel":
             value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T  # OIHW->HWIO
         converted[(collection, flax_path)] = np.ascontiguousarray(value)
@@ -208,7 +208,7 @@ def resnet_cifar(depth: int, num_classes: int, weights: str | Path | None = None
         path = Path(weights)
         if path.is_dir():
             path = find_cifar_resnet_weights(depth, path)
-        converted = _check_and_convert(path, read_torch_state_dict(path), depth, num_classes,
+        converted = _check_and_convert(path, read_weight_file(path), depth, num_classes,
                                        cifar_head)
         load_pretrained = functools.partial(_load_pretrained, converted=converted, path=path)
         pretrained = str(path)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import io
+import os
 import pickle
 import struct
 import sys
@@ -77,9 +78,16 @@ class _StorageType:
 
 
 class _Storage:
-    """A flat typed buffer; `data` is filled when the bytes are read (legacy: after the pickle)."""
+    """A flat typed buffer; `data` is filled when the bytes are read (legacy: after the pickle).
+    Its size must fit in `limit` bytes (what the file can hold), checked before any
+    allocation, so a tiny crafted file cannot ask for terabytes."""
 
-    def __init__(self, dtype: np.dtype, numel: int):
+    def __init__(self, dtype: np.dtype, numel: Any, limit: int):
+        if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+            raise _Unsupported(f"storage with an invalid element count {numel!r}")
+        if numel * dtype.itemsize > limit:
+            raise _Unsupported(f"a storage claims {numel * dtype.itemsize:,} bytes, more than the "
+                               f"{limit:,} bytes the file holds")
         self.dtype, self.numel = dtype, numel
         self.data: np.ndarray | None = None
 
@@ -88,6 +96,8 @@ class _StorageView:
     """Legacy format only: a storage that is a slice of another (root) storage."""
 
     def __init__(self, root: _Storage, offset: int, numel: int):
+        if offset < 0 or numel < 0 or offset + numel > root.numel:
+            raise _Unsupported("storage view extends past the end of its storage")
         self.root, self.offset, self.numel = root, offset, numel
         self.dtype = root.dtype
 
@@ -102,6 +112,13 @@ class _Tensor:
         self.size, self.stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
         if len(self.size) != len(self.stride):
             raise _Unsupported("tensor size and stride disagree")
+        if any(n < 0 for n in self.size):
+            raise _Unsupported("negative tensor size")
+        # a tensor never holds more elements than its storage (checked before anything is
+        # allocated: a stride-0 view of one element could otherwise ask for terabytes)
+        if 0 not in self.size and int(np.prod(self.size, dtype=object)) > storage.numel:
+            raise _Unsupported(f"a tensor of shape {list(self.size)} is larger than its storage "
+                               f"({storage.numel} elements)")
 
     def to_numpy(self) -> np.ndarray:
         storage, offset = self.storage, self.offset
@@ -234,6 +251,7 @@ def _read_legacy(f) -> Any:
 
     storages: dict[str, _Storage] = {}
     views: dict[str, _StorageView] = {}
+    file_size = os.fstat(f.fileno()).st_size
 
     def storage_for(data):
         storage_type, root_key, _location, numel, view_metadata = data
@@ -241,7 +259,7 @@ def _read_legacy(f) -> Any:
             raise _Unsupported("storage of unknown type")
         root = storages.get(root_key)
         if root is None:
-            root = storages[root_key] = _Storage(storage_type.dtype, int(numel))
+            root = storages[root_key] = _Storage(storage_type.dtype, numel, file_size)
         if view_metadata is None:
             return root
         view_key, offset, view_numel = view_metadata
@@ -264,6 +282,8 @@ def _read_legacy(f) -> Any:
         if numel != storage.numel:
             raise _Unsupported(f"storage {key!r} has {numel} elements, expected {storage.numel}")
         nbytes = numel * storage.dtype.itemsize
+        if nbytes > file_size - f.tell():  # never read (allocate) past the end of the file
+            raise _Unsupported("file truncated")
         raw = f.read(nbytes)
         if len(raw) != nbytes:
             raise _Unsupported("file truncated")
@@ -272,15 +292,25 @@ def _read_legacy(f) -> Any:
 
 
 def _read_zip(path: Path) -> Any:
+    file_size = path.stat().st_size
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
+
+        def read(name: str) -> bytes:
+            """A record, refused before it is read when it claims to be larger than the
+            whole file (torch.save stores records uncompressed)."""
+            if archive.getinfo(name).file_size > file_size:
+                raise _Unsupported(f"record {name} claims {archive.getinfo(name).file_size:,} "
+                                   f"bytes, more than the {file_size:,} bytes of the file")
+            return archive.read(name)
+
         pkl = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
         if len(pkl) != 1:
             raise _Unsupported("zip archive without a single <prefix>/data.pkl")
         prefix = pkl[0][: -len("data.pkl")]
         byteorder = b"little"
         if prefix + "byteorder" in names:
-            byteorder = archive.read(prefix + "byteorder").strip()
+            byteorder = read(prefix + "byteorder").strip()
         if byteorder not in (b"little", b"big"):
             raise _Unsupported(f"unknown byte order {byteorder!r}")
         storages: dict[str, _Storage] = {}
@@ -290,19 +320,19 @@ def _read_zip(path: Path) -> Any:
             if not isinstance(storage_type, _StorageType):
                 raise _Unsupported("storage of unknown type")
             if key not in storages:
-                storage = _Storage(storage_type.dtype, int(numel))
+                record = f"{prefix}data/{key}"
+                if record not in names:
+                    raise _Unsupported(f"storage record data/{key} missing")
+                storage = _Storage(storage_type.dtype, numel, archive.getinfo(record).file_size)
                 nbytes = storage.numel * storage.dtype.itemsize
-                try:
-                    raw = archive.read(f"{prefix}data/{key}")
-                except KeyError:
-                    raise _Unsupported(f"storage record data/{key} missing") from None
+                raw = read(record)
                 if len(raw) < nbytes:
                     raise _Unsupported(f"storage record data/{key} too short")
                 storage.data = _as_array(raw[:nbytes], storage.dtype, byteorder == b"little")
                 storages[key] = storage
             return storages[key]
 
-        return _Unpickler(io.BytesIO(archive.read(pkl[0])), storage_for).load()
+        return _Unpickler(io.BytesIO(read(pkl[0])), storage_for).load()
 
 
 def _as_array(raw: bytes, dtype: np.dtype, little: bool) -> np.ndarray:
@@ -320,7 +350,8 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file {path} not found")
+        raise UserError(f"weights file {path} "
+                        f"{'is not a regular file' if path.exists() else 'not found'}")
     try:
         if zipfile.is_zipfile(path):
             obj = _read_zip(path)

@@ -34,7 +34,8 @@ def read_weight_file(path: str | Path) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file {path} not found")
+        raise UserError(f"weights file {path} "
+                        f"{'is not a regular file' if path.exists() else 'not found'}")
     if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
         from deft_jax.models.torch_weights import read_torch_state_dict
         return read_torch_state_dict(path)
@@ -54,6 +55,35 @@ def read_weight_file(path: str | Path) -> dict[str, np.ndarray]:
     if not out:
         raise UserError(f"cannot read weights file {path}: it contains no tensors")
     return out
+
+
+def _bfloat16() -> np.dtype | None:
+    try:
+        import ml_dtypes  # ships with jax
+    except ImportError:  # pragma: no cover
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+BFLOAT16 = _bfloat16()
+
+
+def is_real_float(dtype: np.dtype) -> bool:
+    """float16/32/64 or bfloat16 (numpy does not count ml_dtypes' bfloat16 as floating)."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or (BFLOAT16 is not None and dtype == BFLOAT16)
+
+
+def as_float32(array, what: str) -> np.ndarray:
+    """A weight tensor as float32: float16/32/64 and bfloat16 are converted; integers,
+    booleans and complex values (whose imaginary part would be dropped) are refused with
+    one line starting with `what` (e.g. "weights file X: key 'conv1.weight'")."""
+    array = np.asarray(array)
+    if not is_real_float(array.dtype):
+        kind = "complex" if array.dtype.kind == "c" else "not floating point"
+        raise UserError(f"{what} has dtype {array.dtype} ({kind}); weights must be real "
+                        "floating point (float16, bfloat16, float32 or float64)")
+    return array.astype(np.float32)
 
 
 def file_digest(path: str | Path) -> str:

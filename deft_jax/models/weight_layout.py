@@ -135,9 +135,7 @@ def check_and_convert(tensors: Mapping[str, np.ndarray], entries: list[Entry], s
         if tuple(array.shape) != expected[entry.key]:
             raise UserError(f"{what}: key '{entry.key}' has shape {tuple(array.shape)}, "
                             f"the model expects {expected[entry.key]}")
-        if not np.issubdtype(array.dtype, np.floating):
-            raise UserError(f"{what}: key '{entry.key}' has dtype {array.dtype}, "
-                            f"expected floating point")
+        array = weight_files.as_float32(array, f"{what}: key '{entry.key}'")
         name = "/".join((entry.collection, *entry.path))
         converted[name] = _to_flax(entry.kind, array, flat_shapes[name])
     return converted
@@ -157,7 +155,8 @@ def pretrained_loader(path: str | Path, model_name: str, layouts: Mapping[str, l
     """(load_pretrained, the path as text) for `ModelSpec`; see the module docstring."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file {path} not found")
+        raise UserError(f"weights file {path} "
+                        f"{'is not a regular file' if path.exists() else 'not found'}")
     digest = weight_files.file_digest(path)
     arrays, naming = None, None
     for candidate, entries in layouts.items():

@@ -19,11 +19,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from deft_jax.config.sources import MAX_CROP, MAX_INPUT_SIZE
 from deft_jax.core.divergence import all_finite
+from deft_jax.data.dataset import MAX_CLASSES
 from deft_jax.errors import UserError
 from deft_jax.runtime import rundir
-
-MAX_CROP = 1 << 15  # pixels: larger than any image this reads
 
 
 def save_checkpoint(path: Path, variables: dict, meta: dict) -> None:
@@ -41,6 +41,11 @@ def save_checkpoint(path: Path, variables: dict, meta: dict) -> None:
         meta=ocp.JsonCheckpointHandler(multiprocessing_options=local),
         composite_options=ocp.CompositeOptions(multiprocessing_options=local))
     checkpointer = ocp.Checkpointer(handler, multiprocessing_options=local)
+    # on a full disk orbax's writer threads log each failure with its traceback (absl ERROR)
+    # and leave callbacks that find the event loop closed; the error below says it once
+    _quiet_closed_loop_callbacks()
+    absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
+    absl.setLevel(logging.CRITICAL)
     try:
         checkpointer.save(path, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
@@ -48,6 +53,8 @@ def save_checkpoint(path: Path, variables: dict, meta: dict) -> None:
         if not rundir.is_disk_full(err):
             raise
         raise UserError(rundir.disk_full_message(path)) from None
+    finally:
+        absl.setLevel(level)
 
 
 def _first_line(err: BaseException) -> str:
@@ -58,7 +65,6 @@ def _first_line(err: BaseException) -> str:
 
 def validate_meta(meta, where) -> dict:
     """The checkpoint's metadata as inference needs it, or a one-line UserError."""
-    from deft_jax.config.schema import MAX_INPUT_SIZE
     from deft_jax.models.groups import GRANULARITIES
     from deft_jax.models.registry import MODEL_NAMES
 
@@ -76,8 +82,9 @@ def validate_meta(meta, where) -> dict:
     need(isinstance(meta, dict), "not a JSON object")
     need(meta.get("model") in MODEL_NAMES, f"unknown model {meta.get('model')!r}")
     names = meta.get("class_names")
-    need(isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names),
-         "class_names must be a list of at least two names")
+    need(isinstance(names, list) and 2 <= len(names) <= MAX_CLASSES
+         and all(isinstance(n, str) for n in names),
+         f"class_names must be a list of 2 to {MAX_CLASSES} names")
     need(is_int(meta.get("num_classes")) and meta["num_classes"] == len(names),
          f"num_classes {meta.get('num_classes')!r} does not match the {len(names)} class_names")
     need(is_int(meta.get("input_size")) and 8 <= meta["input_size"] <= MAX_INPUT_SIZE,
@@ -89,10 +96,12 @@ def validate_meta(meta, where) -> dict:
          f"granularity must be {' or '.join(GRANULARITIES)}, got {meta.get('granularity')!r}")
     sampling = meta.get("sampling") or {}
     need(isinstance(sampling, dict), "sampling must be an object")
-    for key in ("crop", "crop_stride", "image_size"):
+    # bounded before anything is allocated: image_size as model.input_size is (every crop
+    # is resized to it), a crop by the largest image this reads
+    for key, top in (("crop", MAX_CROP), ("crop_stride", MAX_CROP), ("image_size", MAX_INPUT_SIZE)):
         value = sampling.get(key)
-        need(value is None or (is_int(value) and 1 <= value <= MAX_CROP),
-             f"sampling.{key} must be empty or an integer in [1, {MAX_CROP}], got {value!r}")
+        need(value is None or (is_int(value) and 1 <= value <= top),
+             f"sampling.{key} must be empty or an integer in [1, {top}], got {value!r}")
     return meta
 
 
@@ -143,7 +152,7 @@ def restore_model(path: Path):
     if stored is None or not isinstance(getattr(stored, "tree", None), dict):
         raise UserError(f"cannot restore checkpoint {path}: its arrays' metadata is unreadable")
     stored = stored.tree
-    meta = validate_meta(dict(meta) if meta is not None else None, path)
+    meta = validate_meta(dict(meta) if isinstance(meta, dict) else meta, path)
     spec = build_model(meta["model"], meta["num_classes"], "none", meta["input_size"],
                        meta.get("granularity", "block"))
     expected = spec.variable_shapes()  # tracing only: nothing is allocated

@@ -75,7 +75,8 @@ def lock(path: Path, what: str = "run directory", shared: bool = False) -> bool:
         except OSError as err:
             os.close(fd)
             if is_disk_full(err):
-                raise UserError(f"the disk is full (locking {path}); free some space and try again") from None
+                raise UserError(f"the disk is full (locking {path}); free some space and run the "
+                                "same command again") from None
             raise
     _held[key] = fd
     return True
@@ -110,15 +111,27 @@ def create_fresh(path: Path, what: str = "run directory") -> None:
     still empty, so two processes can never both start writing one folder."""
     path = Path(path)
     exists = f"{what} {path} already exists; use --resume {path} or another --out"
+    made = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(path)
+        made = True
     except FileExistsError:
         if not path.is_dir() or _has_content(path):
             raise UserError(exists) from None
     except OSError as err:
+        if is_disk_full(err):
+            raise UserError(f"the disk is full (creating {path}); free some space and run the "
+                            "same command again") from None
         raise UserError(f"cannot create {what} {path}: {err.strerror}") from None
-    lock(path, what)
+    try:
+        lock(path, what)
+    except UserError:  # e.g. a full disk: the folder this call made goes again (it is empty)
+        if made and not _has_content(path):
+            with contextlib.suppress(OSError):
+                (path / LOCK).unlink(missing_ok=True)
+                path.rmdir()
+        raise
     if _has_content(path):
         release(path)
         raise UserError(exists)
