@@ -20,7 +20,7 @@ import shutil
 import struct
 import zipfile
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 import numpy as np
 import pytest
