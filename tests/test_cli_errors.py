@@ -126,12 +126,13 @@ def test_predict_on_a_missing_image_and_a_missing_run_exits_with_one_line(tmp_pa
 
 
 def test_ctrl_c_in_predict_exits_130_without_promising_a_resume(capsys, monkeypatch):
+    from deft_jax import api
     from deft_jax.cli import predict
 
     def interrupted(_run):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(predict, "Predictor", interrupted)
+    monkeypatch.setattr(api, "load", interrupted)  # the restore the predict command calls
     with pytest.raises(SystemExit) as exc:
         predict.main(["--run", "anywhere", "image.png"])
     err = capsys.readouterr().err.strip()

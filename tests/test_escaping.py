@@ -26,16 +26,21 @@ def test_markdown_text_escapes_table_syntax_html_and_control_characters():
 
 
 def test_predict_prints_one_tab_separated_line_per_image_whatever_the_names(monkeypatch, tmp_path, capsys):
-    class FakePredictor:
-        def __init__(self, run_dir):
-            pass
+    import numpy as np
 
-        def predict_files(self, paths):
-            return [(p, NASTY[i], 0.5) for i, p in enumerate(paths)]
+    from deft_jax import api
 
-    monkeypatch.setattr(predict_cli, "Predictor", FakePredictor)
-    paths = [f"img{i}\n.png" for i in range(len(NASTY))]
-    assert predict_cli.main(["--run", str(tmp_path), *paths]) == 0
+    class FakeModel:
+        class_names = NASTY
+
+        def predict(self, paths, on_progress=None):
+            return np.eye(len(NASTY))[: len(paths)] * 0.5
+
+    monkeypatch.setattr(api, "load", lambda run_dir: FakeModel())
+    paths = [tmp_path / f"img{i}\n.png" for i in range(len(NASTY))]
+    for path in paths:
+        path.write_bytes(b"")  # the fake model never reads them
+    assert predict_cli.main(["--run", str(tmp_path), *map(str, paths)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(NASTY)
     assert all(len(line.split("\t")) == 3 and "\x1b" not in line and "\u202e" not in line for line in lines)

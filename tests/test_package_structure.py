@@ -95,6 +95,7 @@ LAYERS = [
     {"evolution"},
     {"methods", "run"},
     {"experiment"},
+    {"api"},
     {"cli"},
 ]
 ENTRY_POINTS = {"deft_jax", "deft_jax.search", "deft_jax.predict"}  # and every __main__ module

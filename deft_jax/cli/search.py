@@ -1,7 +1,12 @@
 """DEFT search: the command line.
 
-    python -m deft_jax.search [--config FILE] [--out RUN_DIR] [--seed N]
+    python -m deft_jax.search [--data PATH] [--model NAME] [--weights PATH|default|none]
+                              [--image-size N] [--config FILE] [--out RUN_DIR] [--seed N]
                               [--resume RUN_DIR] [--set key=value ...]
+
+Precedence: the defaults < `--config` < the flags (`--data`, `--model`, `--weights`,
+`--image-size`) < `--set`. A new run's config is `deft_jax.api.search_config`, its run
+`deft_jax.api.run_search`: the functions `deft_jax.search(...)` calls.
 
 Searches with differential evolution (`deft_jax.evolution.loop`) for which layer groups of a
 pretrained CNN to fine-tune, trains the winner and saves a checkpoint
@@ -18,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
+from deft_jax import api
 from deft_jax.cli import arguments, logs
 from deft_jax.config.schema import (
     Config,
@@ -26,7 +32,6 @@ from deft_jax.config.schema import (
     check_resume_overrides,
     check_resumed_config,
     config_from_dict,
-    load_config,
 )
 from deft_jax.errors import UserError, exit_on_user_error
 from deft_jax.runtime import rundir
@@ -48,8 +53,20 @@ def build_parser() -> arguments.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (--set section.key=value; values parsed as JSON), with their choices "
                "or defaults:\n" + arguments.config_keys_epilog(Config, KEY_NOTES, exclude=("experiment",)) + "\n"
-               "example: python -m deft_jax.search --config configs/osteosarcoma_lite0.toml "
+               "examples:\n  python -m deft_jax.search --data photos/ --model efficientnet_lite0\n"
+               "  python -m deft_jax.search --config configs/osteosarcoma_lite0.toml "
                "--set search.generations=8")
+    p.add_argument("--data", metavar="PATH",
+                   help="the images: a folder (photos/<class>/... or photos/<split>/<class>/...), "
+                        "an .npz file, tfds:NAME or digits (default: the config's; the digits demo)")
+    p.add_argument("--model", metavar="NAME", help="backbone, a name of the README's Backbones "
+                                                    "(default: the config's; efficientnet_lite0)")
+    p.add_argument("--weights", metavar="PATH|default|none",
+                   help="pretrained weights: a .pth/.safetensors file, default (the model's known "
+                        "source) or none (random init)")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="model input size in px (default: the config's; else for an ImageNet "
+                        "backbone on a folder or TFDS source 160 on a CPU, 224 on a GPU/TPU; else 32)")
     p.add_argument("--config", help="TOML/JSON config file (default: the built-in digits demo)")
     p.add_argument("--out", help="run directory to create (default: runs/<time>-<model>)")
     p.add_argument("--seed", type=int, help="random seed for the search and fine-tunes")
@@ -75,8 +92,13 @@ def overrides_of(args: argparse.Namespace) -> list[str]:
 
 
 def new_run_config(args: argparse.Namespace) -> Config:
-    """A new run's config: the defaults, `--config`, `--set`, `--evaluation`, `--seed`."""
-    return load_config(args.config, overrides_of(args), args.seed)
+    """A new run's config: the defaults, `--config`, the flags, `--set`, `--evaluation`,
+    `--seed` (`deft_jax.api.search_config`)."""
+    return api.search_config(args.data, args.model, args.weights, args.image_size, args.config,
+                             args.seed, overrides_of(args))
+
+
+RESUME_REFUSES = ("config", "data", "model", "weights", "image_size")  # --resume uses config.json
 
 
 def resumed_run_config(raw: dict, overrides: list[str]) -> Config:
@@ -98,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     with logs.printed(enabled=distributed.is_writer()):  # process 0 logs
         from deft_jax.runtime import compile_cache
         compile_cache.enable()
-        from deft_jax.run.pipeline import resolve_run_dir, run_pipeline
+        from deft_jax.run.pipeline import run_pipeline
         overrides = overrides_of(args)
         with rundir.owned():  # the run directory's lock is held until the run ends
             if args.resume:
@@ -106,16 +128,17 @@ def main(argv: list[str] | None = None) -> int:
                 if not (run_dir / rundir.CONFIG).is_file():
                     raise UserError(f"{run_dir} is not a run directory (no {rundir.CONFIG}; a run stopped "
                                     "before writing it computed nothing: delete the folder and start again)")
-                if args.config or args.seed is not None:
-                    raise UserError("--resume uses the run's own config.json; drop --config/--seed")
+                given = [f"--{k.replace('_', '-')}" for k in RESUME_REFUSES if getattr(args, k) is not None]
+                if given or args.seed is not None:
+                    raise UserError("--resume uses the run's own config.json; drop "
+                                    + "/".join(given + ["--seed"] * (args.seed is not None)))
                 check_resume_overrides(overrides)
                 if distributed.is_writer():
                     rundir.lock(run_dir)
                 cfg = resumed_run_config(rundir.read_json(run_dir / rundir.CONFIG), overrides)
                 run_pipeline(cfg, run_dir, resume=True)
             else:
-                cfg = new_run_config(args)
-                run_pipeline(cfg, resolve_run_dir(args.out, cfg), resume=False)
+                api.run_search(new_run_config(args), args.out)
     return 0
 
 

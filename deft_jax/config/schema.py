@@ -205,8 +205,13 @@ def check_resumed_config(saved: Config, resumed: Config) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                seed: int | None = None) -> Config:
+                seed: int | None = None, input_size_default=None) -> Config:
+    """The defaults, the file at `path`, `overrides`, `seed`. `input_size_default(raw
+    config dict) -> int`, when given, picks model.input_size if neither the file nor an
+    override sets it (`deft_jax.config.flags.logged_default_input_size`); else it is 32."""
     raw = Config().to_dict()
+    if input_size_default is not None:
+        raw["model"]["input_size"] = None  # "not given", until the file or an override sets it
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -223,6 +228,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw = apply_overrides(raw, list(overrides or []))
     if seed is not None:
         raw["seed"] = seed
+    model = raw.get("model")
+    if input_size_default is not None and isinstance(model, dict) and model.get("input_size") is None:
+        model["input_size"] = input_size_default(raw)
     cfg = from_dict(Config, raw, "", ALIASES)
     validate(cfg)
     return cfg

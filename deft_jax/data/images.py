@@ -171,6 +171,23 @@ def image_samples(path, sampling: Sampling, name: str | None = None) -> list[np.
                             name or Path(path).name)
 
 
+def array_samples(arr: np.ndarray, sampling: Sampling, name: str = "image") -> list[np.ndarray]:
+    """`image_samples` for an image already in memory: uint8 HxWx3 (HxW greyscale, HxWx1
+    and HxWx4 are made RGB), cut and resized exactly as a decoded file would be."""
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8:
+        raise UserError(f"{name}: expected uint8 pixels (0..255), got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or 0 in arr.shape:
+        raise UserError(f"{name}: expected an HxWxC image with C = 1, 3 or 4, got shape {arr.shape}")
+    arr = np.ascontiguousarray(np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr[..., :3])
+    s = sampling
+    if s.crop is None:
+        return [arr if s.size is None else np.asarray(resize_image(Image.fromarray(arr), s.size, s.resize))]
+    return image_to_samples(arr, s.crop, s.crop_stride, s.size, name)
+
+
 def image_to_samples(arr: np.ndarray, crop: int | None, stride: int | None,
                      image_size: int | None, name: str = "image",
                      resize: str = LEGACY_RESIZE) -> list[np.ndarray]:

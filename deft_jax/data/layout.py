@@ -227,3 +227,21 @@ def scan_folder(root: Path, label_regex: str | None) -> FolderScan:
     return FolderScan("split folders", files, labels, splits,
                       {s: f.name for s, f in folders.items()}, missing,
                       lister.hidden, lister.other)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under `folder`, recursively and sorted, with the loader's rules:
+    its image file types, hidden files and folders skipped."""
+    return _Lister().images(Path(folder))
+
+
+def folder_label(relative: Path, class_names) -> str | None:
+    """The class of an image at `relative` (to a folder given to predict) by the layouts:
+    its first folder (``<class>/...``) or, under a split folder, its second
+    (``<split>/<class>/...``), if that is one of `class_names`; else None."""
+    folders = Path(relative).parts[:-1]
+    if folders and folders[0] in class_names:
+        return folders[0]
+    if len(folders) >= 2 and folders[0].lower() in SPLIT_FOLDERS and folders[1] in class_names:
+        return folders[1]
+    return None

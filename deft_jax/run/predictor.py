@@ -1,8 +1,11 @@
 """A finished run's model for inference, without the training data: the checkpoint
-restored, with the preprocessing it was trained with."""
+restored, with the preprocessing it was trained with. Inputs are image files or uint8
+arrays; each becomes its samples (crops, as at training time), classified in chunks of
+`CHUNK` inputs, and an input's probabilities are the mean over its samples."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -10,10 +13,13 @@ import numpy as np
 
 from deft_jax.core.training import logits as model_logits
 from deft_jax.data import LEGACY_RESIZE, Sampling, image_samples, preprocess
+from deft_jax.data.images import array_samples
 from deft_jax.errors import UserError
 from deft_jax.run.checkpoint import restore_model
 from deft_jax.runtime import rundir
 from deft_jax.runtime.program_cache import ProgramCache
+
+CHUNK = 32  # inputs per forward pass (one compiled program per distinct chunk shape)
 
 
 def checkpoint_sampling(meta: dict) -> Sampling:
@@ -45,19 +51,41 @@ class Predictor:
         x = preprocess(images_uint8, self.meta["input_size"], self.meta["mean"], self.meta["std"])
         return model_logits(self.spec, self.variables, x, cache=self._cache)
 
+    def samples(self, item, index: int) -> list[np.ndarray]:
+        """The samples of one input: a path (str or Path) or a uint8 array."""
+        if isinstance(item, np.ndarray):
+            return array_samples(item, self.sampling, f"image {index}")
+        if isinstance(item, (str, Path)):
+            return image_samples(item, self.sampling, str(item))
+        raise UserError(f"input {index}: expected an image path or a uint8 array, got {type(item).__name__}")
+
+    def probabilities_of(self, items: Sequence, on_done: Callable[[int], None] | None = None) -> np.ndarray:
+        """[len(items), classes] probabilities; `on_done(n)` after each chunk of n inputs.
+        A non-finite output (a diverged model) is a UserError, never printed as a number."""
+        rows = []
+        for start in range(0, len(items), CHUNK):
+            chunk = [self.samples(item, start + i) for i, item in enumerate(items[start:start + CHUNK])]
+            counts = [len(s) for s in chunk]
+            probs = np.asarray(jax.nn.softmax(self.logits(np.stack([x for s in chunk for x in s])), axis=-1))
+            means = np.add.reduceat(probs, np.cumsum([0] + counts[:-1]), axis=0) / np.asarray(counts)[:, None]
+            bad = [i for i, row in enumerate(means) if not np.isfinite(row).all()]
+            if bad:
+                raise UserError(f"{describe(items[start + bad[0]], start + bad[0])}: the model's output "
+                                "is not finite (a diverged model)")
+            rows.append(means)
+            if on_done is not None:
+                on_done(len(chunk))
+        return np.concatenate(rows) if rows else np.zeros((0, len(self.class_names)), np.float32)
+
     def probabilities(self, path: str) -> np.ndarray:
-        """Class probabilities for one image file: its samples (crops, as at training time)
-        are classified and their probabilities averaged."""
-        samples = image_samples(path, self.sampling, str(path))
-        probs = np.asarray(jax.nn.softmax(self.logits(np.stack(samples)), axis=-1))
-        return probs.mean(axis=0)
+        """Class probabilities for one image file."""
+        return self.probabilities_of([path])[0]
 
     def predict_files(self, paths: list[str]) -> list[tuple[str, str, float]]:
-        results = []
-        for path in paths:
-            probs = self.probabilities(path)
-            if not np.isfinite(probs).all():  # never print nan as a probability
-                raise UserError(f"{path}: the model's output is not finite (a diverged model)")
-            i = int(probs.argmax())
-            results.append((path, self.class_names[i], float(probs[i])))
-        return results
+        """(path, predicted class, its probability) per file."""
+        probs = self.probabilities_of(list(paths))
+        return [(path, self.class_names[int(row.argmax())], float(row.max())) for path, row in zip(paths, probs)]
+
+
+def describe(item, index: int) -> str:
+    return str(item) if isinstance(item, (str, Path)) else f"image {index}"
