@@ -35,7 +35,8 @@ from deft_jax.cli import experiment as experiment_cli
 from deft_jax.models import build_model
 from deft_jax.run.pipeline import inference_meta
 from deft_jax.config.parsing import choices_of, field_types, optional_type
-from deft_jax.config.schema import INT_BOUNDS, Config, int_keys
+from deft_jax.config.bounds import INT_BOUNDS, int_keys
+from deft_jax.config.schema import Config
 from deft_jax.config.sources import SOURCE_INT_BOUNDS, Source
 
 from helpers import tiny_overrides
@@ -644,7 +645,7 @@ CASES = {
 
 def test_the_table_has_at_least_100_cases_and_every_integer_key_has_bounds():
     assert len(CASES) >= 100
-    assert set(int_keys()) == set(INT_BOUNDS)
+    assert set(int_keys(Config)) == set(INT_BOUNDS)
 
 
 @pytest.mark.parametrize("name", list(CASES))

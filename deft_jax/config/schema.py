@@ -15,14 +15,12 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
+from deft_jax.config.bounds import check_int_bounds
 from deft_jax.config.parsing import check_choices, from_dict, merge, set_values
 from deft_jax.config.sources import (
-    MAX_COUNT,
-    MAX_INPUT_SIZE,
     DigitsSource,
     Source,
     check_source,
-    shown,
     tfds_shorthand,
 )
 from deft_jax.errors import UserError
@@ -41,21 +39,6 @@ Select = Literal["best", "smallest-within-1se"]
 Keep = Literal["last", "best-val"]
 Folds = Literal["repeated"]
 
-MAX_SEED = 2**31 - 1
-# [lowest, highest] of every integer key (a source's: `SOURCE_INT_BOUNDS`), checked before
-# any work: above these a run would hang for years or ask XLA for impossible arrays.
-INT_BOUNDS: dict[str, tuple[int, int]] = {
-    "seed": (0, MAX_SEED),
-    "data.split_seed": (0, MAX_SEED),
-    "data.train_per_class": (0, MAX_COUNT),
-    "model.input_size": (8, MAX_INPUT_SIZE),  # MAX_INPUT_SIZE: see config.sources
-    "finetune.batch_size": (1, 1 << 16),
-    "finetune.epochs": (1, 10_000),
-    "search.population_size": (4, 4096),  # DE needs 4
-    "search.generations": (0, 100_000),
-    "final.epochs": (1, 10_000),
-    "experiment.seeds": (1, 1000),
-}
 # `--resume --set` may change only these: they do not change the search's result (the
 # strategies give the same fitnesses; more generations continue the same DE, equal to an
 # uninterrupted run with that many) or only retrain the final model; the new values are
@@ -242,31 +225,6 @@ def config_from_dict(raw: dict) -> Config:
     cfg = from_dict(Config, raw, "", ALIASES)
     validate(cfg)
     return cfg
-
-
-def int_keys(cls=None, where: str = "") -> list[str]:
-    """The dotted names of every integer key of `Config` (the sections'; not data.source's)."""
-    from deft_jax.config.parsing import field_types, optional_type
-    keys = []
-    for name, typ in field_types(cls or Config).items():
-        key = f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(typ):
-            keys += int_keys(typ, key)
-        elif typ is int or optional_type(typ) is int:
-            keys.append(key)
-    return keys
-
-
-def check_int_bounds(cfg: Config) -> None:
-    """Every integer key within its `INT_BOUNDS` (a key without bounds is a bug here)."""
-    for key in int_keys():
-        value = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
-        lo, hi = INT_BOUNDS[key]
-        if value is not None and not lo <= value <= hi:
-            raise UserError(f"invalid config: {key} must be an integer in [{lo}, {hi}], "
-                            f"got {shown(value)}")
 
 
 def validate(cfg: Config) -> None:
