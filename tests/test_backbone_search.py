@@ -2,7 +2,7 @@
 `predict` restores it.
 
 Cost: one CLI search compiles at least two fine-tune programs of the backbone (the
-fitness program and the final one), 20-120 s per model on the 2-core CPU (README,
+fitness program and the final one), 20-120 s per model on the 2-core CPU (docs/backbones.md,
 'Backbones'), so the full CLI path runs for one model per family whose code differs
 (residual blocks, depthwise/inverted residual blocks with BatchNorm, LayerNorm); every
 model of `IMAGENET_MODELS + LITE_MODELS` goes through the weight file -> model ->

@@ -1,9 +1,11 @@
-"""README tables from committed experiment results: the judged variant, the goal check and
+"""Result tables (docs/results.md) from committed experiment results: the judged variant, the goal check and
 the block replacement."""
 
 from __future__ import annotations
 
 import json
+
+from conftest import REPO
 
 from deft_jax.experiment.tables import goal, main
 
@@ -39,20 +41,20 @@ def test_significance_needs_the_corrected_interval_and_holm():
     assert goal(summary(x_full=1.5))["within_wall_budget"]
 
 
-def test_the_readme_block_between_the_markers_is_replaced(tmp_path):
+def test_the_block_between_the_markers_is_replaced(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "summary.json").write_text(json.dumps(summary()))
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- payoff:begin -->\nold\n<!-- payoff:end -->\noutro\n")
-    assert main([str(folder), "--readme", str(readme)]) == 0
+    assert main([str(folder), "--into", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("intro\n<!-- payoff:begin -->") and text.endswith("<!-- payoff:end -->\noutro\n")
     assert "old" not in text and "| deft-lr-mf | 0.800 ± 0.010 |" in text
     assert "above random search in mean: yes" in text and "not met" in text
     assert "every search option on, chosen before the runs" in text
     readme.write_text("no markers\n")
-    assert main([str(folder), "--readme", str(readme)]) == 2
+    assert main([str(folder), "--into", str(readme)]) == 2
 
 
 def test_an_experiment_without_the_judged_variant_is_judged_on_deft_and_says_so(tmp_path):
@@ -65,7 +67,26 @@ def test_an_experiment_without_the_judged_variant_is_judged_on_deft_and_says_so(
     (folder / "summary.json").write_text(json.dumps(s))
     readme = tmp_path / "README.md"
     readme.write_text("<!-- payoff:begin -->\n<!-- payoff:end -->\n")
-    assert main([str(folder), "--readme", str(readme)]) == 0
+    assert main([str(folder), "--into", str(readme)]) == 0
     text = readme.read_text()
     assert "**deft** (the goal is judged on it: deft-lr-mf did not run here)" in text
     assert "every search option on" not in text
+
+
+def test_the_committed_result_tables_are_what_the_committed_results_give(tmp_path):
+    """docs/results.md's generated blocks equal a fresh run of the tables tool over the
+    committed results (nobody edited a number by hand, and the tool still reads them)."""
+    page = REPO / "docs" / "results.md"
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "results").symlink_to(REPO / "results")  # the same layout: links stay ../results/...
+    copy = tmp_path / "docs" / "results.md"
+    copy.write_text(page.read_text())
+    results = tmp_path / "results"
+    payoff = [results / "payoff" / name for name in
+              ("osteosarcoma_resnet20", "breastmnist_resnet20", "signdigits_resnet20", "osteosarcoma_lite0")]
+    assert main([*map(str, payoff), "--into", str(copy)]) == 0
+    assert main(["--block", "lrgrid", str(results / "payoff" / "osteosarcoma_resnet20_lrgrid"),
+                 "--into", str(copy)]) == 0
+    earlier = [str(results / name) for name in ("osteosarcoma_resnet20", "osteosarcoma_lite0")]
+    assert main(["--block", "earlier", *earlier, "--into", str(copy)]) == 0
+    assert copy.read_text() == page.read_text()

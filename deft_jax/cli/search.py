@@ -38,7 +38,7 @@ from deft_jax.runtime import rundir
 
 KEY_NOTES = {  # what the dataclasses cannot say about a key
     "data.source.kind": "or data.source=tfds:NAME",
-    "model.name": "a name of deft_jax.models.MODEL_NAMES, see the README's Backbones",
+    "model.name": "a name of deft_jax.models.MODEL_NAMES, see docs/backbones.md",
     "model.weights": "default|none|PATH",
     "search.evaluation": "alias search.strategy",
     "final.learning_rate": "null: finetune.learning_rate",
@@ -59,7 +59,7 @@ def build_parser() -> arguments.ArgumentParser:
     p.add_argument("--data", metavar="PATH",
                    help="the images: a folder (photos/<class>/... or photos/<split>/<class>/...), "
                         "an .npz file, tfds:NAME or digits (default: the config's; the digits demo)")
-    p.add_argument("--model", metavar="NAME", help="backbone, a name of the README's Backbones "
+    p.add_argument("--model", metavar="NAME", help="backbone, a name in docs/backbones.md "
                                                     "(default: the config's; efficientnet_lite0)")
     p.add_argument("--weights", metavar="PATH|default|none",
                    help="pretrained weights: a .pth/.safetensors file, default (the model's known "

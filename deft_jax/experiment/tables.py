@@ -1,13 +1,13 @@
-"""README tables from committed experiment results (no hand-copied numbers).
+"""Result tables for docs/results.md from committed experiment results (no hand-copied numbers).
 
-    python -m deft_jax.experiment.tables results/payoff/* --readme README.md
-    python -m deft_jax.experiment.tables --resummarize --block earlier results/osteosarcoma_* --readme README.md
+    python -m deft_jax.experiment.tables results/payoff/* --into docs/results.md
+    python -m deft_jax.experiment.tables --resummarize --block earlier results/osteosarcoma_* --into docs/results.md
 
 For every result folder (an experiment's output: summary.json), one table of every method
 (test accuracy, macro-F1, trainable fraction, search budget in fitness evaluations and
 epochs, wall time and its multiple of full fine-tuning), the best DEFT variant's corrected
 comparisons with full fine-tuning and random search, and the issue's goal checked per
-dataset. With --readme the block between `<!-- BLOCK:begin -->` and `<!-- BLOCK:end -->`
+dataset. With --into FILE the block between `<!-- BLOCK:begin -->` and `<!-- BLOCK:end -->`
 (`--block`, default "payoff") is replaced; otherwise it is printed. `--resummarize FOLDER` rewrites a finished experiment's
 summary.json / summary.md from its runs.jsonl with the current statistics (no training).
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,11 +64,14 @@ def goal(summary: dict) -> dict:
     return out
 
 
-def render(folder: Path) -> list[str]:
+def render(folder: Path, page_dir: Path = Path(".")) -> list[str]:
+    """The block of one experiment folder; its link is relative to `page_dir`, the folder of
+    the page it is written into."""
     summary = json.loads((folder / SUMMARY_JSON).read_text())
+    link = os.path.relpath(os.path.abspath(Path(folder) / "summary.md"), os.path.abspath(page_dir))
     honesty = {r["method"]: r for r in summary.get("search_honesty", [])}
     lines = [f"#### {summary['model']} on {summary['data']}", "",
-             f"{len(summary['seeds'])} seeds; full results: [{folder}/summary.md]({folder}/summary.md).", "",
+             f"{len(summary['seeds'])} seeds; full results: [{link}]({link}).", "",
              "| method | test accuracy | macro-F1 | val accuracy | trainable fraction | fitness evals "
              "| fitness epochs | wall s | x full |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in summary["table"]:
@@ -117,8 +121,9 @@ def resummarize(folder: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
-    parser.add_argument("--readme", type=Path, default=None)
-    parser.add_argument("--block", default="payoff", help="the README block's name")
+    parser.add_argument("--into", type=Path, default=None, metavar="FILE",
+                        help="the Markdown page whose generated block is replaced (docs/results.md)")
+    parser.add_argument("--block", default="payoff", help="the generated block's name")
     parser.add_argument("--resummarize", action="store_true",
                         help="rewrite each folder's summary from its runs.jsonl first")
     args = parser.parse_args(argv)
@@ -127,17 +132,18 @@ def main(argv: list[str] | None = None) -> int:
             resummarize(folder)
     folders = [f for f in args.folders if (f / SUMMARY_JSON).exists()]
     begin, end = f"<!-- {args.block}:begin -->", f"<!-- {args.block}:end -->"
-    block = [begin, ""] + [line for f in folders for line in render(f)] + [end]
-    if args.readme is None:
+    page_dir = args.into.parent if args.into is not None else Path(".")
+    block = [begin, ""] + [line for f in folders for line in render(f, page_dir)] + [end]
+    if args.into is None:
         print("\n".join(block))
         return 0
-    text = args.readme.read_text()
+    text = args.into.read_text()
     if begin not in text or end not in text:
-        print(f"error: {args.readme} has no {begin} ... {end} block", file=sys.stderr)
+        print(f"error: {args.into} has no {begin} ... {end} block", file=sys.stderr)
         return 2
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
-    args.readme.write_text(head + "\n".join(block) + tail)
+    args.into.write_text(head + "\n".join(block) + tail)
     return 0
 
 

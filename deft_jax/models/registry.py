@@ -124,7 +124,7 @@ def resolve_weights(name: str, weights: str) -> Weights:
             return "default"
         if kind == "file":
             raise UserError(f"{name} has no bundled weights: set model.weights to a torchvision/timm "
-                            f".pth or .safetensors file (README, 'Backbones' says where to get one) "
+                            f".pth or .safetensors file (docs/backbones.md says where to get one) "
                             f"or to none for random initialisation")
         path = default_cifar_weights_dir()
         if not path.exists():
