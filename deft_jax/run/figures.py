@@ -80,13 +80,8 @@ def fitness_png(Figure, history: list[dict], memo: dict[str, float], short: dict
     ax.plot(gens, [h["best_fitness"] for h in history], "-", marker="o", ms=4, color=BLUE,
             lw=2, label="best so far", zorder=3)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("generation (0: initial population)")
-    ax.set_ylabel(f"fitness = 1 - val {metric}")
-    ax.set_title("search progress (lower is better)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    return _png(fig)
+    return _finished(fig, ax, "generation (0: initial population)", f"fitness = 1 - val {metric}",
+                     "search progress (lower is better)", "upper right")
 
 
 def pareto_png(Figure, points: list[tuple[float, float]], selected: tuple[float, float],
@@ -104,11 +99,17 @@ def pareto_png(Figure, points: list[tuple[float, float]], selected: tuple[float,
     xs = [p[0] for p in points] + [selected[0]]
     if min(xs) > 0 and max(xs) / min(xs) > 30:
         ax.set_xscale("log")
-    ax.set_xlabel("trainable fraction of the parameters")
-    ax.set_ylabel(f"val {metric} (1 - fitness)")
-    ax.set_title("accuracy against trainable parameters (up and left is better)", fontsize=10)
+    return _finished(fig, ax, "trainable fraction of the parameters", f"val {metric} (1 - fitness)",
+                     "accuracy against trainable parameters (up and left is better)", "lower right")
+
+
+def _finished(fig, ax, xlabel: str, ylabel: str, title: str, legend_at: str) -> bytes:
+    """Labels, grid and legend as every figure of the report has them; the PNG bytes."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc=legend_at)
     fig.tight_layout()
     return _png(fig)
 
