@@ -140,8 +140,9 @@ def check_state_config(path: Path, saved: dict, cfg: Config) -> None:
     now = result_config(cfg)
     if rundir.fingerprint(now) != saved["fingerprint"]:
         changed = config_changes(saved["config"] or {}, now) or "values not shown"
-        raise UserError(f"{path.parent / 'config.json'} was changed since the search started ({changed}); "
-                        "resuming would mix two searches: restore it, or start a new run with --out")
+        raise UserError(f"the config was changed since the search started ({changed}; see "
+                        f"{path.parent / 'config.json'}): resuming would mix two searches; restore it, "
+                        "or start a new run with --out")
     if saved["generations"] is not None and cfg.search.generations < saved["generations"]:
         raise UserError(f"search.generations is lower than when the search ran ({saved['generations']} -> "
                         f"{cfg.search.generations}); --resume can raise it, not lower it: restore "
