@@ -227,7 +227,10 @@ def test_a_search_killed_with_sigkill_at_random_moments_resumes_to_the_uninterru
                 break
         else:
             kills += 1
-            assert not (run / rundir.METRICS).exists()  # a killed run never looks finished
+            # a killed run never looks finished, unless the kill came after its last line
+            # (the process had finished its work and was exiting)
+            finished = (run / rundir.METRICS).exists() and (run / rundir.REPORT).exists()
+            assert not finished or "test accuracy" in proc.stdout.read()
     assert kills >= 2  # a phase can end before its moment comes on a fast machine
 
     assert rundir.read_json(run / rundir.BEST) == rundir.read_json(straight / rundir.BEST)

@@ -187,6 +187,37 @@ def check_resumed_config(saved: Config, resumed: Config) -> None:
                         "start a new run with --out instead")
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def result_config(cfg: Config) -> dict:
+    """The config values a search's result depends on, flat (`section.key`): everything but
+    the keys `--resume --set` may change (`RESUME_SETTABLE`, whose policy says they change
+    no fitness) and the experiment section (a search never reads it). With
+    `search.schedule = "final"` the final training's epochs and rate are the fitness
+    recipe, so they stay in."""
+    flat = _flat(cfg.to_dict())
+    free = set(RESUME_SETTABLE)
+    if cfg.search.schedule == "final":
+        free -= {"final.epochs", "final.learning_rate"}
+    return {k: v for k, v in flat.items() if k not in free and not k.startswith("experiment.")}
+
+
+def config_changes(old: dict, new: dict, limit: int = 3) -> str:
+    """'a.b 1 -> 2, c.d ...' for the keys whose values differ between two `result_config`s."""
+    keys = sorted(k for k in set(old) | set(new) if old.get(k, "unset") != new.get(k, "unset"))
+    text = ", ".join(f"{k} {json.dumps(old.get(k, 'unset'))} -> {json.dumps(new.get(k, 'unset'))}"
+                     for k in keys[:limit])
+    return text + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 seed: int | None = None, input_size_default=None) -> Config:
     """The defaults, the file at `path`, `overrides`, `seed`. `input_size_default(raw

@@ -5,11 +5,13 @@
   trainable stage depend only on the pretrained weights and the data, so they are
   computed once per distinct prefix and the short fine-tune trains the suffix only.
 - `evaluate_population`: memo table, feasibility and one evaluator call per population.
+- `no_signal`: every fitness at chance level (or all equal): the search learned nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -109,14 +111,48 @@ class Halving:
         return min(n, max(1, int(self.promote_fraction * n + 0.5)))  # rounded, at least one
 
 
+def _evaluate(evaluator, keys: list[str], masks: list[GroupMask], epochs: int | None,
+              journal) -> list[float]:
+    """`evaluator.evaluate(masks[, epochs])`, through the `journal` (an `EvaluationJournal`)
+    when there is one: members it has are not trained again, and every member the
+    evaluator finishes is recorded as soon as it reports it (`on_member_scored`), so a kill
+    loses at most the members in flight."""
+    if journal is None:
+        return list(evaluator.evaluate(masks) if epochs is None else evaluator.evaluate(masks, epochs=epochs))
+    values: list[float | None] = [journal.get(k, epochs) for k in keys]
+    todo = [i for i, v in enumerate(values) if v is None]
+    restored = len(keys) - len(todo)
+    journal.restored += restored
+    if restored and getattr(evaluator, "on_member_done", None) is not None:
+        evaluator.on_member_done(restored)  # progress counts them as done
+    if not todo:
+        return values
+    hooked = hasattr(evaluator, "on_member_scored")
+    if hooked:
+        evaluator.on_member_scored = lambda j, value: journal.record(keys[todo[j]], epochs, value)
+    try:
+        sub = [masks[i] for i in todo]
+        got = list(evaluator.evaluate(sub) if epochs is None else evaluator.evaluate(sub, epochs=epochs))
+    finally:
+        if hooked:
+            evaluator.on_member_scored = None
+    for i, value in zip(todo, got):
+        values[i] = value
+        if not hooked:  # an evaluator without the hook: recorded once its call returns
+            journal.record(keys[i], epochs, value)
+    return values
+
+
 def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
                         groups: LayerGroups, max_fraction: float = 1.0,
-                        halving: Halving | None = None) -> tuple[list[float], dict]:
+                        halving: Halving | None = None, journal=None) -> tuple[list[float], dict]:
     """Fitness per mask: memo hits and infeasible masks cost nothing; the distinct new
     feasible masks go to the evaluator in one call (one population program for vmap). With
     `halving`, they all get the short budget first and the most promising the whole one; a
     member left at the short budget keeps its short fitness (with keep = "best-val" never
-    better than its whole-budget fitness would be: the short run is a prefix of the long)."""
+    better than its whole-budget fitness would be: the short run is a prefix of the long).
+    `journal`: finished members are persisted one by one and taken from it on a resume
+    (`deft_jax.evolution.journal`); the result is the same as without it."""
     keys = [mask_key(m) for m in masks]
     fitness: dict[str, float] = {}
     hits = infeasible = 0
@@ -138,13 +174,18 @@ def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
     promoted = 0
     if todo:
         new_keys, new_masks = list(todo), list(todo.values())
+        def run(idx: list[int], epochs: int | None = None) -> list[float]:
+            return _evaluate(evaluator, [new_keys[i] for i in idx], [new_masks[i] for i in idx],
+                             epochs, journal)
+
+        everyone = list(range(len(new_keys)))
         if halving is None:
-            values = evaluator.evaluate(new_masks)
+            values = run(everyone)
         else:
-            values = list(evaluator.evaluate(new_masks, epochs=halving.short_epochs))
+            values = run(everyone, halving.short_epochs)
             ranked = sorted(range(len(values)), key=lambda i: (values[i], i))
             best = ranked[:halving.promoted(len(new_masks))]
-            for i, value in zip(best, evaluator.evaluate([new_masks[i] for i in best])):
+            for i, value in zip(best, run(best)):
                 values[i] = value
             # then every member whose short score already beats the best whole-budget score
             # (of earlier generations or just promoted): the incumbent is always scored
@@ -152,7 +193,7 @@ def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
             incumbent = min(list(memo.full_budget().values()) + [values[i] for i in best])
             more = [i for i in ranked[len(best):] if values[i] < incumbent]
             if more:
-                for i, value in zip(more, evaluator.evaluate([new_masks[i] for i in more])):
+                for i, value in zip(more, run(more)):
                     values[i] = value
                 best += more
             promoted = len(best)
@@ -164,3 +205,22 @@ def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
             fitness[key] = value
     return [fitness[k] for k in keys], {"evaluated": len(todo), "memo_hits": hits,
                                          "infeasible": infeasible, "promoted": promoted}
+
+
+def no_signal(memo: MemoTable, num_classes: int, metric: str, n_val: int = 0) -> str | None:
+    """Why the search's fitness carries no signal, or None: every mask trained with the whole
+    budget scored at chance level (fitness 1 - 1/num_classes, the accuracy of guessing;
+    macro-F1 is lower still) or worse, within two binomial standard errors of a guess on
+    `n_val` validation images (0.02 if unknown), or all (three or more) scored exactly the
+    same: the search could not tell masks apart and its choice says nothing."""
+    values = list(memo.full_budget().values())
+    if not values:
+        return None
+    p = 1.0 / max(num_classes, 2)
+    tolerance = 2 * math.sqrt(p * (1 - p) / n_val) if n_val > 0 else 0.02
+    if num_classes >= 2 and min(values) >= 1 - p - tolerance:
+        return (f"every mask scored at chance level (best fitness {min(values):.4f}: val {metric} "
+                f"{1 - min(values):.4f}, guessing one of {num_classes} classes gives {p:.4f})")
+    if len(values) >= 3 and max(values) == min(values) > 0.0:
+        return f"every mask scored the same fitness ({values[0]:.4f})"
+    return None

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from deft_jax.config.schema import Config, SearchConfig
+from deft_jax.config.schema import Config, SearchConfig, config_changes, result_config
 from deft_jax.core.masks import (
     GroupMask,
     decode_genome,
@@ -35,7 +35,8 @@ from deft_jax.core.masks import (
 )
 from deft_jax.errors import UserError
 from deft_jax.evolution.evaluators.choice import Evaluator, fitness_recipe
-from deft_jax.evolution.fitness import Halving, MemoTable, evaluate_population
+from deft_jax.evolution.fitness import Halving, MemoTable, evaluate_population, no_signal
+from deft_jax.evolution.journal import EvaluationJournal, journal_path
 from deft_jax.evolution.progress import SearchProgress
 from deft_jax.models.groups import LayerGroups
 from deft_jax.runtime import rundir
@@ -51,6 +52,8 @@ class SearchResult:
     memo: dict[str, float]       # every mask evaluated -> fitness
     memo_epochs: dict[str, int] = dataclasses.field(default_factory=dict)  # lower-fidelity entries
     selection: dict = dataclasses.field(default_factory=dict)  # how best_mask was chosen
+    warning: str | None = None   # the fitness carried no signal (see `no_signal`)
+    restored_members: int = 0    # evaluations taken from the journal on a resume, not retrained
 
 
 def baseline_genomes(num_genes: int) -> list[np.ndarray]:
@@ -100,11 +103,16 @@ def make_differential_evolution(cfg: SearchConfig, num_genes: int):
     return de, params
 
 
-def _save_state(path: Path, generation: int, de_state, memo: MemoTable, history: list[dict]) -> None:
+def _save_state(path: Path, generation: int, de_state, memo: MemoTable, history: list[dict],
+                cfg: Config) -> None:
+    checked = result_config(cfg)
     payload = {"generation": generation,
                "de_state": jax.tree.map(np.asarray, serialization.to_state_dict(de_state)),
                "memo": json.dumps(memo.entries), "memo_epochs": json.dumps(memo.epochs),
-               "history": json.dumps(history)}
+               "history": json.dumps(history),
+               # what the result depends on, to refuse a resume whose config.json was edited
+               "config": rundir.json_text(checked, indent=None), "fingerprint": rundir.fingerprint(checked),
+               "generations": cfg.search.generations}
     rundir.write_bytes_atomic(path, serialization.msgpack_serialize(payload))
 
 
@@ -113,20 +121,48 @@ def _load_state(path: Path, template):
         payload = serialization.msgpack_restore(path.read_bytes())
         de_state = serialization.from_state_dict(template, payload["de_state"])
         memo = MemoTable(json.loads(payload["memo"]), json.loads(payload.get("memo_epochs", "{}")))
-        return int(payload["generation"]), de_state, memo, json.loads(payload["history"])
+        saved = {"fingerprint": payload.get("fingerprint"), "generations": payload.get("generations"),
+                 "config": json.loads(payload["config"]) if "config" in payload else None}
+        return int(payload["generation"]), de_state, memo, json.loads(payload["history"]), saved
     except (OSError, ValueError, KeyError, TypeError) as err:  # unreadable, corrupt, or not a state
         raise UserError(f"cannot read search state {path}: {err}") from None
+
+
+def check_state_config(path: Path, saved: dict, cfg: Config) -> None:
+    """A resumed state must belong to this config: the values its result depends on
+    (`result_config`, by fingerprint) are unchanged and the generations are not fewer, else
+    config.json was edited since the search started and the result would be a hybrid of
+    two searches. A state written before fingerprints were stored is read with a warning."""
+    if saved["fingerprint"] is None:
+        logger.warning(f"warning: search state {path} has no config fingerprint (written by an older version): "
+                       "cannot check that config.json is unchanged since the search started")
+        return
+    now = result_config(cfg)
+    if rundir.fingerprint(now) != saved["fingerprint"]:
+        changed = config_changes(saved["config"] or {}, now) or "values not shown"
+        raise UserError(f"the config was changed since the search started ({changed}; see "
+                        f"{path.parent / 'config.json'}): resuming would mix two searches; restore it, "
+                        "or start a new run with --out")
+    if saved["generations"] is not None and cfg.search.generations < saved["generations"]:
+        raise UserError(f"search.generations is lower than when the search ran ({saved['generations']} -> "
+                        f"{cfg.search.generations}); --resume can raise it, not lower it: restore "
+                        "config.json, or start a new run with --out")
 
 
 def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
                state_path: Path | None = None,
                stop_after: int | None = None, save_state: bool = True, n_val: int = 0,
-               progress: SearchProgress | None = None) -> SearchResult:
+               progress: SearchProgress | None = None, num_classes: int = 0) -> SearchResult:
     """The DE loop over the masks of `groups` (whose sizes give the trainable-fraction
     constraint). `stop_after` ends the loop after that many completed generations (used to
     test resumption). `save_state=False` only reads an existing state (processes other than
     0 of a multi-process run). `n_val`: validation size (the standard error of
-    `search.select = "smallest-within-1se"`). `progress`: live per-member progress."""
+    `search.select = "smallest-within-1se"`). `progress`: live per-member progress.
+    `num_classes`: for the warning when every fitness is at chance level (0: not checked).
+
+    Every finished member is also appended to an fsynced journal beside the state
+    (`deft_jax.evolution.journal`), so a resume retrains at most the members in flight
+    (single-process runs; with several processes the generation in flight is redone)."""
     s = cfg.search
     group_names = groups.names
     genes = searchable_groups(group_names)
@@ -148,11 +184,11 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
             with progress.generation(generation, members=runs) as bar:
                 evaluator.on_member_done = bar.advance
                 fitness, info = evaluate_population(evaluator, masks, memo, groups,
-                                                    s.max_trainable_fraction, halving)
+                                                    s.max_trainable_fraction, halving, journal)
             evaluator.on_member_done = None
         else:
             fitness, info = evaluate_population(evaluator, masks, memo, groups, s.max_trainable_fraction,
-                                                halving)
+                                                halving, journal)
         fitness = np.asarray(fitness, np.float32)
         running = min([fitness.min()] + [h["best_fitness"] for h in history])
         best_idx = int(np.argmin(fitness))
@@ -182,19 +218,41 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
     if s.seed_baselines:
         seeds = baseline_genomes(len(genes))[:s.population_size]
         init_population = init_population.at[:len(seeds)].set(jnp.asarray(np.stack(seeds)))
+    # the journal: only the writer of a single-process run (other processes could read it
+    # while the writer appends, and would then evaluate other members than it)
+    journal = None
+    if state_path is not None and save_state and jax.process_count() == 1:
+        journal = EvaluationJournal(journal_path(state_path), rundir.fingerprint(result_config(cfg)), 0)
+
+    def resume_journal(generation: int) -> None:
+        if journal is not None:
+            journal.generation = generation
+            if journal.load():
+                logger.info(f"resuming generation {generation}: {len(journal.done)} finished "
+                            "evaluation(s) taken from the journal, not retrained")
+
+    def saved(generation: int) -> None:
+        if state_path is not None and save_state:
+            _save_state(state_path, generation, de_state, memo, history, cfg)
+            if journal is not None:
+                journal.next_generation(generation + 1)
+
     if state_path is not None and state_path.exists():
         template = de.init(jax.random.key(0), init_population,
                                  jnp.zeros(s.population_size), de_params)
-        generation, de_state, memo, history = _load_state(state_path, template)
+        generation, de_state, memo, history, stored = _load_state(state_path, template)
+        check_state_config(state_path, stored, cfg)
         logger.info(f"resuming after generation {generation} ({len(memo.entries)} masks memoised)")
+        if generation < s.generations:
+            resume_journal(generation + 1)
     else:
         memo, history = MemoTable(), []
+        resume_journal(0)
         t0 = time.perf_counter()
         fitness = evaluate(init_population, 0, t0, history, memo)
         de_state = de.init(jax.random.fold_in(base_key, 0), init_population, fitness, de_params)
         generation = 0
-        if state_path is not None and save_state:
-            _save_state(state_path, generation, de_state, memo, history)
+        saved(generation)
         report(history[-1])
 
     while generation < s.generations and (stop_after is None or generation < stop_after):
@@ -205,8 +263,7 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
         population = jnp.clip(population, 0.0, 1.0)  # genomes live in [0,1]^G
         fitness = evaluate(population, generation, t0, history, memo)
         de_state, _ = de.tell(key_tell, population, fitness, de_state, de_params)
-        if state_path is not None and save_state:
-            _save_state(state_path, generation, de_state, memo, history)
+        saved(generation)
         report(history[-1])
 
     if not memo.full_budget():
@@ -217,5 +274,10 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
             and memo.entries[mask_key(best_de)] == memo.entries[key]:
         key = mask_key(best_de)  # DE's own best (the paper's answer) where it ties
     selection["mask"] = key
+    warning = no_signal(memo, num_classes, s.metric, n_val)
+    if warning:
+        logger.warning(f"warning: the search's fitness carries no signal: {warning}; the chosen mask is "
+                       "arbitrary. Check the learning rate (finetune.learning_rate), the epochs and the data")
     return SearchResult(mask_from_key(key, group_names), memo.entries[key], history,
-                        dict(memo.entries), dict(memo.epochs), selection)
+                        dict(memo.entries), dict(memo.epochs), selection, warning,
+                        journal.restored if journal is not None else 0)

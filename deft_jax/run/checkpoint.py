@@ -25,6 +25,8 @@ from deft_jax.data.dataset import MAX_CLASSES
 from deft_jax.errors import UserError
 from deft_jax.runtime import rundir
 
+logger = logging.getLogger(__name__)
+
 
 def save_checkpoint(path: Path, variables: dict, meta: dict) -> None:
     """`variables` = {'params', 'batch_stats'}; `meta` = JSON metadata (model name, class
@@ -32,6 +34,7 @@ def save_checkpoint(path: Path, variables: dict, meta: dict) -> None:
     path = Path(path).absolute()
     state = jax.tree.map(np.asarray, {"params": variables["params"],
                                       "batch_stats": variables["batch_stats"]})
+    meta = {**meta, FINGERPRINT: checkpoint_fingerprint(meta, {c: _shapes(state[c]) for c in state})}
     # a save is this process's own business: in a multi-process run only process 0 saves,
     # and orbax must not wait at barriers for processes that never call it
     local = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
@@ -55,6 +58,19 @@ def save_checkpoint(path: Path, variables: dict, meta: dict) -> None:
         raise UserError(rundir.disk_full_message(path)) from None
     finally:
         absl.setLevel(level)
+
+
+FINGERPRINT = "fingerprint"
+
+
+def checkpoint_fingerprint(meta: dict, shapes: dict) -> str:
+    """sha256 of the metadata (preprocessing: model, classes, input size, mean/std,
+    sampling, mask ...) and the stored arrays' shapes, written with the checkpoint: an
+    edited metadata file (an input_size that still fits the weights) would otherwise give
+    silently wrong predictions."""
+    content = {k: v for k, v in meta.items() if k != FINGERPRINT}
+    return rundir.fingerprint({"meta": content,
+                               "shapes": {c: {n: list(s) for n, s in v.items()} for c, v in shapes.items()}})
 
 
 def _first_line(err: BaseException) -> str:
@@ -165,6 +181,13 @@ def restore_model(path: Path):
                     f"checkpoint {path} does not match its metadata ({meta['model']}, "
                     f"{meta['num_classes']} classes): {collection}/{name} is stored as "
                     f"{got.get(name, 'missing')}, the model needs {want.get(name, 'none')}")
+    if meta.get(FINGERPRINT) is None:
+        logger.warning(f"warning: checkpoint {path} has no fingerprint (written by an older version): "
+                       "cannot check that its metadata is unchanged since it was saved")
+    elif checkpoint_fingerprint(meta, have) != meta[FINGERPRINT]:
+        raise UserError(f"checkpoint {path} was modified after it was saved: its metadata or arrays do not "
+                        "match the fingerprint written with them (predictions would use the wrong "
+                        "preprocessing); restore the original checkpoint")
     try:
         state = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
             path, args=ocp.args.Composite(state=ocp.args.StandardRestore(expected)))["state"]

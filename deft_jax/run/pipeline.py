@@ -77,7 +77,8 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     progress = SearchProgress(cfg.search.generations + 1, cfg.search.population_size) if writer else None
     result = run_search(cfg, evaluator, groups,
                         state_path=run_dir / rundir.STATE if writer or resume else None,
-                        save_state=writer, n_val=len(data.arrays.y_val), progress=progress)
+                        save_state=writer, n_val=len(data.arrays.y_val), progress=progress,
+                        num_classes=len(dataset.class_names))
     if writer:
         rundir.write_jsonl(run_dir / rundir.HISTORY, result.history)
         rundir.write_json(run_dir / rundir.BEST, {"fitness": result.best_fitness, "mask": result.best_mask,
@@ -99,7 +100,8 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
                "final training + checkpoint": t_end - t_search, "total": t_end - t_start}
     metrics.update({"search": {"best_fitness": result.best_fitness, "selection": result.selection,
                                "distinct_masks_evaluated": len(result.memo),
-                               "evaluation": mode, **evaluator.stats()},
+                               "evaluation": mode, "no_signal": result.warning,
+                               "restored_from_journal": result.restored_members, **evaluator.stats()},
                     "seconds": {k: round(v, 2) for k, v in seconds.items()}})
     if not writer:
         return metrics
@@ -107,7 +109,8 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     report = render_report(cfg=cfg.to_dict(), description=dataset.description, model=spec.name,
                            pretrained=spec.pretrained, group_sizes=sizes, best_mask=result.best_mask,
                            best_fitness=result.best_fitness, history=result.history, metrics=metrics,
-                           class_names=data.class_names, split_sizes=n, seconds=seconds)
+                           class_names=data.class_names, split_sizes=n, seconds=seconds,
+                           warning=result.warning)
     rundir.write_text_atomic(run_dir / rundir.REPORT, report)
     page = render_html(cfg=cfg.to_dict(), description=dataset.description, model=spec.name,
                        pretrained=spec.pretrained, group_sizes=sizes, best_mask=result.best_mask,

@@ -9,7 +9,8 @@ from deft_jax.run.escape import markdown
 def render_report(*, cfg: dict, description: str, model: str, pretrained: str | None,
                   group_sizes: dict[str, int], best_mask: GroupMask, best_fitness: float,
                   history: list[dict], metrics: dict, class_names: list[str],
-                  split_sizes: dict[str, int], seconds: dict[str, float]) -> str:
+                  split_sizes: dict[str, int], seconds: dict[str, float],
+                  warning: str | None = None) -> str:
     s = cfg["search"]
     total = sum(group_sizes.values())
     class_names = [markdown(c) for c in class_names]  # the user's data: never raw in the report
@@ -26,6 +27,8 @@ def render_report(*, cfg: dict, description: str, model: str, pretrained: str | 
         f"- Short fine-tune per candidate: {cfg['finetune']['optimizer']} lr {cfg['finetune']['learning_rate']}, "
         f"{cfg['finetune']['epochs']} epoch(s), batch {cfg['finetune']['batch_size']}; "
         f"final fine-tune: {cfg['final']['epochs']} epochs",
+        *(["", f"**Warning: the search's fitness carried no signal** ({markdown(warning)}): the chosen "
+           "mask is arbitrary; check the learning rate, the epochs and the data."] if warning else []),
         "", "## Chosen layer groups", "",
         f"Best search fitness {best_fitness:.4f} (val {s['metric']} {1 - best_fitness:.4f}); "
         f"trainable parameters {metrics['trainable_fraction']:.1%} of {total:,}.", "",

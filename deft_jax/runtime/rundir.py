@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -217,6 +218,13 @@ def strict_json_value(obj: Any) -> Any:
 
 def json_text(obj: Any, indent: int | None = 2) -> str:
     return json.dumps(strict_json_value(obj), indent=indent, allow_nan=False)
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 (hex) of `obj`'s canonical JSON (sorted keys, no spaces, non-finite as null):
+    the same for equal content however it was built or read back."""
+    text = json.dumps(strict_json_value(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def write_json(path: Path, obj: Any) -> None:

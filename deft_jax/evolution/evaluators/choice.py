@@ -30,6 +30,9 @@ class Evaluator(Protocol):
 
     name: str  # the evaluation mode it implements
     on_member_done: Callable[[int], None] | None  # told how many members just finished
+    # told (index in `masks`, fitness) of each member as soon as it is finished, before
+    # `on_member_done` (the search persists it: `deft_jax.evolution.journal`)
+    on_member_scored: Callable[[int, float], None] | None
 
     def evaluate(self, masks: Sequence[GroupMask], epochs: int | None = None) -> list[float]:
         """Fitness per mask, in order (lower is better). `epochs` (default: the whole

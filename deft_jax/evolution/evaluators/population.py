@@ -24,10 +24,9 @@ forward or backward pass below a member's first trainable stage); which members 
 program and where it starts is `deft_jax.evolution.evaluators.member_plan`'s business.
 
 Memory: with `memory_limit_bytes`, the members per program are fitted to the device's
-memory before the population runs (`deft_jax.evolution.evaluators.memory_fit`).
-
-Frozen prefix: when augmentation is off, the stages below a program's lowest trainable
-stage are run once (`PrefixFeatureCache`) and the program trains the suffix only.
+memory before the population runs (`deft_jax.evolution.evaluators.memory_fit`). Frozen
+prefix: when augmentation is off, the stages below a program's lowest trainable stage are
+run once (`PrefixFeatureCache`) and the program trains the suffix only.
 """
 
 from __future__ import annotations
@@ -47,13 +46,7 @@ from deft_jax.data import batches
 from deft_jax.data.inputs import SplitArrays
 from deft_jax.evolution.evaluators import memory_fit
 from deft_jax.evolution.evaluators.member_plan import MemberPlan
-from deft_jax.evolution.evaluators.programs import (
-    AXIS,
-    logits_program,
-    put,
-    to_host,
-    train_program,
-)
+from deft_jax.evolution.evaluators.programs import AXIS, logits_program, put, to_host, train_program
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe
 from deft_jax.evolution.fitness import PrefixFeatureCache
 from deft_jax.models.base import ModelSpec
@@ -73,7 +66,7 @@ class PopulationEvaluator:
         self.spec, self.data, self.recipe, self.cfg = spec, data, recipe, recipe.finetune
         self.metric, self.seed, self.keep = recipe.metric, recipe.seed, recipe.keep
         self.lr_multipliers, self.sharded = recipe.lr_multipliers, sharded
-        self.on_member_done = None  # callback(number of members just finished), e.g. progress
+        self.on_member_done = self.on_member_scored = None  # see `Evaluator`
         if sharded:
             self.name = "sharded"
         else:
@@ -104,13 +97,20 @@ class PopulationEvaluator:
     def evaluate(self, masks: Sequence[GroupMask], epochs: int | None = None) -> list[float]:
         """Fitness (1 - metric on the val split) per mask, in order; `epochs` (default: the
         fine-tune config's) trains the first epochs of the same batch plan."""
-        logits = self.evaluate_logits(masks, epochs)
-        return [divergence.fitness_from_logits(self.metric, l, self.data.y_val, self.data.num_classes, m)
-                for l, m in zip(logits, masks)]
+        out: list[float | None] = [None] * len(masks)
 
-    def evaluate_logits(self, masks: Sequence[GroupMask], epochs: int | None = None) -> np.ndarray:
-        """Validation logits [len(masks), n_val, classes] after each member's fine-tune (of
-        its last epoch, or its best one with keep = "best-val")."""
+        def scored(idx: Sequence[int], logits: np.ndarray) -> None:  # a program's members are done
+            for i, l in zip(idx, logits):
+                out[i] = divergence.fitness_from_logits(self.metric, l, self.data.y_val, self.data.num_classes, masks[i])
+                if self.on_member_scored is not None:
+                    self.on_member_scored(i, out[i])
+        self.evaluate_logits(masks, epochs, on_chunk=scored)
+        return out
+
+    def evaluate_logits(self, masks: Sequence[GroupMask], epochs: int | None = None,
+                        on_chunk=None) -> np.ndarray:
+        """Validation logits [len(masks), n_val, classes] after each member's fine-tune (last
+        epoch, or best with keep = "best-val"); `on_chunk(indices, logits)` after each program."""
         if not masks:
             return np.zeros((0, len(self.data.y_val), self.data.num_classes), np.float32)
         t0 = time.perf_counter()
@@ -122,6 +122,8 @@ class PopulationEvaluator:
             for chunk in chunks:
                 logits.append(self._chunk_logits(chunk, start, x_val, epochs))
                 real = min(len(chunk), len(idx) - done)  # padding members are not reported
+                if on_chunk is not None and real > 0:
+                    on_chunk(idx[done:done + real], logits[-1][:real])
                 done += real
                 if self.on_member_done is not None and real > 0:
                     self.on_member_done(real)

@@ -23,6 +23,7 @@ class SequentialEvaluator:
 
     name = "sequential"
     on_member_done = None  # callback(number of members just finished), e.g. progress
+    on_member_scored = None  # callback(index in masks, fitness) as each member finishes
 
     def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, recipe: FitnessRecipe):
         self.spec, self.variables, self.data, self.recipe = spec, variables, data, recipe
@@ -50,11 +51,13 @@ class SequentialEvaluator:
 
     def evaluate(self, masks: Sequence[GroupMask], epochs: int | None = None) -> list[float]:
         out = []
-        for mask in masks:
+        for i, mask in enumerate(masks):
             logits, losses = self._fine_tune_one(mask, epochs)
             out.append(divergence.fitness_from_logits(self.metric, logits, self.data.y_val,
                                                       self.data.num_classes, mask,
                                                       losses if self.keep == "last" else None))
+            if self.on_member_scored is not None:
+                self.on_member_scored(i, out[-1])
             if self.on_member_done is not None:
                 self.on_member_done(1)
         return out
