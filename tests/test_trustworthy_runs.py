@@ -317,3 +317,20 @@ def test_a_full_disk_before_the_run_is_resumable_leaves_an_empty_folder_and_advi
     assert stopped.value.code == 2 and len(err.splitlines()) == 1, err
     assert "splits.json" in err and "run the same command again" in err and "--resume" not in err
     assert not run.exists()  # no splits.json, no .tmp left behind: the same command starts again
+
+
+def test_a_symlinked_file_in_a_finished_run_is_refused_by_resume_and_predict(finished_run, tmp_path, capsys):
+    from deft_jax.cli import predict
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    outside = tmp_path / "outside.json"
+    outside.write_text((run / rundir.CONFIG).read_text())
+    (run / rundir.CONFIG).unlink()
+    (run / rundir.CONFIG).symlink_to(outside)
+    for command, argv in ((main, ["--resume", str(run)]), (predict.main, ["--run", str(run), str(outside)])):
+        with pytest.raises(SystemExit) as stopped:
+            command(argv)
+        assert stopped.value.code == 2
+        assert "config.json is a symbolic link" in one_error_line(capsys)
+    assert outside.read_text() == (finished_run / rundir.CONFIG).read_text()

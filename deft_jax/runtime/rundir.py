@@ -43,11 +43,12 @@ def lock(path: Path, what: str = "run directory", shared: bool = False) -> bool:
     UserError naming the process that holds it. Returns False when nothing was taken: this
     process holds it already, or there is no lock file for a reader (a reader never creates
     or writes one). `.lock` is opened without following a symbolic link and must be a
-    regular file."""
+    regular file; no file inside the folder may be a symbolic link (`refuse_linked_members`)."""
     path = Path(path)
     key = path.resolve()
     if key in _held:
         return False
+    refuse_linked_members(path, what)
     # never through a link: a planted `.lock` symlink must not make us truncate its target
     flags = (os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT) | os.O_NOFOLLOW
     try:
@@ -81,6 +82,18 @@ def lock(path: Path, what: str = "run directory", shared: bool = False) -> bool:
             raise
     _held[key] = fd
     return True
+
+
+def refuse_linked_members(path: Path, what: str = "run directory") -> None:
+    """A one-line UserError if anything inside the folder (checkpoint included) is a symbolic
+    link: a run reads and replaces only its own files, never a planted link's target. The
+    folder itself may be a link (e.g. runs/latest)."""
+    if not Path(path).is_dir():
+        return
+    for member in sorted(Path(path).rglob("*")):
+        if member.is_symlink():
+            raise UserError(f"{what} {path}: {member.relative_to(path)} is a symbolic link; a run "
+                            "folder's files must be its own (refusing to read or replace it)")
 
 
 def release(path: Path) -> None:
