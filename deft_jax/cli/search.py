@@ -37,6 +37,9 @@ KEY_NOTES = {  # what the dataclasses cannot say about a key
     "model.weights": "default|none|PATH",
     "search.evaluation": "alias search.strategy",
     "final.learning_rate": "null: finetune.learning_rate",
+    "data.train_per_class": "0 = all; at most k training images per class, seeded by data.split_seed",
+    "data.val_per_class": "0 = all; at most k validation images per class, seeded by data.split_seed; "
+                          "test untouched",
 }
 
 

@@ -53,6 +53,9 @@ class DataConfig:
     # keep at most this many training images per class (seeded by split_seed; val and test
     # are untouched): the low-data setting on a large set. 0 = all.
     train_per_class: int = 0
+    # keep at most this many validation images per class (seeded by split_seed, its own
+    # stream; train and test are untouched): a validation set as small as the training one
+    val_per_class: int = 0
 
 
 @dataclasses.dataclass
@@ -240,6 +243,7 @@ def validate(cfg: Config) -> None:
          "search.fidelity = halving needs search.schedule = final and finetune.epochs (the short "
          f"budget) < final.epochs (the whole one), got {s.schedule!r}, {f.epochs} and {cfg.final.epochs}")
     need(cfg.data.train_per_class >= 0, f"data.train_per_class must be >= 0, got {cfg.data.train_per_class}")
+    need(cfg.data.val_per_class >= 0, f"data.val_per_class must be >= 0, got {cfg.data.val_per_class}")
     need(f.learning_rate > 0, f"finetune.learning_rate must be > 0, got {f.learning_rate}")
     need(f.batch_size >= 1, f"finetune.batch_size must be >= 1, got {f.batch_size}")
     need(f.epochs >= 1, f"finetune.epochs must be >= 1, got {f.epochs}")
