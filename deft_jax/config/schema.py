@@ -28,6 +28,7 @@ Metric = Literal["accuracy", "macro_f1"]
 Evaluation = Literal["auto", "sequential", "vmap", "vmap-1", "sharded"]
 Space = Literal["mask", "mask+lr"]
 Schedule = Literal["short", "final"]
+LrSchedule = Literal["constant", "cosine", "onecycle"]
 Fidelity = Literal["full", "halving"]
 Select = Literal["best", "smallest-within-1se"]
 Keep = Literal["last", "best-val"]
@@ -77,6 +78,12 @@ class FineTuneConfig:
     flip: bool = False  # random horizontal + vertical flips (same for every member)
     rotate90: bool = False  # random multiples of 90 degrees
     compute_dtype: ComputeDtype = "float32"
+    # the learning rate over each training (every method alike; `deft_jax.core.optimizer`):
+    # "constant" (the default, unchanged results), "cosine" (decay to 0) or "onecycle"
+    # (fastai's: cosine up from lr/25 to lr, then down to lr/(25*1e5)); warmup_epochs: a linear
+    # warmup from 0 (constant, cosine) or the one-cycle's rising part (0 = pct_start 0.3)
+    schedule: LrSchedule = "constant"
+    warmup_epochs: float = 0.0
 
     @property
     def augment(self) -> bool:
@@ -247,6 +254,8 @@ def validate(cfg: Config) -> None:
     need(f.learning_rate > 0, f"finetune.learning_rate must be > 0, got {f.learning_rate}")
     need(f.batch_size >= 1, f"finetune.batch_size must be >= 1, got {f.batch_size}")
     need(f.epochs >= 1, f"finetune.epochs must be >= 1, got {f.epochs}")
+    need(0 <= f.warmup_epochs < max(f.epochs, cfg.final.epochs),
+         f"finetune.warmup_epochs must be in [0, the training's epochs), got {f.warmup_epochs}")
     need(f.weight_decay >= 0, f"finetune.weight_decay must be >= 0, got {f.weight_decay}")
     need(0 <= f.momentum < 1, f"finetune.momentum must be in [0, 1), got {f.momentum}")
     need(cfg.final.epochs >= 1, f"final.epochs must be >= 1, got {cfg.final.epochs}")
