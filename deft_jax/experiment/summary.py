@@ -162,7 +162,9 @@ def render_summary(summary: dict, by: dict, cfg: Config, meta: dict, plots: list
              f"input {cfg.model.input_size} px, granularity {cfg.model.granularity}; "
              f"`scratch` uses {meta['scratch_architecture']} with random init.",
              f"- Training recipe (all methods): {f.optimizer} lr {cfg.final.learning_rate or f.learning_rate}, "
-             f"batch {f.batch_size}, {cfg.final.epochs} epochs; training seed = {cfg.seed} + seed.",
+             f"batch {f.batch_size}, {cfg.final.epochs} epochs, {f.schedule} rate"
+             + (f" after {f.warmup_epochs:g} warmup epoch(s)" if f.warmup_epochs else "")
+             + f"; training seed = {cfg.seed} + seed.",
              f"- DEFT: DE population {s.population_size}, {s.generations} generations after the initial one, "
              f"F={s.differential_weight}, CR={s.crossover_rate}; fitness = 1 - val {s.metric} after a "
              f"{f.epochs}-epoch fine-tune (`deft`; the `-mf` variants score with the final recipe, "
