@@ -193,6 +193,9 @@ def test_the_summary_keeps_the_nadeau_bengio_test_when_the_test_items_differ_bet
     records = _records(["a", "b", "c"], {"full": [[1, 0, 0, 1]] * 3, "deft": same})
     assert not fixed_test_split(records)
     assert not fixed_test_split([{k: v for k, v in r.items() if k != "test_sha"} for r in records])
+    one_seed = [r for r in records if r["seed"] == 0]
+    assert not fixed_test_split(one_seed)  # one seed: fixed only when its test split is the dataset's own
+    assert fixed_test_split([{**r, "test_from_dataset": True} for r in one_seed])
     by = {m: [r for r in records if r["method"] == m] for m in ("full", "deft")}
     (row,) = comparisons(by, "deft", ["full", "deft"], fixed=False)
     assert "se_inflation" in row and "ci95_bootstrap" not in row

@@ -67,10 +67,13 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
 def fixed_test_split(records: list[dict]) -> bool:
     """Whether every seed scored on the same test items (the dataset's own test split with
     only train, or val, resampled per seed): then the fixed-split statistics apply, else the
-    splits overlap at random and the Nadeau-Bengio correction does. Records written before
+    splits overlap at random and the Nadeau-Bengio correction does. One seed counts as fixed
+    when its test split is the dataset's own (`test_from_dataset`). Records written before
     `test_sha` existed count as repeated splits."""
     shas = {r.get("test_sha") for r in records}
-    return len(records) > 0 and None not in shas and len(shas) == 1 and len({r["seed"] for r in records}) > 1
+    if not records or None in shas or len(shas) != 1:
+        return False
+    return len({r["seed"] for r in records}) > 1 or all(r.get("test_from_dataset") for r in records)
 
 
 def _correct(record: dict):
