@@ -119,3 +119,20 @@ def test_a_warmup_longer_than_the_training_is_a_config_error():
     with pytest.raises(UserError, match="warmup_epochs"):
         load_config(None, ["finetune.warmup_epochs=9", "final.epochs=5", "finetune.epochs=1"])
     assert load_config(None, ["finetune.schedule=onecycle"]).finetune.schedule == "onecycle"
+
+
+def test_a_scheduled_rate_gives_the_same_fitness_in_the_sequential_and_the_vmapped_evaluator():
+    from deft_jax.data.inputs import SplitArrays
+    from deft_jax.evolution.evaluators.population import PopulationEvaluator
+    from deft_jax.evolution.evaluators.recipe import FitnessRecipe
+    from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
+
+    spec, variables, data, cfg = small_cnn_problem(epochs=2)
+    data = SplitArrays(data.x_train, data.y_train, data.x_val, data.y_val, 3)
+    masks = [mask_from_names(n, spec.group_names) for n in (["conv4"], ["conv2", "conv3"])]
+    cosine = dataclasses.replace(cfg, schedule="cosine", warmup_epochs=0.5)
+    seq = SequentialEvaluator(spec, variables, data, FitnessRecipe(cosine)).evaluate_logits(masks)
+    vmap = PopulationEvaluator(spec, variables, data, FitnessRecipe(cosine), members_per_program=1)
+    np.testing.assert_allclose(np.stack(vmap.evaluate_logits(masks)), np.stack(seq), atol=1e-4)
+    plain = SequentialEvaluator(spec, variables, data, FitnessRecipe(cfg)).evaluate_logits(masks)
+    assert not np.allclose(np.stack(plain), np.stack(seq), atol=1e-4)  # the schedule changed the training
