@@ -86,6 +86,16 @@ def test_random_search_trains_as_many_distinct_masks_as_deft_on_each_seed(finish
         assert rand["extra"]["budget_source"].startswith("deft")
 
 
+def test_every_record_stores_which_test_items_it_got_right_and_which_test_split_it_used(finished):
+    from deft_jax.core.metrics import bits_correct
+    out, summary, _ = finished
+    for r in read_runs(out / RUNS):
+        correct = bits_correct(r["test"]["correct_bits"], r["split_sizes"]["test"])
+        assert correct.mean() == pytest.approx(r["test"]["accuracy"])
+        assert r["test_sha"] and r["test_from_dataset"] is False  # digits: splits made here
+    assert summary["paired_test"] == "repeated splits"
+
+
 def test_splits_are_shared_by_the_methods_of_a_seed_and_differ_between_seeds(finished):
     records = read_runs(finished[0] / RUNS)
     shas = {s: {r["split_sha"] for r in records if r["seed"] == s} for s in range(SEEDS)}

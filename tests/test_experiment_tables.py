@@ -87,6 +87,8 @@ def test_the_committed_result_tables_are_what_the_committed_results_give(tmp_pat
     assert main([*map(str, payoff), "--into", str(copy)]) == 0
     assert main(["--block", "lrgrid", str(results / "payoff" / "osteosarcoma_resnet20_lrgrid"),
                  "--into", str(copy)]) == 0
+    assert main(["--block", "bloodcells", str(results / "study" / "bloodcells28_resnet20_tpc10"),
+                 "--into", str(copy)]) == 0
     earlier = [str(results / name) for name in ("osteosarcoma_resnet20", "osteosarcoma_lite0")]
     assert main(["--block", "earlier", *earlier, "--into", str(copy)]) == 0
     assert copy.read_text() == page.read_text()

@@ -2,10 +2,13 @@
 whose state carries them (traced: one program for every multiplier), and a gated step
 leaves frozen leaves and their optimizer state untouched."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from helpers import small_cnn_problem
 
 from deft_jax.core import optimizer, training
@@ -66,3 +69,70 @@ def test_a_gated_step_with_multipliers_leaves_frozen_leaves_and_their_momentum_u
             else:
                 np.testing.assert_array_equal(before, after)  # bit-identical
                 np.testing.assert_array_equal(momentum, np.zeros_like(momentum))  # never moved
+
+
+# --- finetune.schedule -----------------------------------------------------------------------
+
+
+def test_the_rate_schedules_have_their_defining_values_at_start_peak_and_end():
+    from deft_jax.config.schema import FineTuneConfig
+    from deft_jax.core.optimizer import learning_rate_schedule
+
+    lr, per_epoch, epochs = 0.1, 10, 4  # 40 steps
+    cos = learning_rate_schedule(FineTuneConfig(schedule="cosine"), lr, per_epoch, epochs)
+    assert float(cos(0)) == pytest.approx(lr) and float(cos(20)) == pytest.approx(lr / 2)
+    assert float(cos(40)) == pytest.approx(0.0, abs=1e-9)
+    warm = learning_rate_schedule(FineTuneConfig(schedule="cosine", warmup_epochs=1), lr, per_epoch, epochs)
+    assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(lr / 2) and float(warm(10)) == pytest.approx(lr)
+    flat = learning_rate_schedule(FineTuneConfig(warmup_epochs=1), lr, per_epoch, epochs)
+    assert float(flat(5)) == pytest.approx(lr / 2) and float(flat(10)) == float(flat(39)) == pytest.approx(lr)
+    one = learning_rate_schedule(FineTuneConfig(schedule="onecycle"), lr, per_epoch, epochs)
+    assert float(one(0)) == pytest.approx(lr / 25) and float(one(12)) == pytest.approx(lr)  # 0.3 x 40
+    assert max(float(one(i)) for i in range(41)) == pytest.approx(lr)
+    assert float(one(40)) == pytest.approx(lr / 25 / 1e5)
+
+
+def test_a_constant_schedule_trains_as_before_and_a_cosine_one_uses_the_training_sets_step_count():
+    from deft_jax.core.finetune import FineTuner
+
+    spec, variables, data, cfg = small_cnn_problem(epochs=2)
+    mask = {g: True for g in spec.group_names}
+
+    def losses(c):
+        tuner = FineTuner(spec, c)
+        return tuner, tuner.fine_tune(variables, mask, data.x_train, data.y_train, seed=0)[1]
+
+    plain, before = losses(cfg)
+    assert not plain.scheduled
+    cosine, after = losses(dataclasses.replace(cfg, schedule="cosine"))
+    assert cosine.scheduled and cosine.steps_per_epoch == 64 // 16
+    assert after[0] == pytest.approx(before[0])  # the same first step (rate lr at step 0)
+    assert after[-1] != pytest.approx(before[-1])
+    _, again = losses(dataclasses.replace(cfg, schedule="constant", warmup_epochs=0.0))
+    assert again == before
+
+
+def test_a_warmup_longer_than_the_training_is_a_config_error():
+    from deft_jax.config.schema import load_config
+    from deft_jax.errors import UserError
+
+    with pytest.raises(UserError, match="warmup_epochs"):
+        load_config(None, ["finetune.warmup_epochs=9", "final.epochs=5", "finetune.epochs=1"])
+    assert load_config(None, ["finetune.schedule=onecycle"]).finetune.schedule == "onecycle"
+
+
+def test_a_scheduled_rate_gives_the_same_fitness_in_the_sequential_and_the_vmapped_evaluator():
+    from deft_jax.data.inputs import SplitArrays
+    from deft_jax.evolution.evaluators.population import PopulationEvaluator
+    from deft_jax.evolution.evaluators.recipe import FitnessRecipe
+    from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
+
+    spec, variables, data, cfg = small_cnn_problem(epochs=2)
+    data = SplitArrays(data.x_train, data.y_train, data.x_val, data.y_val, 3)
+    masks = [mask_from_names(n, spec.group_names) for n in (["conv4"], ["conv2", "conv3"])]
+    cosine = dataclasses.replace(cfg, schedule="cosine", warmup_epochs=0.5)
+    seq = SequentialEvaluator(spec, variables, data, FitnessRecipe(cosine)).evaluate_logits(masks)
+    vmap = PopulationEvaluator(spec, variables, data, FitnessRecipe(cosine), members_per_program=1)
+    np.testing.assert_allclose(np.stack(vmap.evaluate_logits(masks)), np.stack(seq), atol=1e-4)
+    plain = SequentialEvaluator(spec, variables, data, FitnessRecipe(cfg)).evaluate_logits(masks)
+    assert not np.allclose(np.stack(plain), np.stack(seq), atol=1e-4)  # the schedule changed the training

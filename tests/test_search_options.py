@@ -234,6 +234,29 @@ def test_the_tiny_configs_split_keeps_val_and_test_when_the_training_split_is_su
     assert counts.max() == 3 and sub.split_origin["train_per_class"]["kept"] == len(sub.splits["train"])
 
 
+def test_a_per_class_validation_subset_is_seeded_leaves_train_and_test_alone_and_is_in_the_help():
+    cfg = tiny_config()
+    small = tiny_config(**{"data.val_per_class": "2"})
+    dataset = load_dataset(cfg.data.source, input_size=cfg.model.input_size)
+    spec = build_model(cfg.model.name, len(dataset.class_names), "none", cfg.model.input_size)
+    full, sub = prepare_data(cfg, spec, dataset), prepare_data(small, spec, dataset)
+    again = prepare_data(small, spec, dataset)
+    other = prepare_data(tiny_config(**{"data.val_per_class": "2", "data.split_seed": "1"}), spec, dataset)
+    labels = np.asarray(dataset.labels)
+    assert np.array_equal(full.splits["train"], sub.splits["train"])
+    assert np.array_equal(full.splits["test"], sub.splits["test"])
+    assert set(sub.splits["val"]) < set(full.splits["val"])
+    assert np.bincount(labels[sub.splits["val"]]).max() == 2
+    assert np.array_equal(sub.splits["val"], again.splits["val"])
+    assert len(sub.arrays.y_val) == len(sub.splits["val"]) == sub.split_origin["val_per_class"]["kept"]
+    # its own stream: not the indices train_per_class would draw from the same split
+    assert not np.array_equal(np.sort(sub.splits["val"]), subsample_per_class(
+        full.splits["val"], labels, 2, cfg.data.split_seed))
+    assert len(other.splits["val"]) == len(sub.splits["val"])
+    from deft_jax.cli.search import build_parser
+    assert "data.val_per_class" in build_parser().format_help()
+
+
 def test_auto_rgn_gives_the_new_head_the_base_rate_and_ranks_only_the_pretrained_tensors():
     spec = small_cnn(3, input_size=16)
     params = spec.init(0)["params"]

@@ -25,14 +25,8 @@ from typing import get_args
 
 from deft_jax import api
 from deft_jax.cli import arguments, logs
-from deft_jax.config.schema import (
-    Config,
-    Evaluation,
-    apply_overrides,
-    check_resume_overrides,
-    check_resumed_config,
-    config_from_dict,
-)
+from deft_jax.config.resume import check_resume_overrides, check_resumed_config
+from deft_jax.config.schema import Config, Evaluation, apply_overrides, config_from_dict
 from deft_jax.errors import UserError, exit_on_user_error
 from deft_jax.runtime import rundir
 
@@ -42,6 +36,9 @@ KEY_NOTES = {  # what the dataclasses cannot say about a key
     "model.weights": "default|none|PATH",
     "search.evaluation": "alias search.strategy",
     "final.learning_rate": "null: finetune.learning_rate",
+    "data.train_per_class": "0 = all; at most k training images per class, seeded by data.split_seed",
+    "data.val_per_class": "0 = all; at most k validation images per class, seeded by data.split_seed; "
+                          "test untouched",
 }
 
 

@@ -16,6 +16,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "seed": (0, MAX_SEED),
     "data.split_seed": (0, MAX_SEED),
     "data.train_per_class": (0, MAX_COUNT),
+    "data.val_per_class": (0, MAX_COUNT),
     "model.input_size": (8, MAX_INPUT_SIZE),  # MAX_INPUT_SIZE: see config.sources
     "finetune.batch_size": (1, 1 << 16),
     "finetune.epochs": (1, 10_000),
@@ -23,6 +24,8 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "search.generations": (0, 100_000),
     "final.epochs": (1, 10_000),
     "experiment.seeds": (1, 1000),
+    "experiment.ensemble_size": (1, 100),
+    "experiment.lp_ft_probe_epochs": (0, 10_000),
 }
 
 def int_keys(cls, where: str = "") -> list[str]:

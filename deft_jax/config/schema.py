@@ -34,18 +34,11 @@ Metric = Literal["accuracy", "macro_f1"]
 Evaluation = Literal["auto", "sequential", "vmap", "vmap-1", "sharded"]
 Space = Literal["mask", "mask+lr"]
 Schedule = Literal["short", "final"]
+LrSchedule = Literal["constant", "cosine", "onecycle"]
 Fidelity = Literal["full", "halving"]
 Select = Literal["best", "smallest-within-1se"]
 Keep = Literal["last", "best-val"]
 Folds = Literal["repeated"]
-
-# `--resume --set` may change only these: they do not change the search's result (the
-# strategies give the same fitnesses; more generations continue the same DE, equal to an
-# uninterrupted run with that many) or only retrain the final model; the new values are
-# recorded in config.json when the final model is written.
-RESUME_SETTABLE = ("search.evaluation", "search.strategy", "search.generations", "final.epochs",
-                   "final.learning_rate")
-
 
 @dataclasses.dataclass
 class DataConfig:
@@ -56,6 +49,9 @@ class DataConfig:
     # keep at most this many training images per class (seeded by split_seed; val and test
     # are untouched): the low-data setting on a large set. 0 = all.
     train_per_class: int = 0
+    # keep at most this many validation images per class (seeded by split_seed, its own
+    # stream; train and test are untouched): a validation set as small as the training one
+    val_per_class: int = 0
 
 
 @dataclasses.dataclass
@@ -77,6 +73,12 @@ class FineTuneConfig:
     flip: bool = False  # random horizontal + vertical flips (same for every member)
     rotate90: bool = False  # random multiples of 90 degrees
     compute_dtype: ComputeDtype = "float32"
+    # the learning rate over each training (every method alike; `deft_jax.core.optimizer`):
+    # "constant" (the default, unchanged results), "cosine" (decay to 0) or "onecycle"
+    # (fastai's: cosine up from lr/25 to lr, then down to lr/(25*1e5)); warmup_epochs: a linear
+    # warmup from 0 (constant, cosine) or the one-cycle's rising part (0 = pct_start 0.3)
+    schedule: LrSchedule = "constant"
+    warmup_epochs: float = 0.0
 
     @property
     def augment(self) -> bool:
@@ -141,6 +143,9 @@ class ExperimentConfig:
     # learning-rate grid for every method's final training (each picks its rate on the
     # validation split); [] = final.learning_rate only
     learning_rates: list = dataclasses.field(default_factory=list)
+    ensemble_size: int = 3  # full-ensemble: this many full fine-tunes (training seeds), averaged
+    lp_ft_probe_epochs: int = 0  # lp-ft's linear-probe epochs; 0 = half of final.epochs (>= 1)
+    fastai_lr_mult: float = 100.0  # fastai: the first group's rate is lr / lr_mult, the head's lr
 
 
 @dataclasses.dataclass
@@ -166,56 +171,6 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     `data.source.data_dir=...` (or `.split`) adds to it. `data.source.kind=...` of another
     kind starts the source from that kind's defaults."""
     return set_values(raw, overrides, Config, expand=tfds_shorthand)
-
-
-def check_resume_overrides(overrides: list[str]) -> None:
-    """`--resume --set KEY=...` is refused for keys that would change the search's result."""
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if key not in RESUME_SETTABLE:
-            raise UserError(f"--resume cannot change {key}: it would change the search's result "
-                            f"(settable on --resume: {', '.join(RESUME_SETTABLE)}); start a new run "
-                            "with --out instead")
-
-
-def check_resumed_config(saved: Config, resumed: Config) -> None:
-    """A resumed search may run more generations, never fewer (fewer would disagree with
-    the generations already done)."""
-    old, new = saved.search.generations, resumed.search.generations
-    if new < old:
-        raise UserError(f"--resume can raise search.generations, not lower it ({old} -> {new}); "
-                        "start a new run with --out instead")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def result_config(cfg: Config) -> dict:
-    """The config values a search's result depends on, flat (`section.key`): everything but
-    the keys `--resume --set` may change (`RESUME_SETTABLE`, whose policy says they change
-    no fitness) and the experiment section (a search never reads it). With
-    `search.schedule = "final"` the final training's epochs and rate are the fitness
-    recipe, so they stay in."""
-    flat = _flat(cfg.to_dict())
-    free = set(RESUME_SETTABLE)
-    if cfg.search.schedule == "final":
-        free -= {"final.epochs", "final.learning_rate"}
-    return {k: v for k, v in flat.items() if k not in free and not k.startswith("experiment.")}
-
-
-def config_changes(old: dict, new: dict, limit: int = 3) -> str:
-    """'a.b 1 -> 2, c.d ...' for the keys whose values differ between two `result_config`s."""
-    keys = sorted(k for k in set(old) | set(new) if old.get(k, "unset") != new.get(k, "unset"))
-    text = ", ".join(f"{k} {json.dumps(old.get(k, 'unset'))} -> {json.dumps(new.get(k, 'unset'))}"
-                     for k in keys[:limit])
-    return text + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -280,6 +235,8 @@ def validate(cfg: Config) -> None:
          "search.fidelity = halving needs search.schedule = final and finetune.epochs (the short "
          f"budget) < final.epochs (the whole one), got {s.schedule!r}, {f.epochs} and {cfg.final.epochs}")
     need(f.learning_rate > 0, f"finetune.learning_rate must be > 0, got {f.learning_rate}")
+    need(0 <= f.warmup_epochs < max(f.epochs, cfg.final.epochs),
+         f"finetune.warmup_epochs must be in [0, the training's epochs), got {f.warmup_epochs}")
     need(f.weight_decay >= 0, f"finetune.weight_decay must be >= 0, got {f.weight_decay}")
     need(0 <= f.momentum < 1, f"finetune.momentum must be in [0, 1), got {f.momentum}")
     need(cfg.final.learning_rate is None or cfg.final.learning_rate > 0, "final.learning_rate must be > 0")
@@ -291,5 +248,6 @@ def validate(cfg: Config) -> None:
     need(all(isinstance(g, str) for g in e.handpicked), "experiment.handpicked must be a list of layer-group names")
     need(all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 and math.isfinite(r)
              for r in e.learning_rates), "experiment.learning_rates must be a list of positive numbers")
+    need(e.fastai_lr_mult >= 1, f"experiment.fastai_lr_mult must be >= 1, got {e.fastai_lr_mult}")
     need(len(e.methods) > 0 and all(isinstance(m, str) for m in e.methods),
          "experiment.methods must be a non-empty list of method names")

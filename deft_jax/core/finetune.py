@@ -36,11 +36,17 @@ class FineTuner:
 
     def __init__(self, spec: ModelSpec, cfg: FineTuneConfig, learning_rate: float | None = None,
                  epochs: int | None = None, tx: optax.GradientTransformation | None = None):
-        """`tx` replaces the optimizer made from `cfg` (e.g. auto-rgn's per-tensor scaling)."""
+        """`tx` replaces the optimizer made from `cfg` (e.g. auto-rgn's per-tensor scaling).
+        With a `finetune.schedule` that needs the step counts, the optimizer is made for the
+        training set of the first `fine_tune` (and remade, programs dropped, if it changes)."""
         self.spec = spec
         self.cfg = cfg
         self.epochs = cfg.epochs if epochs is None else epochs
-        self.tx = optimizer.make_optimizer(cfg, learning_rate) if tx is None else tx
+        self.learning_rate = learning_rate
+        self.scheduled = tx is None and optimizer.needs_steps(cfg)
+        self.steps_per_epoch: int | None = None
+        self._dropped_compiles = 0  # of programs dropped when the step counts changed
+        self.tx = optimizer.make_optimizer(cfg, learning_rate) if tx is None and not self.scheduled else tx
         self.last_state: training.TrainState | None = None  # of the latest fine_tune
         self.programs = ProgramCache()  # fine-tune programs, per (frozen pattern, scales, start)
         self.forwards = ProgramCache()  # inference forwards, per first stage
@@ -48,7 +54,7 @@ class FineTuner:
     @property
     def compiles(self) -> int:
         """Fine-tune programs built so far (forwards not counted)."""
-        return self.programs.compiles
+        return self.programs.compiles + self._dropped_compiles
 
     def step_model(self, start: int, leaf_scales: bool = False) -> training.StepModel:
         """`leaf_scales`: the optimizer ends in `scale_by_leaf` (per-group learning rates)."""
@@ -74,6 +80,8 @@ class FineTuner:
         (the variables are the live device arrays: copy what must outlive the call)."""
         flags = frozen_pattern(mask)
         epochs = self.epochs if epochs is None else epochs
+        if self.scheduled:
+            self._schedule_for(len(x))
         model = self.step_model(start, has_lr_multipliers(mask))
         params = training.suffix(variables["params"], self.spec, start)
         stats = training.suffix(variables["batch_stats"], self.spec, start)
@@ -102,6 +110,14 @@ class FineTuner:
         losses = [np.atleast_1d(np.asarray(loss)) for loss in losses]
         self.last_state = state
         return merged(state), [float(v) for v in np.concatenate(losses)] if losses else []
+
+    def _schedule_for(self, n: int) -> None:
+        steps = n // min(self.cfg.batch_size, n)
+        if steps != self.steps_per_epoch:
+            self.steps_per_epoch = steps
+            self.tx = optimizer.make_optimizer(self.cfg, self.learning_rate, steps, self.epochs)
+            self._dropped_compiles += self.programs.compiles
+            self.programs = ProgramCache()  # compiled with the old step counts
 
     def logits(self, variables: dict, x: np.ndarray, start: int = 0, batch_size: int = 256) -> np.ndarray:
         """Inference-mode logits (all BatchNorms use running statistics)."""

@@ -92,3 +92,15 @@ def softmax(logits) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def correctness_bits(logits: np.ndarray, labels: np.ndarray) -> str:
+    """Which items `logits` classify correctly, compactly: the bits (item i = bit i, most
+    significant first, as np.packbits) as a hex string; `bits_correct` reads it back."""
+    correct = np.argmax(np.asarray(logits), axis=-1) == np.asarray(labels).reshape(-1)
+    return np.packbits(correct.astype(np.uint8)).tobytes().hex()
+
+
+def bits_correct(text: str, n: int) -> np.ndarray:
+    """The bool vector of `n` items that `correctness_bits` wrote as `text`."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:n].astype(bool)

@@ -1,7 +1,8 @@
 """The optax side of the training core: the configured optimizer and the transforms a train
 step adds to it.
 
-- `make_optimizer`: `[finetune]`'s SGD (momentum) / Adam / AdamW with weight decay.
+- `make_optimizer`: `[finetune]`'s SGD (momentum) / Adam / AdamW with weight decay, its rate
+  over the steps of one training from `learning_rate_schedule` (`finetune.schedule`).
 - Gates (`zero_gated_off`, `gate_updates`, `keep_gated_off_state`): a gated population
   member's frozen leaves get an update of exactly 0 and keep their optimizer state, so
   momentum and weight decay cannot move them.
@@ -22,8 +23,48 @@ import optax
 from deft_jax.config.schema import FineTuneConfig
 
 
-def make_optimizer(cfg: FineTuneConfig, learning_rate: float | None = None) -> optax.GradientTransformation:
+ONECYCLE_DIV, ONECYCLE_FINAL_DIV, ONECYCLE_PCT_START = 25.0, 1e5, 0.3  # fastai's fit_one_cycle
+
+
+def needs_steps(cfg: FineTuneConfig) -> bool:
+    """Whether the rate depends on the step (then the optimizer needs the step counts)."""
+    return cfg.schedule != "constant" or cfg.warmup_epochs > 0
+
+
+def learning_rate_schedule(cfg: FineTuneConfig, lr: float, steps_per_epoch: int, epochs: int,
+                           div: float = ONECYCLE_DIV, pct_start: float | None = None):
+    """The rate per step of a training of `epochs` x `steps_per_epoch` steps: constant (after
+    a linear warmup of `finetune.warmup_epochs` from 0), cosine (warmup, then a cosine decay
+    to 0) or one-cycle (`optax.cosine_onecycle_schedule`: from lr/div up to lr over
+    pct_start of the steps - warmup_epochs / epochs, else 0.3 - then down to
+    lr/(div*1e5), fastai's defaults)."""
+    total = max(1, int(steps_per_epoch) * int(epochs))
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
+    if cfg.schedule == "onecycle":
+        if pct_start is None:
+            pct_start = cfg.warmup_epochs / epochs if cfg.warmup_epochs > 0 else ONECYCLE_PCT_START
+        return optax.cosine_onecycle_schedule(total, lr, pct_start, div, ONECYCLE_FINAL_DIV)
+    if cfg.schedule == "cosine":
+        if warmup == 0:
+            return optax.cosine_decay_schedule(lr, total)
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, 0.0)
+    if warmup == 0:
+        return optax.constant_schedule(lr)
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+
+
+def make_optimizer(cfg: FineTuneConfig, learning_rate: float | None = None, steps_per_epoch: int | None = None,
+                   epochs: int | None = None, schedule=None) -> optax.GradientTransformation:
+    """`steps_per_epoch` and `epochs` (default `cfg.epochs`): the training the rate schedule
+    spans, needed unless `finetune.schedule` is constant without warmup; `schedule`: a
+    ready optax schedule instead of `finetune.schedule`'s."""
     lr = cfg.learning_rate if learning_rate is None else learning_rate
+    if schedule is not None:
+        lr = schedule
+    elif needs_steps(cfg):
+        if steps_per_epoch is None:
+            raise ValueError(f"finetune.schedule = {cfg.schedule} needs the steps per epoch")
+        lr = learning_rate_schedule(cfg, lr, steps_per_epoch, cfg.epochs if epochs is None else epochs)
     if cfg.optimizer == "sgd":
         return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
                            optax.sgd(lr, momentum=cfg.momentum or None))

@@ -17,6 +17,7 @@ from deft_jax.data.splits import (
     complete_splits,
     load_splits,
     make_splits,
+    VAL_SUBSAMPLE_STREAM,
     subsample_per_class,
 )
 from deft_jax.errors import UserError
@@ -78,6 +79,13 @@ def split_dataset(cfg: Config, dataset: Dataset, saved_splits: Path | None = Non
                                                          cfg.data.train_per_class, cfg.data.split_seed)}
         origin["train_per_class"] = {"kept": int(len(splits["train"])), "of": before,
                                      "per_class": cfg.data.train_per_class}
+    if cfg.data.val_per_class:
+        before = len(splits["val"])
+        splits = {**splits, "val": subsample_per_class(splits["val"], np.asarray(dataset.labels),
+                                                       cfg.data.val_per_class, cfg.data.split_seed,
+                                                       stream=VAL_SUBSAMPLE_STREAM)}
+        origin["val_per_class"] = {"kept": int(len(splits["val"])), "of": before,
+                                   "per_class": cfg.data.val_per_class}
     return splits, origin
 
 
@@ -100,6 +108,9 @@ def describe_origin(origin: dict) -> str:
     sub = origin.get("train_per_class")
     if sub:
         text += f"; train subsampled to {sub['per_class']} per class ({sub['kept']} of {sub['of']})"
+    sub = origin.get("val_per_class")
+    if sub:
+        text += f"; val subsampled to {sub['per_class']} per class ({sub['kept']} of {sub['of']})"
     return text
 
 

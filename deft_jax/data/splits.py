@@ -209,17 +209,20 @@ def load_splits(path) -> dict[str, np.ndarray]:
 
 
 TRAIN_SUBSAMPLE_STREAM = 11  # `data.train_per_class` draws from default_rng([seed, 11, class_id])
+VAL_SUBSAMPLE_STREAM = 12  # `data.val_per_class` draws from default_rng([seed, 12, class_id])
 
 
-def subsample_per_class(train: np.ndarray, labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+def subsample_per_class(train: np.ndarray, labels: np.ndarray, per_class: int, seed: int,
+                        stream: int = TRAIN_SUBSAMPLE_STREAM) -> np.ndarray:
     """At most `per_class` indices of each class from `train` (seeded, one stream per class;
-    sorted). The low-data setting on a large set: val and test stay as they are."""
+    sorted). The low-data setting on a large set: val and test stay as they are. `stream`
+    separates the draws of the splits (VAL_SUBSAMPLE_STREAM for `data.val_per_class`)."""
     train = np.asarray(train)
     kept = []
     for c in np.unique(labels[train]):
         members = train[labels[train] == c]
         if members.size > per_class:
-            rng = np.random.default_rng([int(seed), TRAIN_SUBSAMPLE_STREAM, int(c)])
+            rng = np.random.default_rng([int(seed), int(stream), int(c)])
             members = rng.choice(members, per_class, replace=False)
         kept.append(members)
     return np.sort(np.concatenate(kept)) if kept else train

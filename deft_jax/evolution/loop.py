@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from deft_jax.config.schema import Config, SearchConfig, config_changes, result_config
+from deft_jax.config.resume import config_changes, result_config
+from deft_jax.config.schema import Config, SearchConfig
 from deft_jax.core.masks import (
     GroupMask,
     decode_genome,

@@ -111,6 +111,7 @@ def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, see
                     seed=cfg_s.data.split_seed, fractions=list(cfg_s.data.fractions),
                     origin=data.split_origin)
         sha = split_sha(data.splits)
+        test_sha = split_sha({"test": data.splits["test"]})  # equal in every seed: a fixed test split
         sizes = {k: int(len(v)) for k, v in data.splits.items()}
         variables = spec.init(cfg_s.seed)
         for m in order:
@@ -124,7 +125,9 @@ def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, see
             result = get_method(m).run(ctx)
             wall = time.perf_counter() - t0
             record = {"seed": s, "method": m, "train_seed": cfg_s.seed, "split_seed": cfg_s.data.split_seed,
-                      "split_sha": sha, "split_sizes": sizes, "test": result.test, "val": result.val,
+                      "split_sha": sha, "test_sha": test_sha,
+                      "test_from_dataset": "test" in (data.split_origin.get("from_dataset") or []),
+                      "split_sizes": sizes, "test": result.test, "val": result.val,
                       "trainable_fraction": result.trainable_fraction, "wall_seconds": round(wall, 2),
                       "fitness_evaluations": result.fitness_evaluations,
                       "mask_key": mask_key(result.mask) if result.mask else None,

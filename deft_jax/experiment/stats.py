@@ -17,6 +17,18 @@ too narrow. We use:
   (test items: accuracy difference x test size), so ties are exact, not float accidents.
   It does not correct for the overlap: read it as a sign-robust check, not the verdict.
 - `holm`: Holm's (1979) step-down adjustment over a family of comparisons.
+
+When every seed scores on the *same* test items (the dataset's own test split, only train
+resampled per seed: `data.train_per_class`), the seeds are replicates of the training
+randomness on one fixed test set. Then (`fixed_split_comparison`):
+
+- `paired_t`: Student's paired t over the seeds (mean difference, t interval with
+  n_seeds - 1 df): how much the difference varies with the training seed;
+- `paired_bootstrap`: the test items resampled with replacement (the same resampled items
+  in every seed, both methods' correctness on them: paired per item), the statistic the
+  mean over seeds of the accuracy difference; percentile interval, seeded (or exact, every
+  resample enumerated, for a handful of items): how much it varies with the test sample.
+  The verdict is better or worse only when both intervals exclude 0 on the same side.
 """
 
 from __future__ import annotations
@@ -140,6 +152,87 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], n_train: float, n_
                 "p_wilcoxon": w["p"], "item_differences": items, "verdict": verdict(t["ci"])})
     if all(x == 0 for x in items):
         out["note"] = "identical on every split"
+    return out
+
+
+def paired_t(differences: Sequence[float], confidence: float = 0.95) -> dict:
+    """Student's paired t-test of mean(differences) = 0: the corrected test without the
+    correction (n_test = 0)."""
+    return {**corrected_resampled_t(differences, 1.0, 0.0, confidence), "test": "paired t"}
+
+
+BOOTSTRAP_RESAMPLES = 2000
+MAX_EXACT_ITEMS = 7  # 7^7 = 823,543 resamples
+
+
+def _item_mean_differences(correct_a, correct_b) -> np.ndarray:
+    a = np.asarray(correct_a, dtype=np.float64)
+    b = np.asarray(correct_b, dtype=np.float64)
+    if a.ndim == 1:
+        a, b = a[None], b[None]
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] == 0:
+        raise ValueError("correct_a and correct_b must be [seeds, items] with the same shape")
+    return (a - b).mean(axis=0)  # per item: A - B averaged over the seeds
+
+
+def paired_bootstrap(correct_a, correct_b, confidence: float = 0.95, resamples: int | None = BOOTSTRAP_RESAMPLES,
+                     seed: int = 0) -> dict:
+    """Percentile bootstrap of mean over seeds of (accuracy A - accuracy B) on one fixed test
+    set: `correct_a`, `correct_b` are [seeds, items] correctness (0/1), item i the same test
+    item in every seed. Each resample draws n items with replacement (one draw for all
+    seeds, both methods: paired). The interval's ends are the lowest resampled values whose
+    empirical CDF reaches (1 - confidence) / 2 and (1 + confidence) / 2 (the inverted CDF).
+    `resamples=None` enumerates all n^n resamples (at most MAX_EXACT_ITEMS items).
+    p: twice the smaller share of resamples on either side of 0, at most 1."""
+    d = _item_mean_differences(correct_a, correct_b)
+    n = d.size
+    if resamples is None:
+        if n > MAX_EXACT_ITEMS:
+            raise ValueError(f"exact enumeration is limited to {MAX_EXACT_ITEMS} items")
+        idx = np.array(list(itertools.product(range(n), repeat=n)), dtype=np.int64)
+    else:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(int(resamples), n))
+    values = np.sort(d[idx].mean(axis=1))
+    lo = float(np.quantile(values, (1 - confidence) / 2, method="inverted_cdf"))
+    hi = float(np.quantile(values, (1 + confidence) / 2, method="inverted_cdf"))
+    p = min(1.0, 2 * min(float(np.mean(values <= 0)), float(np.mean(values >= 0))))
+    return {"mean": float(d.mean()), "ci": [lo, hi], "p": p, "resamples": int(values.size),
+            "items": int(n), "seed": seed if resamples is not None else None,
+            "test": "paired item bootstrap (percentile)"}
+
+
+def fixed_split_comparison(a: Sequence[float], b: Sequence[float], correct_a=None, correct_b=None,
+                           seed: int = 0) -> dict:
+    """Method A - method B in test accuracy over seeds that share one fixed test split: the
+    paired t over seeds and, with per-item correctness ([seeds, items]), the paired item
+    bootstrap; the verdict needs both intervals to agree (only the t without correctness)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    d = a - b
+    n = int(d.size)
+    out = {"n": n, "mean_difference": float(d.mean()) if n else None, "ci95": None, "p": None,
+           "ci95_bootstrap": None, "p_bootstrap": None, "p_wilcoxon": None, "item_differences": None,
+           "verdict": "not resolved", "note": "", "test": "fixed split"}
+    have_items = correct_a is not None and correct_b is not None and n > 0
+    if have_items:
+        boot = paired_bootstrap(correct_a, correct_b, seed=seed)
+        ca, cb = np.asarray(correct_a), np.asarray(correct_b)
+        out.update({"ci95_bootstrap": boot["ci"], "p_bootstrap": boot["p"],
+                    "item_differences": [int(x) for x in ca.sum(axis=1) - cb.sum(axis=1)]})
+    if n < 2:
+        out["note"] = "fewer than 2 seeds: no t interval"
+        if have_items:
+            out["verdict"] = verdict(out["ci95_bootstrap"])
+        return out
+    t = paired_t(d)
+    out.update({"ci95": t["ci"], "p": t["p"], "t": t["t"], "df": t["df"]})
+    if have_items:
+        out["p_wilcoxon"] = wilcoxon_exact(out["item_differences"])["p"]
+        v1, v2 = verdict(t["ci"]), verdict(out["ci95_bootstrap"])
+        out["verdict"] = v1 if v1 == v2 else "not resolved"
+    else:
+        out["verdict"] = verdict(t["ci"])
+        out["note"] = "no per-item correctness recorded: t interval only"
     return out
 
 

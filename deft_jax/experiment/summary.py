@@ -10,7 +10,10 @@ from pathlib import Path
 
 from deft_jax.config.schema import Config
 from deft_jax.experiment.plots import write_plots
-from deft_jax.experiment.stats import describe, holm, paired_comparison
+import numpy as np
+
+from deft_jax.core.metrics import bits_correct
+from deft_jax.experiment.stats import describe, fixed_split_comparison, holm, paired_comparison
 from deft_jax.methods.deft import VARIANTS
 from deft_jax.runtime import rundir
 
@@ -39,7 +42,8 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
                       "trainable_fraction": describe([r["trainable_fraction"] for r in rs]),
                       "wall_seconds": describe([r["wall_seconds"] for r in rs]),
                       "fitness_evaluations": describe([r["fitness_evaluations"] for r in rs])})
-    paired = {v: comparisons(by, v, methods) for v in methods if v in VARIANTS}
+    fixed = fixed_test_split(records)
+    paired = {v: comparisons(by, v, methods, fixed) for v in methods if v in VARIANTS}
     groups = [g for g in meta["groups"] if g != "head"]
     chosen = {r["seed"]: set(r.get("trained_groups") or []) for r in by.get("deft", [])}
     group_counts = {g: sum(g in c for c in chosen.values()) for g in groups}
@@ -48,7 +52,8 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
         "model": meta["model"], "pretrained": meta["pretrained"], "data": meta["data"],
         "scratch_architecture": meta["scratch_architecture"], "backend": meta["backend"],
         "seeds": seeds, "methods": methods, "table": table, "paired": paired,
-        "paired_metric": "test accuracy", "deft_group_counts": group_counts,
+        "paired_metric": "test accuracy",
+        "paired_test": "fixed split" if fixed else "repeated splits", "deft_group_counts": group_counts,
         "search_honesty": search_honesty(by, methods), "cost": cost(by, methods),
         "learning_rates_chosen": learning_rates_chosen(by, methods),
         "per_seed_test_accuracy": {m: {r["seed"]: r["test"]["accuracy"] for r in by[m]} for m in methods},
@@ -59,9 +64,27 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
     return summary
 
 
-def comparisons(by: dict, variant: str, methods: list[str]) -> list[dict]:
+def fixed_test_split(records: list[dict]) -> bool:
+    """Whether every seed scored on the same test items (the dataset's own test split with
+    only train, or val, resampled per seed): then the fixed-split statistics apply, else the
+    splits overlap at random and the Nadeau-Bengio correction does. One seed counts as fixed
+    when its test split is the dataset's own (`test_from_dataset`). Records written before
+    `test_sha` existed count as repeated splits."""
+    shas = {r.get("test_sha") for r in records}
+    if not records or None in shas or len(shas) != 1:
+        return False
+    return len({r["seed"] for r in records}) > 1 or all(r.get("test_from_dataset") for r in records)
+
+
+def _correct(record: dict):
+    bits = record["test"].get("correct_bits")
+    return None if bits is None else bits_correct(bits, record["split_sizes"]["test"])
+
+
+def comparisons(by: dict, variant: str, methods: list[str], fixed: bool = False) -> list[dict]:
     """`variant` - each baseline (and - the paper's `deft`), paired over common seeds; Holm
-    over this list, for the corrected t and for the Wilcoxon p-values."""
+    over this list, for the t p-values and for the Wilcoxon ones. `fixed`: one test split
+    in every seed (`fixed_split_comparison`), else repeated splits (`paired_comparison`)."""
     mine = {r["seed"]: r for r in by[variant]}
     rows = []
     for m in methods:
@@ -70,6 +93,15 @@ def comparisons(by: dict, variant: str, methods: list[str]) -> list[dict]:
         other = {r["seed"]: r for r in by[m]}
         common = sorted(set(mine) & set(other))
         n_train = sum(mine[s]["split_sizes"]["train"] for s in common) / max(len(common), 1)
+        if fixed:
+            ca = [_correct(mine[s]) for s in common]
+            cb = [_correct(other[s]) for s in common]
+            items = all(c is not None for c in ca + cb)
+            row = fixed_split_comparison([mine[s]["test"]["accuracy"] for s in common],
+                                         [other[s]["test"]["accuracy"] for s in common],
+                                         np.array(ca) if items else None, np.array(cb) if items else None)
+            rows.append({"method": m, "seeds": common, **row})
+            continue
         row = paired_comparison([mine[s]["test"]["accuracy"] for s in common],
                                 [other[s]["test"]["accuracy"] for s in common], n_train,
                                 [mine[s]["split_sizes"]["test"] for s in common])
@@ -119,16 +151,23 @@ def render_summary(summary: dict, by: dict, cfg: Config, meta: dict, plots: list
     seeds = summary["seeds"]
     any_rec = next(iter(by.values()))[0] if by else None
     sizes = any_rec["split_sizes"] if any_rec else {}
+    split_text = (f"one fixed test split (the same {sizes.get('test')} test items in every seed; train and "
+                  f"val drawn per seed, split seeds {cfg.data.split_seed}..{cfg.data.split_seed + max(seeds, default=0)}): "
+                  "the comparisons use the paired t over seeds and the paired item bootstrap"
+                  if summary.get("paired_test") == "fixed split" else
+                  f"{len(seeds)} repeated grouped, stratified train/val/test splits (fractions "
+                  f"{cfg.data.fractions}, split seeds {cfg.data.split_seed}..{cfg.data.split_seed + max(seeds, default=0)}): "
+                  "the comparisons use the Nadeau-Bengio corrected t")
     lines = [f"# Method comparison: {meta['model']} on {meta['data']}", "",
-             f"- Splits: {len(seeds)} repeated grouped, stratified train/val/test splits "
-             f"(fractions {cfg.data.fractions}, split seeds {cfg.data.split_seed}..{cfg.data.split_seed + max(seeds, default=0)}); "
-             f"every method sees the same split for a seed. Sizes (seed 0): "
+             f"- Splits: {split_text}; every method sees the same split for a seed. Sizes (seed 0): "
              f"{sizes.get('train')}/{sizes.get('val')}/{sizes.get('test')}.",
              f"- Backbone: {meta['model']}, weights {meta['pretrained'] or 'none (random init)'}, "
              f"input {cfg.model.input_size} px, granularity {cfg.model.granularity}; "
              f"`scratch` uses {meta['scratch_architecture']} with random init.",
              f"- Training recipe (all methods): {f.optimizer} lr {cfg.final.learning_rate or f.learning_rate}, "
-             f"batch {f.batch_size}, {cfg.final.epochs} epochs; training seed = {cfg.seed} + seed.",
+             f"batch {f.batch_size}, {cfg.final.epochs} epochs, {f.schedule} rate"
+             + (f" after {f.warmup_epochs:g} warmup epoch(s)" if f.warmup_epochs else "")
+             + f"; training seed = {cfg.seed} + seed.",
              f"- DEFT: DE population {s.population_size}, {s.generations} generations after the initial one, "
              f"F={s.differential_weight}, CR={s.crossover_rate}; fitness = 1 - val {s.metric} after a "
              f"{f.epochs}-epoch fine-tune (`deft`; the `-mf` variants score with the final recipe, "
@@ -159,7 +198,8 @@ def render_summary(summary: dict, by: dict, cfg: Config, meta: dict, plots: list
         lines += [f"| {m} | " + ", ".join(f"{rate}: {n}" for rate, n in counts.items()) + " |"
                   for m, counts in summary["learning_rates_chosen"].items()]
     for variant, rows in summary["paired"].items():
-        lines += render_comparisons(variant, rows, sizes.get("test"))
+        render = render_fixed_comparisons if summary["paired_test"] == "fixed split" else render_comparisons
+        lines += render(variant, rows, sizes.get("test"))
     n = len(by.get("deft", []))
     if summary["deft_group_counts"] and n:
         lines += ["", f"## Layer groups DEFT chose ({n} seed(s))", "",
@@ -207,4 +247,30 @@ def render_comparisons(variant: str, rows: list[dict], n_test: int | None) -> li
               "in correctly classified test items (ties by midranks, zeros dropped); with 5 splits its "
               "smallest two-sided value is 0.0625. Holm's correction is over the rows of this table."
               + (f" One test item is {1 / n_test:.3f} accuracy here." if n_test else "")]
+    return lines
+
+
+def render_fixed_comparisons(variant: str, rows: list[dict], n_test: int | None) -> list[str]:
+    lines = ["", f"## {variant} against each method (test accuracy, paired over seeds on one fixed test split)", "",
+             f"| {variant} − method | n | mean difference | 95% CI (paired t, seeds) | p (t) | p (Holm) "
+             "| 95% CI (item bootstrap) | p (bootstrap) | test items won − lost per seed | verdict |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+
+    def interval(ci):
+        return "n/a" if ci is None else f"[{format_value(ci[0])}, {format_value(ci[1])}]"
+
+    for r in rows:
+        items = "n/a" if r["item_differences"] is None else " ".join(f"{x:+d}" for x in r["item_differences"])
+        lines.append(f"| {r['method']} | {r['n']} | {format_value(r['mean_difference'])} | {interval(r['ci95'])} | "
+                     f"{format_value(r['p'])} | {format_value(r.get('p_holm'))} | {interval(r['ci95_bootstrap'])} | "
+                     f"{format_value(r['p_bootstrap'])} | {items} | {r['verdict']} |")
+    lines += ["", f"Positive differences favour {variant}. Every seed scores on the same test items, so "
+              "the seeds are replicates of the training randomness, not overlapping random splits: the "
+              "first interval is Student's paired t over the seeds (n_seeds − 1 degrees of freedom; how "
+              "the difference varies with the training seed), the second a percentile bootstrap over "
+              "the test items (2000 resamples, seed 0; the same resampled items for both methods and "
+              "every seed; how it varies with the test sample). The verdict is better or worse only "
+              "when both intervals exclude 0 on the same side. Holm's correction (on the t p-values) is "
+              "over the rows of this table."
+              + (f" One test item is {1 / n_test:.4f} accuracy here." if n_test else "")]
     return lines

@@ -89,12 +89,17 @@ def render(folder: Path, page_dir: Path = Path(".")) -> list[str]:
         variant = g["variant"]
         why = ("the goal is judged on it: every search option on, chosen before the runs"
                if variant == JUDGED_VARIANT else f"the goal is judged on it: {JUDGED_VARIANT} did not run here")
-        lines += ["", f"**{variant}** ({why}) against (corrected resampled t, Holm over its table):", ""]
+        test = ("paired t over seeds on one fixed test split, and the item bootstrap"
+                if summary.get("paired_test") == "fixed split" else "corrected resampled t")
+        lines += ["", f"**{variant}** ({why}) against ({test}, Holm over its table):", ""]
         for r in summary["paired"].get(variant, []):
             if r["method"] in ("full", "random-search", "linear-probe", "deft"):
                 ci = "n/a" if r["ci95"] is None else f"[{format_value(r['ci95'][0])}, {format_value(r['ci95'][1])}]"
                 lines.append(f"- {r['method']}: {format_value(r['mean_difference'])} (95% CI {ci}, p {format_value(r['p'])}, "
-                             f"Holm {format_value(r.get('p_holm'))}, Wilcoxon exact {format_value(r['p_wilcoxon'])}): "
+                             f"Holm {format_value(r.get('p_holm'))}, Wilcoxon exact {format_value(r['p_wilcoxon'])}"
+                             + (f"; item bootstrap 95% CI [{format_value(r['ci95_bootstrap'][0])}, "
+                                f"{format_value(r['ci95_bootstrap'][1])}]" if r.get("ci95_bootstrap") else "")
+                             + "): "
                              f"{r['verdict']}")
         checks = [f"above full in mean: {'yes' if g.get('above_full') else 'no'}",
                   f"above random search in mean: {'yes' if g.get('above_random-search') else 'no'}",

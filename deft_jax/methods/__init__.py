@@ -14,11 +14,15 @@ from deft_jax.errors import UserError
 from deft_jax.methods import (
     auto_rgn,
     deft,
+    fastai,
     full,
+    full_ensemble,
     handpicked,
     linear_probe,
+    lp_ft,
     random_search,
     scratch,
+    surgical,
 )
 from deft_jax.methods.common import MethodContext, MethodResult, ExperimentCache
 
@@ -28,6 +32,10 @@ METHODS: dict[str, Any] = {  # name -> an object with run(ctx) and optionally AF
     "handpicked": handpicked,
     "full": full,
     "auto-rgn": auto_rgn,
+    "lp-ft": lp_ft,
+    "fastai": fastai,
+    "surgical": surgical,
+    "full-ensemble": full_ensemble,
     **{name: deft.variant(name) for name in deft.VARIANTS},
     "random-search": random_search,
 }

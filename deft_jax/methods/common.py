@@ -25,7 +25,7 @@ from deft_jax.config.schema import Config, FineTuneConfig
 from deft_jax.core.final import FinalModel, train_final
 from deft_jax.core.finetune import FineTuner
 from deft_jax.core.masks import GroupMask, mask_from_names
-from deft_jax.core.metrics import classification_report, roc_auc_ovr, softmax
+from deft_jax.core.metrics import classification_report, correctness_bits, roc_auc_ovr, softmax
 from deft_jax.data.inputs import PreparedData, prepare_data
 from deft_jax.errors import UserError
 from deft_jax.models import build_model
@@ -127,10 +127,14 @@ class MethodResult:
     extra: dict = dataclasses.field(default_factory=dict)
 
 
-def scores(logits: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
-    """classification_report + macro one-vs-rest AUC from softmax probabilities."""
+def scores(logits: np.ndarray, labels: np.ndarray, class_names: list[str], items: bool = False) -> dict:
+    """classification_report + macro one-vs-rest AUC from softmax probabilities; `items`:
+    also which items are right ("correct_bits", `core.metrics.correctness_bits`), for the
+    fixed-split statistics that pair two methods item by item."""
     report = classification_report(logits, labels, class_names)
     report["auc"] = roc_auc_ovr(labels, softmax(logits), len(class_names))
+    if items:
+        report["correct_bits"] = correctness_bits(logits, labels)
     return report
 
 
@@ -142,7 +146,7 @@ def result_of(final: FinalModel, data: PreparedData, mask: Mapping[str, bool] | 
     """A MethodResult scored from a final model's val and test logits."""
     names = data.class_names
     return MethodResult(
-        test=scores(final.test_logits, data.y_test, names),
+        test=scores(final.test_logits, data.y_test, names, items=True),
         val=scores(final.val_logits, data.arrays.y_val, names),
         trainable_fraction=final.trainable_fraction,
         mask=dict(mask) if mask is not None else None,

@@ -75,7 +75,8 @@ class PopulationEvaluator:
                           "batch_stats": dict(variables.get("batch_stats", {}))}
         self.cache_prefix = recipe.prefix_cached
         self.prefix = PrefixFeatureCache(spec, variables, data)
-        self.base_tx = optimizer.make_optimizer(self.cfg)
+        n_train = len(data.x_train)  # the rate schedule (if any) spans the whole fitness training
+        self.base_tx = optimizer.make_optimizer(self.cfg, steps_per_epoch=n_train // min(self.cfg.batch_size, n_train))
         self.groups = spec.group_names
         self.eval_images_per_call = eval_images_per_call
         self.memory = memory_fit.MemoryFit(memory_limit_bytes)
