@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -69,3 +72,10 @@ def logged(on_message=None, name: str = "deft_jax"):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def search_process(args: list[str], env: dict) -> subprocess.Popen:
+    """`python -m deft_jax.search ARGS` started from the repository, its output piped (text)."""
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.Popen([sys.executable, "-m", "deft_jax.search", *args], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

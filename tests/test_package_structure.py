@@ -148,7 +148,8 @@ def test_the_readme_code_map_lists_the_layers_in_order():
     assert layered == [p for layers in LAYERS for p in sorted(layers, key=layered.index)]
 
 
-PROCESS_STARTERS = {"subprocess", "sys.executable", "multiprocessing", "os.fork", "Popen"}
+PROCESS_STARTERS = {"subprocess", "sys.executable", "multiprocessing", "os.fork", "Popen",
+                    "search_process"}  # tests/helpers.py: starts python -m deft_jax.search
 
 
 def names_used(node: ast.AST) -> set[str]:

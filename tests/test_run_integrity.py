@@ -22,7 +22,7 @@ from deft_jax.evolution.loop import run_search
 from deft_jax.runtime import rundir
 
 from conftest import REPO
-from helpers import logged, tiny_overrides
+from helpers import logged, search_process, tiny_overrides
 from test_search import LAYER_GROUPS, CountingEvaluator
 
 
@@ -161,20 +161,15 @@ def test_halving_resumed_from_the_journal_gives_the_uninterrupted_fitnesses(tmp_
         EvaluationJournal(tmp_path / "j.jsonl", "e" * 64, 0).load()
 
 
-def _search(args, env):
-    return subprocess.Popen([sys.executable, "-m", "deft_jax.search", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.slow
 def test_a_search_killed_with_sigkill_mid_generation_retrains_at_most_the_member_in_flight(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
            "DEFT_JAX_COMPILE_CACHE": str(tmp_path / "xla")}
     over = ["--set", *tiny_overrides(**{"search.generations": 1, "final.epochs": 1})]
     straight = tmp_path / "straight"
-    assert _search(["--out", str(straight), *over], env).wait() == 0
+    assert search_process(["--out", str(straight), *over], env).wait() == 0
     run = tmp_path / "killed"
-    proc = _search(["--out", str(run), *over], env)
+    proc = search_process(["--out", str(run), *over], env)
     for line in iter(proc.stdout.readline, ""):
         if line.startswith("generation 0/1: 1/4 members trained"):
             break  # the second member is in flight
@@ -183,7 +178,7 @@ def test_a_search_killed_with_sigkill_mid_generation_retrains_at_most_the_member
     journal = journal_path(run / rundir.STATE)
     saved = len(journal.read_text().splitlines())
     assert saved >= 1 and not (run / rundir.STATE).exists()  # killed inside generation 0
-    resumed = _search(["--resume", str(run)], env)
+    resumed = search_process(["--resume", str(run)], env)
     out, err = resumed.communicate()
     assert resumed.returncode == 0, err
     assert f"resuming generation 0: {saved} finished evaluation(s) taken from the journal" in out

@@ -24,7 +24,7 @@ from deft_jax.evolution.loop import run_search
 from deft_jax.cli.search import main
 
 from conftest import REPO
-from helpers import logged, tiny_overrides
+from helpers import logged, search_process, tiny_overrides
 from test_search import LAYER_GROUPS, CountingEvaluator, fake_config
 
 HOLD_LOCK = """
@@ -179,11 +179,6 @@ COMPARED = ("generation", "best_fitness", "generation_best_fitness", "mean_fitne
             "generation_best_mask", "masks_evaluated", "memo_hits", "distinct_masks_so_far")
 
 
-def _search(args, env):
-    return subprocess.Popen([sys.executable, "-m", "deft_jax.search", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def _kill_after(proc, marker: str, delay: float) -> bool:
     """SIGKILL `proc` `delay` seconds after its first output line starting with `marker`
     (progress, not the clock, picks the phase; the delay picks a random moment in it).
@@ -205,7 +200,7 @@ def test_a_search_killed_with_sigkill_at_random_moments_resumes_to_the_uninterru
            "DEFT_JAX_COMPILE_CACHE": str(tmp_path / "xla")}
     over = ["--set", *tiny_overrides(**{"search.generations": 2, "final.epochs": 1})]
     straight = tmp_path / "straight"
-    proc = _search(["--out", str(straight), *over], env)
+    proc = search_process(["--out", str(straight), *over], env)
     assert proc.wait() == 0, proc.stderr.read()
 
     rng = random.Random(12)
@@ -220,7 +215,7 @@ def test_a_search_killed_with_sigkill_at_random_moments_resumes_to_the_uninterru
         else:  # killed before the run existed: nothing was computed, start again
             shutil.rmtree(run, ignore_errors=True)
             args = ["--out", str(run), *over]
-        proc = _search(args, env)
+        proc = search_process(args, env)
         if marker is None or not _kill_after(proc, marker, delay):
             assert proc.wait() == 0, proc.stderr.read()
             if marker is None:
@@ -246,7 +241,7 @@ def test_a_search_stopped_with_sigterm_says_how_to_resume_and_resume_finishes_it
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
            "DEFT_JAX_COMPILE_CACHE": str(tmp_path / "xla")}
     run = tmp_path / "run"
-    proc = _search(["--out", str(run), "--set", *tiny_overrides(**{"search.generations": 2})], env)
+    proc = search_process(["--out", str(run), "--set", *tiny_overrides(**{"search.generations": 2})], env)
     for line in iter(proc.stdout.readline, ""):
         if line.startswith("gen   0/2"):
             break
@@ -255,7 +250,7 @@ def test_a_search_stopped_with_sigterm_says_how_to_resume_and_resume_finishes_it
     err = proc.stderr.read().strip().splitlines()
     assert err[-1] == "interrupted: completed generations are saved; continue with --resume RUN_DIR"
     assert not (run / rundir.METRICS).exists()
-    resumed = _search(["--resume", str(run)], env)
+    resumed = search_process(["--resume", str(run)], env)
     assert resumed.wait() == 0, resumed.stderr.read()
     assert (run / rundir.METRICS).is_file()
 
