@@ -11,7 +11,6 @@ only Pillow). All user text (class names, sample ids, the data description) is e
 from __future__ import annotations
 
 import base64
-import logging
 
 import numpy as np
 
@@ -19,8 +18,6 @@ from deft_jax.core.masks import GroupMask, lr_multiplier, mask_from_key, trains
 from deft_jax.core.metrics import softmax
 from deft_jax.run import figures
 from deft_jax.run.escape import html_text as esc
-
-logger = logging.getLogger(__name__)
 
 MAX_MISTAKES = 12
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -98,11 +95,7 @@ def _figure(Figure, what: str, draw, *args) -> str:
     if Figure is None:
         return (f"<p class='note'>No figure ({esc(what)}): matplotlib is not installed "
                 "(<code>pip install matplotlib</code>, or the package's <code>plots</code> extra).</p>")
-    try:
-        return f"<p>{_img(draw(Figure, *args), what)}</p>"
-    except Exception as e:  # a figure must never cost the run its report
-        logger.warning(f"report.html: the {what} figure could not be drawn: {e!r}")
-        return f"<p class='note'>The {esc(what)} figure could not be drawn: {esc(repr(e))}</p>"
+    return f"<p>{_img(draw(Figure, *args), what)}</p>"  # a bug drawing it stays a traceback
 
 
 def _summary(cfg, pretrained, best_fitness, metrics, split_sizes, seconds, total) -> str:
