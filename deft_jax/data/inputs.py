@@ -17,6 +17,7 @@ from deft_jax.data.splits import (
     complete_splits,
     load_splits,
     make_splits,
+    TRAIN_SUBSAMPLE_STREAM,
     VAL_SUBSAMPLE_STREAM,
     subsample_per_class,
 )
@@ -73,19 +74,14 @@ def split_dataset(cfg: Config, dataset: Dataset, saved_splits: Path | None = Non
         splits = make_splits(dataset.labels, dataset.groups, tuple(cfg.data.fractions),
                              cfg.data.split_seed, class_names=dataset.class_names)
         origin = {**origin, "from_dataset": [], "made_here": ["train", "val", "test"]}
-    if cfg.data.train_per_class:
-        before = len(splits["train"])
-        splits = {**splits, "train": subsample_per_class(splits["train"], np.asarray(dataset.labels),
-                                                         cfg.data.train_per_class, cfg.data.split_seed)}
-        origin["train_per_class"] = {"kept": int(len(splits["train"])), "of": before,
-                                     "per_class": cfg.data.train_per_class}
-    if cfg.data.val_per_class:
-        before = len(splits["val"])
-        splits = {**splits, "val": subsample_per_class(splits["val"], np.asarray(dataset.labels),
-                                                       cfg.data.val_per_class, cfg.data.split_seed,
-                                                       stream=VAL_SUBSAMPLE_STREAM)}
-        origin["val_per_class"] = {"kept": int(len(splits["val"])), "of": before,
-                                   "per_class": cfg.data.val_per_class}
+    for split, per_class, stream in (("train", cfg.data.train_per_class, TRAIN_SUBSAMPLE_STREAM),
+                                     ("val", cfg.data.val_per_class, VAL_SUBSAMPLE_STREAM)):
+        if per_class:  # the low-data setting on a large set; test is never subsampled
+            before = len(splits[split])
+            splits = {**splits, split: subsample_per_class(splits[split], np.asarray(dataset.labels),
+                                                           per_class, cfg.data.split_seed, stream=stream)}
+            origin[f"{split}_per_class"] = {"kept": int(len(splits[split])), "of": before,
+                                            "per_class": per_class}
     return splits, origin
 
 
@@ -105,12 +101,9 @@ def describe_origin(origin: dict) -> str:
         text = f"splits {', '.join(given)} from the data"
         if carved:
             text += f"; {', '.join(carved)} carved out of train (stratified, grouped)"
-    sub = origin.get("train_per_class")
-    if sub:
-        text += f"; train subsampled to {sub['per_class']} per class ({sub['kept']} of {sub['of']})"
-    sub = origin.get("val_per_class")
-    if sub:
-        text += f"; val subsampled to {sub['per_class']} per class ({sub['kept']} of {sub['of']})"
+    for split in ("train", "val"):
+        if sub := origin.get(f"{split}_per_class"):
+            text += f"; {split} subsampled to {sub['per_class']} per class ({sub['kept']} of {sub['of']})"
     return text
 
 
