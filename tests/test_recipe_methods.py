@@ -8,6 +8,7 @@ import json
 
 import jax
 import numpy as np
+import optax
 import pytest
 from helpers import tiny_overrides
 
@@ -16,7 +17,8 @@ from deft_jax.core import final as final_training
 from deft_jax.core.final import FinalModel
 from deft_jax.data.inputs import prepare_data
 from deft_jax.experiment.runner import seed_config
-from deft_jax.methods import METHODS, ExperimentCache, MethodContext, common, fastai, full, full_ensemble, lp_ft, surgical
+from deft_jax.methods import (METHODS, ExperimentCache, MethodContext, common, fastai, full, full_ensemble,
+                              linear_probe, lp_ft, surgical)
 from deft_jax.models import build_model
 
 
@@ -47,25 +49,31 @@ def test_the_new_recipes_are_registered_as_methods():
         assert name in METHODS and callable(METHODS[name].run)
 
 
-def test_lp_ft_fine_tunes_every_group_starting_from_the_probed_head(monkeypatch):
+def test_lp_ft_fine_tunes_every_group_for_the_whole_budget_starting_from_the_probed_head(monkeypatch):
     ctx = context()
     calls = []
-    recording(monkeypatch, lp_ft.final_training, calls)
     recording(monkeypatch, common, calls)
+    probes = []
+    real_fit = linear_probe.fit
+
+    def fit(c):
+        probes.append(real_fit(c))
+        return probes[-1]
+
+    monkeypatch.setattr(lp_ft.linear_probe, "fit", fit)
     result = lp_ft.run(ctx)
-    probe, tune = calls
-    assert not any(v for g, v in probe["mask"].items() if g != "head") and probe["mask"]["head"]
-    assert all(tune["mask"].values())
-    assert probe["tuner"].epochs == 1 and tune["tuner"].epochs == 2  # 3 epochs: 3 // 2 probe, the rest
-    probed_head = jax.tree.leaves(probe["out"].variables["params"]["head"])
+    (tune,) = calls
+    ((probe, _),) = probes
+    assert all(tune["mask"].values()) and tune["tuner"].epochs == 3  # the whole final.epochs
+    probed_head = jax.tree.leaves(probe.variables["params"]["head"])
     for a, b in zip(jax.tree.leaves(tune["variables"]["params"]["head"]), probed_head):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     initial_head = jax.tree.leaves(ctx.variables["params"]["head"])
     assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(probed_head, initial_head))
-    for g in ctx.spec.group_names[:-1]:  # the backbone enters phase 2 as pretrained (frozen in the probe)
+    for g in ctx.spec.group_names[:-1]:  # the backbone enters the fine-tune as pretrained
         for a, b in zip(jax.tree.leaves(tune["variables"]["params"][g]), jax.tree.leaves(ctx.variables["params"][g])):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert result.trainable_fraction == 1.0 and result.extra["probe_epochs"] == 1
+    assert result.trainable_fraction == 1.0 and result.extra["probe_l2"] == probe.l2
 
 
 def test_fastais_discriminative_rates_are_spaced_geometrically_by_lr_mult_over_the_groups():
@@ -88,11 +96,28 @@ def test_fastai_trains_the_head_one_epoch_then_every_group_at_its_spaced_rate(mo
     first, last = ctx.spec.group_names[0], ctx.spec.group_names[-1]
     assert unfrozen["mask"][first] / unfrozen["mask"][last] == pytest.approx(1 / 100)
     # the multipliers reached the optimizer: its per-leaf scales are the groups' rates
-    import optax
     scales = optax.tree_utils.tree_get(unfrozen["tuner"].last_state.opt_state, "leaf_scales")
     leaf_rates = sorted({round(float(v), 6) for v in jax.tree.leaves(scales)})
     assert leaf_rates == pytest.approx(sorted(unfrozen["mask"].values()), rel=1e-5)
-    assert result.mask is None and result.extra["peak_learning_rate"] == pytest.approx(0.05 / 2)
+    assert result.mask is None and result.extra["peak_learning_rate"] == pytest.approx(2e-3 / 2)
+    hyper = optax.tree_utils.tree_get(unfrozen["tuner"].last_state.opt_state, "hyperparams")
+    assert float(hyper["b2"]) == pytest.approx(0.99) and float(hyper["weight_decay"]) == pytest.approx(0.01)
+
+
+def test_fastais_one_cycle_raises_the_rate_while_lowering_adams_momentum_then_reverses_both():
+    tx = fastai.adam_one_cycle(1e-3, 100, 0.3, 5.0)
+    params = {"w": np.zeros(3, np.float32)}
+    state = tx.init(params)
+    seen = []
+    for _ in range(101):
+        _, state = tx.update({"w": np.ones(3, np.float32)}, state, params)
+        seen.append((float(state.hyperparams["learning_rate"]), float(state.hyperparams["b1"])))
+    lrs, moms = np.array(seen).T
+    # hyperparams are those of the step just taken: step 0 at lr/div and 0.95, peak at step 30
+    assert lrs[0] == pytest.approx(1e-3 / 5) and moms[0] == pytest.approx(0.95)
+    assert lrs.argmax() == moms.argmin() == 30
+    assert lrs[30] == pytest.approx(1e-3) and moms[30] == pytest.approx(0.85)
+    assert lrs[100] == pytest.approx(1e-3 / 1e5, rel=1e-2) and moms[100] == pytest.approx(0.95)
 
 
 def test_the_stages_of_a_resnet_are_its_layers_and_surgical_tries_every_stage(monkeypatch):

@@ -25,7 +25,6 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "final.epochs": (1, 10_000),
     "experiment.seeds": (1, 1000),
     "experiment.ensemble_size": (1, 100),
-    "experiment.lp_ft_probe_epochs": (0, 10_000),
 }
 
 def int_keys(cls, where: str = "") -> list[str]:

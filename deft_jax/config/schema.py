@@ -144,8 +144,8 @@ class ExperimentConfig:
     # validation split); [] = final.learning_rate only
     learning_rates: list = dataclasses.field(default_factory=list)
     ensemble_size: int = 3  # full-ensemble: this many full fine-tunes (training seeds), averaged
-    lp_ft_probe_epochs: int = 0  # lp-ft's linear-probe epochs; 0 = half of final.epochs (>= 1)
     fastai_lr_mult: float = 100.0  # fastai: the first group's rate is lr / lr_mult, the head's lr
+    fastai_learning_rate: float = 2e-3  # fastai: fine_tune's base_lr (its Adam's rate)
 
 
 @dataclasses.dataclass
@@ -248,6 +248,7 @@ def validate(cfg: Config) -> None:
     need(all(isinstance(g, str) for g in e.handpicked), "experiment.handpicked must be a list of layer-group names")
     need(all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 and math.isfinite(r)
              for r in e.learning_rates), "experiment.learning_rates must be a list of positive numbers")
+    need(e.fastai_learning_rate > 0, f"experiment.fastai_learning_rate must be > 0, got {e.fastai_learning_rate}")
     need(e.fastai_lr_mult >= 1, f"experiment.fastai_lr_mult must be >= 1, got {e.fastai_lr_mult}")
     need(len(e.methods) > 0 and all(isinstance(m, str) for m in e.methods),
          "experiment.methods must be a non-empty list of method names")

@@ -24,6 +24,25 @@ from deft_jax.config.schema import FineTuneConfig
 
 
 ONECYCLE_DIV, ONECYCLE_FINAL_DIV, ONECYCLE_PCT_START = 25.0, 1e5, 0.3  # fastai's fit_one_cycle
+ONECYCLE_MOMENTUMS = (0.95, 0.85, 0.95)  # fastai's moms: the first moment goes down, then back up
+
+
+def one_cycle(total_steps: int, start: float, middle: float, end: float, pct_start: float):
+    """fastai's `combined_cos`: a cosine from `start` to `middle` over the first `pct_start`
+    of `total_steps`, then a cosine from `middle` to `end` (`fit_one_cycle`'s rate with
+    (lr/div, lr, lr/div_final), its momentum with (0.95, 0.85, 0.95))."""
+    total = max(1, int(total_steps))
+    rise = max(1, int(round(pct_start * total)))
+
+    def cos_between(a, b, pos):
+        return a + (1 - jnp.cos(jnp.pi * jnp.clip(pos, 0.0, 1.0))) * (b - a) / 2
+
+    def schedule(count):
+        step = jnp.asarray(count, jnp.float32)
+        return jnp.where(step < rise, cos_between(start, middle, step / rise),
+                         cos_between(middle, end, (step - rise) / max(1, total - rise)))
+
+    return schedule
 
 
 def needs_steps(cfg: FineTuneConfig) -> bool:
@@ -36,14 +55,14 @@ def learning_rate_schedule(cfg: FineTuneConfig, lr: float, steps_per_epoch: int,
     """The rate per step of a training of `epochs` x `steps_per_epoch` steps: constant (after
     a linear warmup of `finetune.warmup_epochs` from 0), cosine (warmup, then a cosine decay
     to 0) or one-cycle (`optax.cosine_onecycle_schedule`: from lr/div up to lr over
-    pct_start of the steps - warmup_epochs / epochs, else 0.3 - then down to
-    lr/(div*1e5), fastai's defaults)."""
+    pct_start of the steps - warmup_epochs / epochs, else 0.3 - then down to lr/1e5 along
+    cosines, fastai's `fit_one_cycle` defaults; `one_cycle`)."""
     total = max(1, int(steps_per_epoch) * int(epochs))
     warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
     if cfg.schedule == "onecycle":
         if pct_start is None:
             pct_start = cfg.warmup_epochs / epochs if cfg.warmup_epochs > 0 else ONECYCLE_PCT_START
-        return optax.cosine_onecycle_schedule(total, lr, pct_start, div, ONECYCLE_FINAL_DIV)
+        return one_cycle(total, lr / div, lr, lr / ONECYCLE_FINAL_DIV, pct_start)
     if cfg.schedule == "cosine":
         if warmup == 0:
             return optax.cosine_decay_schedule(lr, total)
