@@ -76,7 +76,8 @@ def fixed_test_split(records: list[dict]) -> bool:
     return len({r["seed"] for r in records}) > 1 or all(r.get("test_from_dataset") for r in records)
 
 
-def _correct(record: dict):
+def correct_items(record: dict):
+    """The per-item correctness of a record's test split (None when not recorded)."""
     bits = record["test"].get("correct_bits")
     return None if bits is None else bits_correct(bits, record["split_sizes"]["test"])
 
@@ -94,8 +95,8 @@ def comparisons(by: dict, variant: str, methods: list[str], fixed: bool = False)
         common = sorted(set(mine) & set(other))
         n_train = sum(mine[s]["split_sizes"]["train"] for s in common) / max(len(common), 1)
         if fixed:
-            ca = [_correct(mine[s]) for s in common]
-            cb = [_correct(other[s]) for s in common]
+            ca = [correct_items(mine[s]) for s in common]
+            cb = [correct_items(other[s]) for s in common]
             items = all(c is not None for c in ca + cb)
             row = fixed_split_comparison([mine[s]["test"]["accuracy"] for s in common],
                                          [other[s]["test"]["accuracy"] for s in common],

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from deft_jax.config.schema import config_from_dict
+from deft_jax.experiment.across import render_across
 from deft_jax.experiment.records import RUNS, read_runs
 from deft_jax.experiment.summary import (
     SUMMARY_JSON,
@@ -64,6 +65,16 @@ def goal(summary: dict) -> dict:
     return out
 
 
+def recipe_note(summary: dict) -> str:
+    """' Learning-rate schedule: ...' where the run's finetune.schedule or warmup is not the
+    default (a constant rate without warmup), else ''."""
+    tune = summary.get("config", {}).get("finetune", {})
+    schedule, warmup = tune.get("schedule", "constant"), tune.get("warmup_epochs", 0.0)
+    if schedule == "constant" and not warmup:
+        return ""
+    return f" Learning-rate schedule: {schedule}" + (f", {warmup:g} warmup epoch(s)." if warmup else ".")
+
+
 def render(folder: Path, page_dir: Path = Path(".")) -> list[str]:
     """The block of one experiment folder; its link is relative to `page_dir`, the folder of
     the page it is written into."""
@@ -71,7 +82,7 @@ def render(folder: Path, page_dir: Path = Path(".")) -> list[str]:
     link = os.path.relpath(os.path.abspath(Path(folder) / "summary.md"), os.path.abspath(page_dir))
     honesty = {r["method"]: r for r in summary.get("search_honesty", [])}
     lines = [f"#### {summary['model']} on {summary['data']}", "",
-             f"{len(summary['seeds'])} seeds; full results: [{link}]({link}).", "",
+             f"{len(summary['seeds'])} seeds; full results: [{link}]({link}).{recipe_note(summary)}", "",
              "| method | test accuracy | macro-F1 | val accuracy | trainable fraction | fitness evals "
              "| fitness epochs | wall s | x full |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in summary["table"]:
@@ -129,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--into", type=Path, default=None, metavar="FILE",
                         help="the Markdown page whose generated block is replaced (docs/results.md)")
     parser.add_argument("--block", default="payoff", help="the generated block's name")
+    parser.add_argument("--across", default=None, metavar="METHODS",
+                        help="one table across the folders (one recipe setting varied) for these comma-separated methods")
     parser.add_argument("--resummarize", action="store_true",
                         help="rewrite each folder's summary from its runs.jsonl first")
     args = parser.parse_args(argv)
@@ -138,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     folders = [f for f in args.folders if (f / SUMMARY_JSON).exists()]
     begin, end = f"<!-- {args.block}:begin -->", f"<!-- {args.block}:end -->"
     page_dir = args.into.parent if args.into is not None else Path(".")
-    block = [begin, ""] + [line for f in folders for line in render(f, page_dir)] + [end]
+    if args.across:
+        body = render_across(folders, args.across.split(","), page_dir)
+    else:
+        body = [line for f in folders for line in render(f, page_dir)]
+    block = [begin, ""] + body + [end]
     if args.into is None:
         print("\n".join(block))
         return 0
