@@ -30,7 +30,7 @@ from deft_jax.models.registry import MODEL_NAMES, MODELS
 Granularity = Literal[GRANULARITIES]  # type: ignore[valid-type]  # the registry says which model has which
 Optimizer = Literal["sgd", "adam", "adamw"]
 ComputeDtype = Literal["float32", "bfloat16"]  # bfloat16: float32 weights, bf16 arithmetic
-Metric = Literal["accuracy", "macro_f1"]
+Metric = Literal["accuracy", "macro_f1", "nll"]  # nll: minus the mean validation log-loss
 Evaluation = Literal["auto", "sequential", "vmap", "vmap-1", "sharded"]
 Space = Literal["mask", "mask+lr"]
 Schedule = Literal["short", "final"]

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from deft_jax.core.divergence import worst_fitness
 from deft_jax.core.masks import (
     decode_genome,
     mask_from_key,
@@ -70,7 +71,8 @@ def run(ctx: MethodContext) -> MethodResult:
             batch.append(mask)
         if not batch:
             break  # the feasible mask space is exhausted
-        evaluate_population(evaluator, batch, memo, groups, cfg.search.max_trainable_fraction)
+        evaluate_population(evaluator, batch, memo, groups, cfg.search.max_trainable_fraction,
+                            worst=worst_fitness(cfg.search.metric))
         order += [mask_key(m) for m in batch]
     if not order:
         raise UserError("random-search: no mask within search.max_trainable_fraction")
