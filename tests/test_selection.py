@@ -6,6 +6,7 @@ promoted members (`final.ensemble`)."""
 from __future__ import annotations
 
 
+import jax
 import numpy as np
 import pytest
 
@@ -117,3 +118,101 @@ def test_with_metric_nll_the_one_se_rule_uses_the_log_loss_standard_error():
     key, how = select_mask(memo, LAYER_GROUPS, "smallest-within-1se", n_val=100, metric="nll")
     assert how["standard_error"] == pytest.approx(0.5 / 10)  # 0.05: 1.55 is within, 1.70 is not
     assert key == "011"
+
+
+# --- search.start = "probe" --------------------------------------------------------------------
+
+
+def method_context(**extra):
+    from deft_jax.config.schema import load_config
+    over = {"data.source": '{"kind": "digits", "max_per_class": 10}', "search.generations": "1",
+            "search.population_size": "4", "final.epochs": "2", **extra}
+    cfg = seed_config(load_config(None, tiny_overrides(**over)), 0)
+    spec = build_model("small_cnn", 10, "none", 16)
+    return MethodContext(cfg=cfg, data=prepare_data(cfg, spec), spec=spec, variables=spec.init(cfg.seed),
+                         seed=0, programs=ExperimentCache())
+
+
+def recorded_starts(monkeypatch, run, ctx):
+    """The variables every evaluator (each candidate's fine-tune) and every final training of
+    `run(ctx)` started from."""
+    from deft_jax.methods import common, deft
+
+    starts = {"evaluator": [], "final": []}
+    real_evaluator, real_final = deft.make_evaluator, common.train_final
+
+    def make_evaluator(cfg, spec, variables, data):
+        starts["evaluator"].append(variables)
+        return real_evaluator(cfg, spec, variables, data)
+
+    def train_final(cfg, spec, variables, mask, data, tuner=None):
+        starts["final"].append(variables)
+        return real_final(cfg, spec, variables, mask, data, tuner=tuner)
+
+    monkeypatch.setattr(deft, "make_evaluator", make_evaluator)
+    monkeypatch.setattr(common, "train_final", train_final)
+    return run(ctx), starts
+
+
+def leaves_equal(a, b) -> bool:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+
+
+@pytest.mark.parametrize("method", ["deft", "random-search"])
+def test_with_start_probe_every_candidate_and_the_final_training_start_from_the_probed_head(monkeypatch, method):
+    from deft_jax.core.probe import fit_head
+    from deft_jax.methods import get_method
+
+    ctx = method_context(**{"search.start": '"probe"', "search.evaluation": '"vmap-1"'})
+    a = ctx.data.arrays
+    probe = fit_head(ctx.spec, ctx.variables, a.x_train, a.y_train, a.x_val, a.y_val)  # independently
+    result, starts = recorded_starts(monkeypatch, get_method(method).run, ctx)
+    assert starts["evaluator"] and starts["final"]
+    head = ctx.spec.group_names[-1]
+    assert not leaves_equal(probe.variables["params"][head], ctx.variables["params"][head])
+    for variables in starts["evaluator"] + starts["final"]:
+        assert leaves_equal(variables["params"][head], probe.variables["params"][head])  # bit-identical
+        for g in ctx.spec.group_names[:-1]:  # the backbone as pretrained
+            assert leaves_equal(variables["params"][g], ctx.variables["params"][g])
+        assert leaves_equal(variables.get("batch_stats", {}), ctx.variables.get("batch_stats", {}))
+    assert result.extra["start"] == "probe" and result.extra["probe_l2"] == probe.l2
+
+
+def test_with_the_default_start_every_candidate_starts_from_the_fresh_head(monkeypatch):
+    from deft_jax.methods import get_method
+
+    ctx = method_context(**{"search.evaluation": '"vmap-1"'})
+    result, starts = recorded_starts(monkeypatch, get_method("deft").run, ctx)
+    assert all(v is ctx.variables for v in starts["evaluator"] + starts["final"])
+    assert result.extra["start"] == "head"
+
+
+def test_a_search_run_with_start_probe_trains_its_candidates_and_final_model_from_the_probe(monkeypatch, tmp_path):
+    from deft_jax.core import probe as probing
+    from deft_jax.run import pipeline
+
+    cfg = tiny_config(**{"search.start": '"probe"', "search.generations": "1", "search.population_size": "4"})
+    fitted, starts = [], []
+    real_fit, real_evaluator, real_final = probing.fit_head, pipeline.make_evaluator, pipeline.train_final
+
+    def fit_head(*args, **kwargs):
+        fitted.append(real_fit(*args, **kwargs))
+        return fitted[-1]
+
+    def make_evaluator(cfg, spec, variables, data):
+        starts.append(variables)
+        return real_evaluator(cfg, spec, variables, data)
+
+    def train_final(cfg, spec, variables, mask, data, tuner=None):
+        starts.append(variables)
+        return real_final(cfg, spec, variables, mask, data, tuner=tuner)
+
+    from deft_jax.evolution import start
+    monkeypatch.setattr(start, "fit_head", fit_head)
+    monkeypatch.setattr(pipeline, "make_evaluator", make_evaluator)
+    monkeypatch.setattr(pipeline, "train_final", train_final)
+    metrics = pipeline.run_pipeline(cfg, tmp_path / "run")
+    (probe,) = fitted
+    assert len(starts) == 2 and all(v is probe.variables for v in starts)
+    assert metrics["search"]["start"] == "probe"

@@ -39,6 +39,7 @@ Fidelity = Literal["full", "halving"]
 Select = Literal["best", "smallest-within-1se"]
 Keep = Literal["last", "best-val"]
 Folds = Literal["repeated"]
+Start = Literal["head", "probe"]
 
 @dataclasses.dataclass
 class DataConfig:
@@ -116,6 +117,10 @@ class SearchConfig:
     # trainable parameters among masks within one standard error (binomial, of the best
     # validation accuracy) of the best (only masks trained with the whole budget)
     select: Select = "best"
+    # what every fitness fine-tune and the final training start from: the pretrained backbone
+    # with a fresh random "head", or with the head of a linear "probe" fitted once per run
+    # to convergence on the frozen features (`deft_jax.core.probe`, as lp-ft)
+    start: Start = "head"
 
 
 @dataclasses.dataclass

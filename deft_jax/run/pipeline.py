@@ -16,6 +16,7 @@ from deft_jax.data.splits import save_splits
 from deft_jax.evolution.evaluators.choice import make_evaluator
 from deft_jax.evolution.loop import run_search
 from deft_jax.evolution.progress import SearchProgress
+from deft_jax.evolution.start import probe_extra, start_variables
 from deft_jax.models import build_model
 from deft_jax.run.checkpoint import save_checkpoint
 from deft_jax.run.report import render_report
@@ -65,6 +66,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
                         origin=data.split_origin)
             rundir.write_json(run_dir / rundir.CONFIG, cfg.to_dict())  # last: it marks a resumable run
 
+    variables, probe = start_variables(cfg, spec, variables, data.arrays)  # search.start
     evaluator, mode, reason = make_evaluator(cfg, spec, variables, data.arrays)
     n = {k: len(v) for k, v in data.splits.items()}
     logger.info(f"data: {dataset.description}; train/val/test {n['train']}/{n['val']}/{n['test']}; "
@@ -101,7 +103,8 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     metrics.update({"search": {"best_fitness": result.best_fitness, "selection": result.selection,
                                "distinct_masks_evaluated": len(result.memo),
                                "evaluation": mode, "no_signal": result.warning,
-                               "restored_from_journal": result.restored_members, **evaluator.stats()},
+                               "restored_from_journal": result.restored_members, **probe_extra(probe),
+                               **evaluator.stats()},
                     "seconds": {k: round(v, 2) for k, v in seconds.items()}})
     if not writer:
         return metrics
