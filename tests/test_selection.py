@@ -216,3 +216,38 @@ def test_a_search_run_with_start_probe_trains_its_candidates_and_final_model_fro
     (probe,) = fitted
     assert len(starts) == 2 and all(v is probe.variables for v in starts)
     assert metrics["search"]["start"] == "probe"
+
+
+# --- fine-tune epochs in summary.json ----------------------------------------------------------
+
+
+def test_summary_records_each_methods_fine_tune_epochs_their_multiple_of_full_and_the_judged_method(tmp_path):
+    from deft_jax.config.schema import load_config
+    from deft_jax.experiment.records import RUNS, read_runs
+    from deft_jax.experiment.runner import run_experiment
+
+    methods = ["full", "linear-probe", "lp-ft", "deft", "deft-mf"]
+    over = {"data.source": '{"kind": "digits", "max_per_class": 10}', "search.generations": "1",
+            "final.epochs": "3", "final.keep": '"best-val"', "experiment.methods": str(methods).replace("'", '"'),
+            "experiment.judged": '"deft"'}
+    cfg = load_config(None, tiny_overrides(**over))
+    summary = run_experiment(cfg, tmp_path / "exp", seeds=2)
+    by = {(r["seed"], r["method"]): r for r in read_runs(tmp_path / "exp" / RUNS)}
+    for s in range(2):
+        assert by[(s, "full")]["fine_tune_epochs"] == 3  # final.epochs, one rate
+        assert by[(s, "linear-probe")]["fine_tune_epochs"] == 0  # the probe trains no epoch
+        assert by[(s, "lp-ft")]["fine_tune_epochs"] == 3
+        deft = by[(s, "deft")]
+        assert deft["fine_tune_epochs"] == deft["fitness_evaluations"] * 1 + 3  # finetune.epochs each, then final
+        mf = by[(s, "deft-mf")]
+        halving = sum(h["masks_evaluated"] * 1 + h["promoted"] * 3 for h in mf["history"])
+        assert mf["fine_tune_epochs"] == halving + 3 and any(h["promoted"] for h in mf["history"])
+    cost = summary["cost"]
+    for m in methods:
+        per_seed = [by[(s, m)]["fine_tune_epochs"] / by[(s, "full")]["fine_tune_epochs"] for s in range(2)]
+        assert cost[m]["x_full_epochs"] == pytest.approx(np.mean(per_seed))
+        assert cost[m]["fine_tune_epochs"] == pytest.approx(np.mean([by[(s, m)]["fine_tune_epochs"] for s in range(2)]))
+    assert cost["full"]["x_full_epochs"] == 1.0 and cost["linear-probe"]["x_full_epochs"] == 0.0
+    assert summary["judged"] == "deft"
+    assert "Judged method: deft." in (tmp_path / "exp" / "summary.md").read_text()
+    assert load_config(None, []).experiment.judged == "deft-lr-mf"

@@ -151,6 +151,7 @@ class ExperimentConfig:
     ensemble_size: int = 3  # full-ensemble: this many full fine-tunes (training seeds), averaged
     fastai_lr_mult: float = 100.0  # fastai: the first group's rate is lr / lr_mult, the head's lr
     fastai_learning_rate: float = 2e-3  # fastai: fine_tune's base_lr (its Adam's rate)
+    judged: str = "deft-lr-mf"  # the method the summary judges (summary.json "judged")
 
 
 @dataclasses.dataclass
@@ -255,5 +256,6 @@ def validate(cfg: Config) -> None:
              for r in e.learning_rates), "experiment.learning_rates must be a list of positive numbers")
     need(e.fastai_learning_rate > 0, f"experiment.fastai_learning_rate must be > 0, got {e.fastai_learning_rate}")
     need(e.fastai_lr_mult >= 1, f"experiment.fastai_lr_mult must be >= 1, got {e.fastai_lr_mult}")
+    need(e.judged != "", "experiment.judged must name a method")
     need(len(e.methods) > 0 and all(isinstance(m, str) for m in e.methods),
          "experiment.methods must be a non-empty list of method names")

@@ -51,7 +51,7 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
     summary = rundir.strict_json_value({
         "model": meta["model"], "pretrained": meta["pretrained"], "data": meta["data"],
         "scratch_architecture": meta["scratch_architecture"], "backend": meta["backend"],
-        "seeds": seeds, "methods": methods, "table": table, "paired": paired,
+        "seeds": seeds, "methods": methods, "judged": cfg.experiment.judged, "table": table, "paired": paired,
         "paired_metric": "test accuracy",
         "paired_test": "fixed split" if fixed else "repeated splits", "deft_group_counts": group_counts,
         "search_honesty": search_honesty(by, methods, cfg.search.metric), "cost": cost(by, methods),
@@ -141,10 +141,21 @@ def learning_rates_chosen(by: dict, methods: list[str]) -> dict:
 
 
 def cost(by: dict, methods: list[str]) -> dict:
-    """Mean wall seconds per method and as a multiple of full fine-tuning's (when it ran)."""
+    """Per method: mean wall seconds and their multiple of full fine-tuning's (when it ran);
+    mean fine-tune epochs (training epochs over the training set: fitness fine-tunes and
+    final trainings; a probe trains none) and `x_full_epochs`, the mean over seeds of their
+    multiple of `full`'s on the same seed (None where a seed lacks either count)."""
     wall = {m: describe([r["wall_seconds"] for r in by[m]])["mean"] for m in methods}
     full = wall.get("full")
-    return {m: {"wall_seconds": w, "x_full": (w / full) if (full and w is not None) else None}
+    full_epochs = {r["seed"]: r.get("fine_tune_epochs") for r in by.get("full", [])}
+
+    def ratios(m):
+        return [r["fine_tune_epochs"] / full_epochs[r["seed"]] for r in by[m]
+                if r.get("fine_tune_epochs") is not None and full_epochs.get(r["seed"])]
+
+    return {m: {"wall_seconds": w, "x_full": (w / full) if (full and w is not None) else None,
+                "fine_tune_epochs": describe([r.get("fine_tune_epochs") for r in by[m]])["mean"],
+                "x_full_epochs": describe(ratios(m))["mean"]}
             for m, w in wall.items()}
 
 
@@ -214,10 +225,12 @@ def render_summary(summary: dict, by: dict, cfg: Config, meta: dict, plots: list
 
 
 def render_cost_and_honesty(summary: dict) -> list[str]:
-    lines = ["", "## Cost (mean wall seconds per seed, and as a multiple of full fine-tuning)", "",
-             "| method | wall s | x full |", "|---|---:|---:|"]
+    lines = ["", "## Cost (mean wall seconds and fine-tune epochs per seed, and their multiples of full "
+             "fine-tuning's)", "", f"Judged method: {summary.get('judged')}.", "",
+             "| method | wall s | x full | fine-tune epochs | x full epochs |", "|---|---:|---:|---:|---:|"]
     for m, c in summary["cost"].items():
-        lines.append(f"| {m} | {format_value(c['wall_seconds'], 0)} | {format_value(c['x_full'], 2)} |")
+        lines.append(f"| {m} | {format_value(c['wall_seconds'], 0)} | {format_value(c['x_full'], 2)} "
+                     f"| {format_value(c.get('fine_tune_epochs'), 0)} | {format_value(c.get('x_full_epochs'), 2)} |")
     if summary["search_honesty"]:
         metric = summary["search_honesty"][0].get("metric", "accuracy")
         lines += ["", "## What each search promised on validation, and what its final model scored", "",

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from deft_jax.config.schema import Config
-from deft_jax.core import divergence
+from deft_jax.core import divergence, epoch_count
 from deft_jax.core.final import final_metrics, train_final
 from deft_jax.core.masks import searchable_groups
 from deft_jax.data import load_dataset, sampling_of
@@ -56,7 +56,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     variables = spec.init(cfg.seed)
     groups = spec.layer_groups  # derived once, with the coverage check
     sizes = groups.sizes
-    t_ready = time.perf_counter()
+    t_ready, epochs_before = time.perf_counter(), epoch_count.TOTAL.epochs
 
     if writer and not resume:
         rundir.create_fresh(run_dir)
@@ -100,6 +100,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     t_end = time.perf_counter()
     seconds = {"setup (data, model)": t_ready - t_start, "search": t_search - t_ready,
                "final training + checkpoint": t_end - t_search, "total": t_end - t_start}
+    metrics["fine_tune_epochs"] = epoch_count.TOTAL.epochs - epochs_before  # by this process
     metrics.update({"search": {"best_fitness": result.best_fitness, "selection": result.selection,
                                "distinct_masks_evaluated": len(result.memo),
                                "evaluation": mode, "no_signal": result.warning,
