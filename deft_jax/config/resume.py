@@ -16,6 +16,9 @@ from deft_jax.errors import UserError
 RESUME_SETTABLE = ("search.evaluation", "search.strategy", "search.generations", "final.epochs",
                    "final.learning_rate")
 
+# keys added later -> their defaults (which leave the result as it was before them)
+ADDED_LATER = {"search.start": "head"}
+
 
 def check_resume_overrides(overrides: list[str]) -> None:
     """`--resume --set KEY=...` is refused for keys that would change the search's result."""
@@ -53,6 +56,9 @@ def result_config(cfg: Config) -> dict:
     `search.schedule = "final"` the final training's epochs and rate are the fitness
     recipe, so they stay in."""
     flat = _flat(cfg.to_dict())
+    # keys added after searches were first stored count only when set: a state written
+    # before them (at their default) resumes
+    flat = {k: v for k, v in flat.items() if k not in ADDED_LATER or v != ADDED_LATER[k]}
     free = set(RESUME_SETTABLE)
     if cfg.search.schedule == "final":
         free -= {"final.epochs", "final.learning_rate"}

@@ -30,7 +30,7 @@ from deft_jax.models.registry import MODEL_NAMES, MODELS
 Granularity = Literal[GRANULARITIES]  # type: ignore[valid-type]  # the registry says which model has which
 Optimizer = Literal["sgd", "adam", "adamw"]
 ComputeDtype = Literal["float32", "bfloat16"]  # bfloat16: float32 weights, bf16 arithmetic
-Metric = Literal["accuracy", "macro_f1"]
+Metric = Literal["accuracy", "macro_f1", "nll"]  # nll: minus the mean validation log-loss
 Evaluation = Literal["auto", "sequential", "vmap", "vmap-1", "sharded"]
 Space = Literal["mask", "mask+lr"]
 Schedule = Literal["short", "final"]
@@ -39,6 +39,7 @@ Fidelity = Literal["full", "halving"]
 Select = Literal["best", "smallest-within-1se"]
 Keep = Literal["last", "best-val"]
 Folds = Literal["repeated"]
+Start = Literal["head", "probe"]
 
 @dataclasses.dataclass
 class DataConfig:
@@ -116,6 +117,10 @@ class SearchConfig:
     # trainable parameters among masks within one standard error (binomial, of the best
     # validation accuracy) of the best (only masks trained with the whole budget)
     select: Select = "best"
+    # what every fitness fine-tune and the final training start from: the pretrained backbone
+    # with a fresh random "head", or with the head of a linear "probe" fitted once per run
+    # to convergence on the frozen features (`deft_jax.core.probe`, as lp-ft)
+    start: Start = "head"
 
 
 @dataclasses.dataclass
@@ -146,6 +151,7 @@ class ExperimentConfig:
     ensemble_size: int = 3  # full-ensemble: this many full fine-tunes (training seeds), averaged
     fastai_lr_mult: float = 100.0  # fastai: the first group's rate is lr / lr_mult, the head's lr
     fastai_learning_rate: float = 2e-3  # fastai: fine_tune's base_lr (its Adam's rate)
+    judged: str = "deft-lr-mf"  # the method the summary judges (summary.json "judged")
 
 
 @dataclasses.dataclass
@@ -250,5 +256,6 @@ def validate(cfg: Config) -> None:
              for r in e.learning_rates), "experiment.learning_rates must be a list of positive numbers")
     need(e.fastai_learning_rate > 0, f"experiment.fastai_learning_rate must be > 0, got {e.fastai_learning_rate}")
     need(e.fastai_lr_mult >= 1, f"experiment.fastai_lr_mult must be >= 1, got {e.fastai_lr_mult}")
+    need(e.judged != "", "experiment.judged must name a method")
     need(len(e.methods) > 0 and all(isinstance(m, str) for m in e.methods),
          "experiment.methods must be a non-empty list of method names")

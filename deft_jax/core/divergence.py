@@ -24,6 +24,15 @@ from deft_jax.errors import UserError
 logger = logging.getLogger(__name__)
 
 WORST_FITNESS = 1.0
+# search.metric = "nll": a mean log-loss counts at most this much, so that a diverged fine-tune
+# (fitness 1 + NLL_CAP) is never better than a trained one
+NLL_CAP = 100.0
+
+
+def worst_fitness(metric: str) -> float:
+    """The fitness of a diverged fine-tune under `metric`: no finite score is worse."""
+    return 1.0 + NLL_CAP if metric == "nll" else WORST_FITNESS
+
 
 def all_finite(tree) -> bool:
     """True when every floating-point leaf of `tree` (arrays, scalars) is finite."""
@@ -44,8 +53,9 @@ def _describe(mask: Mapping[str, bool] | None) -> str:
 def fitness_from_logits(metric: str, logits: np.ndarray, labels: np.ndarray, num_classes: int,
                         mask: Mapping[str, bool] | None = None,
                         losses: Sequence[float] | None = None) -> float:
-    """Fitness = 1 - metric on the validation split, or `WORST_FITNESS` (with a warning)
-    when the fine-tune diverged: non-finite logits or a non-finite last loss."""
+    """Fitness = 1 - metric on the validation split (with "nll": 1 + the mean log-loss, at
+    most 1 + NLL_CAP), or `worst_fitness(metric)` (with a warning) when the fine-tune
+    diverged: non-finite logits or a non-finite last loss."""
     diverged = None
     if not all_finite(logits):
         diverged = "validation logits"
@@ -53,8 +63,10 @@ def fitness_from_logits(metric: str, logits: np.ndarray, labels: np.ndarray, num
         diverged = "training loss"
     if diverged:
         logger.warning(f"diverged: {_describe(mask)} gave non-finite {diverged}; scored as the worst "
-             f"fitness {WORST_FITNESS:.1f} (lower finetune.learning_rate if this is frequent)")
-        return WORST_FITNESS
+             f"fitness {worst_fitness(metric):.1f} (lower finetune.learning_rate if this is frequent)")
+        return worst_fitness(metric)
+    if metric == "nll":
+        return 1.0 + min(-metric_from_logits(metric, logits, labels, num_classes), NLL_CAP)
     return 1.0 - metric_from_logits(metric, logits, labels, num_classes)
 
 

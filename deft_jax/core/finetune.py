@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from deft_jax.config.schema import FineTuneConfig
-from deft_jax.core import optimizer, training
+from deft_jax.core import epoch_count, optimizer, training
 from deft_jax.core.masks import (
     frozen_pattern,
     has_lr_multipliers,
@@ -108,6 +108,7 @@ class FineTuner:
                 losses += epoch_losses
                 after_epoch(epoch, merged(state))
         losses = [np.atleast_1d(np.asarray(loss)) for loss in losses]
+        epoch_count.TOTAL.add(epochs)
         self.last_state = state
         return merged(state), [float(v) for v in np.concatenate(losses)] if losses else []
 

@@ -1,4 +1,7 @@
-"""Classification metrics from logits: accuracy, macro-F1, per-class recall, confusion."""
+"""Classification metrics from logits: accuracy, macro-F1, log-loss, per-class recall, confusion.
+
+A validation *metric* (`search.metric`) is higher-is-better: "accuracy", "macro_f1", or
+"nll", minus the mean log-loss (cross-entropy of the softmax); fitness = 1 - metric."""
 
 from __future__ import annotations
 
@@ -34,13 +37,31 @@ def per_class_recall(labels, predictions, num_classes: int) -> list[float | None
     return [float(cm[c, c] / support[c]) if support[c] else None for c in range(num_classes)]
 
 
+def log_loss(logits, labels) -> float:
+    """Mean cross-entropy of the softmax of `logits` [N, C] at the integer `labels` (float64)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    return float(-log_p[np.arange(labels.size), labels].mean()) if labels.size else 0.0
+
+
 def metric_from_logits(name: str, logits: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """The validation metric `name` (higher is better): accuracy, macro_f1 or nll (minus the
+    mean log-loss)."""
+    if name == "nll":
+        return -log_loss(logits, labels)
     predictions = np.argmax(logits, axis=-1)
     if name == "accuracy":
         return accuracy(labels, predictions)
     if name == "macro_f1":
         return macro_f1(labels, predictions, num_classes)
     raise ValueError(f"unknown metric {name!r}")
+
+
+def metric_from_report(name: str, report: dict) -> float:
+    """The validation metric `name` of a `classification_report` (higher is better)."""
+    return -report["log_loss"] if name == "nll" else report[name]
 
 
 def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
@@ -51,6 +72,7 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: l
         "n": int(len(labels)),
         "accuracy": accuracy(labels, predictions),
         "macro_f1": macro_f1(labels, predictions, c),
+        "log_loss": log_loss(logits, labels),
         "per_class_recall": dict(zip(class_names, per_class_recall(labels, predictions, c))),
         "confusion_matrix": confusion_matrix(labels, predictions, c).tolist(),
     }

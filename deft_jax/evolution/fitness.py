@@ -93,10 +93,11 @@ class PrefixFeatureCache:
                 "prefix_seconds_saved": round(self.seconds_saved, 3)}
 
 
-def infeasible_fitness(fraction: float, limit: float) -> float:
+def infeasible_fitness(fraction: float, limit: float, worst: float = 1.0) -> float:
     """Masks training more than the allowed parameter fraction are never trained: their
-    fitness is 1 + the excess, worse than any real fitness and pointing back to feasibility."""
-    return 1.0 + (fraction - limit)
+    fitness is `worst` (the metric's worst fitness, `divergence.worst_fitness`) + the
+    excess, worse than any real fitness and pointing back to feasibility."""
+    return worst + (fraction - limit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,14 +146,16 @@ def _evaluate(evaluator, keys: list[str], masks: list[GroupMask], epochs: int | 
 
 def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
                         groups: LayerGroups, max_fraction: float = 1.0,
-                        halving: Halving | None = None, journal=None) -> tuple[list[float], dict]:
+                        halving: Halving | None = None, journal=None,
+                        worst: float = 1.0) -> tuple[list[float], dict]:
     """Fitness per mask: memo hits and infeasible masks cost nothing; the distinct new
     feasible masks go to the evaluator in one call (one population program for vmap). With
     `halving`, they all get the short budget first and the most promising the whole one; a
     member left at the short budget keeps its short fitness (with keep = "best-val" never
     better than its whole-budget fitness would be: the short run is a prefix of the long).
     `journal`: finished members are persisted one by one and taken from it on a resume
-    (`deft_jax.evolution.journal`); the result is the same as without it."""
+    (`deft_jax.evolution.journal`); the result is the same as without it. `worst`: the
+    metric's worst fitness, which infeasible masks exceed (`infeasible_fitness`)."""
     keys = [mask_key(m) for m in masks]
     fitness: dict[str, float] = {}
     hits = infeasible = 0
@@ -167,7 +170,7 @@ def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
             continue
         fraction = groups.fraction(mask)
         if fraction > max_fraction + 1e-12:
-            fitness[key] = infeasible_fitness(fraction, max_fraction)
+            fitness[key] = infeasible_fitness(fraction, max_fraction, worst)
             infeasible += 1
             continue
         todo[key] = mask
@@ -212,10 +215,17 @@ def no_signal(memo: MemoTable, num_classes: int, metric: str, n_val: int = 0) ->
     budget scored at chance level (fitness 1 - 1/num_classes, the accuracy of guessing;
     macro-F1 is lower still) or worse, within two binomial standard errors of a guess on
     `n_val` validation images (0.02 if unknown), or all (three or more) scored exactly the
-    same: the search could not tell masks apart and its choice says nothing."""
+    same: the search could not tell masks apart and its choice says nothing. With metric
+    "nll" chance level is the log-loss of guessing uniformly, ln(num_classes) (within 1%)."""
     values = list(memo.full_budget().values())
     if not values:
         return None
+    if metric == "nll" and num_classes >= 2 and min(values) - 1 >= 0.99 * math.log(num_classes):
+        return (f"every mask scored at chance level (best fitness {min(values):.4f}: val log-loss "
+                f"{min(values) - 1:.4f}, guessing one of {num_classes} classes gives {math.log(num_classes):.4f})")
+    if metric == "nll":
+        return (f"every mask scored the same fitness ({values[0]:.4f})"
+                if len(values) >= 3 and max(values) == min(values) else None)
     p = 1.0 / max(num_classes, 2)
     tolerance = 2 * math.sqrt(p * (1 - p) / n_val) if n_val > 0 else 0.02
     if num_classes >= 2 and min(values) >= 1 - p - tolerance:

@@ -27,6 +27,7 @@ from flax import serialization
 
 from deft_jax.config.resume import config_changes, result_config
 from deft_jax.config.schema import Config, SearchConfig
+from deft_jax.core.divergence import worst_fitness
 from deft_jax.core.masks import (
     GroupMask,
     decode_genome,
@@ -68,18 +69,24 @@ def baseline_genomes(num_genes: int) -> list[np.ndarray]:
     return [head_only, np.ones(num_genes, np.float32), last, half]
 
 
-def select_mask(memo: MemoTable, groups: LayerGroups, rule: str, n_val: int) -> tuple[str, dict]:
+def select_mask(memo: MemoTable, groups: LayerGroups, rule: str, n_val: int,
+                metric: str = "accuracy") -> tuple[str, dict]:
     """(mask key, how it was chosen) among the masks scored with the whole fitness budget:
     the best fitness (earliest evaluated on ties), or "smallest-within-1se": the fewest
     trainable parameters among masks whose fitness is within one standard error of the
-    best's, SE = sqrt(e (1 - e) / n_val) for the best validation error e (binomial)."""
+    best's, SE = sqrt(e (1 - e) / n_val) for the best validation error e (binomial); with
+    `metric` "nll", SE = L / sqrt(n_val) for the best mean log-loss L (item log-losses taken
+    as exponentially distributed: their standard deviation is their mean)."""
     full = memo.full_budget()
     best_key = min(full, key=lambda k: full[k])  # dicts keep evaluation order: earliest on ties
     best = full[best_key]
     if rule == "best":
         return best_key, {"rule": "best", "best_fitness": best}
-    e = min(max(best, 0.0), 1.0)
-    se = math.sqrt(e * (1.0 - e) / max(n_val, 1))
+    if metric == "nll":
+        se = max(best - 1.0, 0.0) / math.sqrt(max(n_val, 1))
+    else:
+        e = min(max(best, 0.0), 1.0)
+        se = math.sqrt(e * (1.0 - e) / max(n_val, 1))
     within = [k for k in full if full[k] <= best + se + 1e-12]
     names = groups.names
     chosen = min(within, key=lambda k: (groups.fraction(mask_from_key(k, names)), full[k]))
@@ -171,6 +178,7 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
     base_key = jax.random.key(cfg.seed)
     halving = Halving(cfg.finetune.epochs, s.promote_fraction) if s.fidelity == "halving" else None
     whole_epochs = fitness_recipe(cfg).finetune.epochs
+    worst = worst_fitness(s.metric)  # infeasible masks score above it
     if s.select != "best" and n_val < 1:
         raise ValueError("search.select = smallest-within-1se needs the validation size n_val")
 
@@ -185,11 +193,11 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
             with progress.generation(generation, members=runs) as bar:
                 evaluator.on_member_done = bar.advance
                 fitness, info = evaluate_population(evaluator, masks, memo, groups,
-                                                    s.max_trainable_fraction, halving, journal)
+                                                    s.max_trainable_fraction, halving, journal, worst)
             evaluator.on_member_done = None
         else:
             fitness, info = evaluate_population(evaluator, masks, memo, groups, s.max_trainable_fraction,
-                                                halving, journal)
+                                                halving, journal, worst)
         fitness = np.asarray(fitness, np.float32)
         running = min([fitness.min()] + [h["best_fitness"] for h in history])
         best_idx = int(np.argmin(fitness))
@@ -270,7 +278,7 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
     if not memo.full_budget():
         raise UserError("the search evaluated no mask within search.max_trainable_fraction; raise it")
     best_de = decode_genome(np.asarray(de_state.best_solution), group_names, s.threshold, s.space)
-    key, selection = select_mask(memo, groups, s.select, n_val)
+    key, selection = select_mask(memo, groups, s.select, n_val, s.metric)
     if s.select == "best" and mask_key(best_de) in memo.full_budget() \
             and memo.entries[mask_key(best_de)] == memo.entries[key]:
         key = mask_key(best_de)  # DE's own best (the paper's answer) where it ties

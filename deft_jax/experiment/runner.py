@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from deft_jax.config.schema import Config
+from deft_jax.core import epoch_count
 from deft_jax.core.masks import mask_key
 from deft_jax.data import load_dataset
 from deft_jax.data.inputs import prepare_data
@@ -122,13 +123,15 @@ def run_experiment(cfg: Config, out: Path, methods: list[str] | None = None, see
                                 previous=previous, programs=programs, state_dir=out / "state")
             logger.info(f"seed {s + 1}/{seeds} method {m} ...")
             t0 = time.perf_counter()
-            result = get_method(m).run(ctx)
+            with epoch_count.counting() as epochs:  # training epochs over the training set
+                result = get_method(m).run(ctx)
             wall = time.perf_counter() - t0
             record = {"seed": s, "method": m, "train_seed": cfg_s.seed, "split_seed": cfg_s.data.split_seed,
                       "split_sha": sha, "test_sha": test_sha,
                       "test_from_dataset": "test" in (data.split_origin.get("from_dataset") or []),
                       "split_sizes": sizes, "test": result.test, "val": result.val,
                       "trainable_fraction": result.trainable_fraction, "wall_seconds": round(wall, 2),
+                      "fine_tune_epochs": epochs.epochs,
                       "fitness_evaluations": result.fitness_evaluations,
                       "mask_key": mask_key(result.mask) if result.mask else None,
                       "trained_groups": [g for g, on in result.mask.items() if on] if result.mask else None,

@@ -12,7 +12,7 @@ from deft_jax.config.schema import Config
 from deft_jax.experiment.plots import write_plots
 import numpy as np
 
-from deft_jax.core.metrics import bits_correct
+from deft_jax.core.metrics import bits_correct, metric_from_report
 from deft_jax.experiment.stats import describe, fixed_split_comparison, holm, paired_comparison
 from deft_jax.methods.deft import VARIANTS
 from deft_jax.runtime import rundir
@@ -51,10 +51,10 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
     summary = rundir.strict_json_value({
         "model": meta["model"], "pretrained": meta["pretrained"], "data": meta["data"],
         "scratch_architecture": meta["scratch_architecture"], "backend": meta["backend"],
-        "seeds": seeds, "methods": methods, "table": table, "paired": paired,
+        "seeds": seeds, "methods": methods, "judged": cfg.experiment.judged, "table": table, "paired": paired,
         "paired_metric": "test accuracy",
         "paired_test": "fixed split" if fixed else "repeated splits", "deft_group_counts": group_counts,
-        "search_honesty": search_honesty(by, methods), "cost": cost(by, methods),
+        "search_honesty": search_honesty(by, methods, cfg.search.metric), "cost": cost(by, methods),
         "learning_rates_chosen": learning_rates_chosen(by, methods),
         "per_seed_test_accuracy": {m: {r["seed"]: r["test"]["accuracy"] for r in by[m]} for m in methods},
         "config": cfg.to_dict()})
@@ -112,17 +112,19 @@ def comparisons(by: dict, variant: str, methods: list[str], fixed: bool = False)
     return rows
 
 
-def search_honesty(by: dict, methods: list[str]) -> list[dict]:
-    """Per search method: the validation score its search promised (1 - best fitness), what
-    the final model scored on validation and on test: selection bias and fitness/final
-    mismatch in numbers."""
+def search_honesty(by: dict, methods: list[str], metric: str = "accuracy") -> list[dict]:
+    """Per search method: the validation score its search promised (1 - best fitness: the
+    search's `metric`), what the final model scored on validation (the same metric) and on
+    test (accuracy): selection bias and fitness/final mismatch in numbers."""
     rows = []
     for m in methods:
         rs = [r for r in by[m] if r.get("extra", {}).get("best_fitness") is not None]
         if not rs:
             continue
-        rows.append({"method": m, "promised_val": describe([1 - r["extra"]["best_fitness"] for r in rs]),
-                     "final_val": describe([r["val"]["accuracy"] for r in rs]),
+        rows.append({"method": m, "metric": metric,
+                     "promised_val": describe([1 - r["extra"]["best_fitness"] for r in rs]),
+                     "final_val": describe([metric_from_report(metric, r["val"]) if metric != "nll" or
+                                            "log_loss" in r["val"] else None for r in rs]),
                      "test": describe([r["test"]["accuracy"] for r in rs]),
                      "fitness_epochs": describe([r["extra"].get("fitness_epochs") for r in rs])})
     return rows
@@ -140,10 +142,21 @@ def learning_rates_chosen(by: dict, methods: list[str]) -> dict:
 
 
 def cost(by: dict, methods: list[str]) -> dict:
-    """Mean wall seconds per method and as a multiple of full fine-tuning's (when it ran)."""
+    """Per method: mean wall seconds and their multiple of full fine-tuning's (when it ran);
+    mean fine-tune epochs (training epochs over the training set: fitness fine-tunes and
+    final trainings; a probe trains none) and `x_full_epochs`, the mean over seeds of their
+    multiple of `full`'s on the same seed (None where a seed lacks either count)."""
     wall = {m: describe([r["wall_seconds"] for r in by[m]])["mean"] for m in methods}
     full = wall.get("full")
-    return {m: {"wall_seconds": w, "x_full": (w / full) if (full and w is not None) else None}
+    full_epochs = {r["seed"]: r.get("fine_tune_epochs") for r in by.get("full", [])}
+
+    def ratios(m):
+        return [r["fine_tune_epochs"] / full_epochs[r["seed"]] for r in by[m]
+                if r.get("fine_tune_epochs") is not None and full_epochs.get(r["seed"])]
+
+    return {m: {"wall_seconds": w, "x_full": (w / full) if (full and w is not None) else None,
+                "fine_tune_epochs": describe([r.get("fine_tune_epochs") for r in by[m]])["mean"],
+                "x_full_epochs": describe(ratios(m))["mean"]}
             for m, w in wall.items()}
 
 
@@ -213,13 +226,16 @@ def render_summary(summary: dict, by: dict, cfg: Config, meta: dict, plots: list
 
 
 def render_cost_and_honesty(summary: dict) -> list[str]:
-    lines = ["", "## Cost (mean wall seconds per seed, and as a multiple of full fine-tuning)", "",
-             "| method | wall s | x full |", "|---|---:|---:|"]
+    lines = ["", "## Cost (mean wall seconds and fine-tune epochs per seed, and their multiples of full "
+             "fine-tuning's)", "", f"Judged method: {summary.get('judged')}.", "",
+             "| method | wall s | x full | fine-tune epochs | x full epochs |", "|---|---:|---:|---:|---:|"]
     for m, c in summary["cost"].items():
-        lines.append(f"| {m} | {format_value(c['wall_seconds'], 0)} | {format_value(c['x_full'], 2)} |")
+        lines.append(f"| {m} | {format_value(c['wall_seconds'], 0)} | {format_value(c['x_full'], 2)} "
+                     f"| {format_value(c.get('fine_tune_epochs'), 0)} | {format_value(c.get('x_full_epochs'), 2)} |")
     if summary["search_honesty"]:
+        metric = summary["search_honesty"][0].get("metric", "accuracy")
         lines += ["", "## What each search promised on validation, and what its final model scored", "",
-                  "| method | promised val accuracy (1 - best fitness) | final model val | final model test "
+                  f"| method | promised val {metric} (1 - best fitness) | final model val | final model test "
                   "| fitness epochs |", "|---|---:|---:|---:|---:|"]
         for r in summary["search_honesty"]:
             lines.append(f"| {r['method']} | {format_mean_std(r['promised_val'])} | {format_mean_std(r['final_val'])} "

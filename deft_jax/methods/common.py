@@ -25,7 +25,8 @@ from deft_jax.config.schema import Config, FineTuneConfig
 from deft_jax.core.final import FinalModel, train_final
 from deft_jax.core.finetune import FineTuner
 from deft_jax.core.masks import GroupMask, mask_from_names
-from deft_jax.core.metrics import classification_report, correctness_bits, roc_auc_ovr, softmax
+from deft_jax.core.metrics import (classification_report, correctness_bits, metric_from_report,
+                                   roc_auc_ovr, softmax)
 from deft_jax.data.inputs import PreparedData, prepare_data
 from deft_jax.errors import UserError
 from deft_jax.models import build_model
@@ -171,7 +172,7 @@ def fit_with_learning_rates(ctx: MethodContext, mask: Mapping, tuner_for: Callab
         tuner = tuner_for(lr)
         final = train_final(cfg, spec, variables, mask, data, tuner=tuner)
         result = result_of(final, data, mask)
-        score = result.val["macro_f1" if cfg.search.metric == "macro_f1" else "accuracy"]
+        score = metric_from_report(cfg.search.metric, result.val)
         scores[str(lr)] = score
         if best is None or score > best[0]:
             best = (score, result, tuner, lr, final)

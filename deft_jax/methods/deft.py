@@ -30,6 +30,7 @@ from deft_jax.errors import UserError
 from deft_jax.evolution.evaluators.choice import Evaluator, make_evaluator
 from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
 from deft_jax.evolution.loop import run_search
+from deft_jax.evolution.start import probe_extra, start_variables
 from deft_jax.methods.common import MethodContext, MethodResult, final_fit
 
 MULTI_FIDELITY = {"schedule": "final", "fidelity": "halving", "seed_baselines": True,
@@ -51,8 +52,19 @@ def make_shared_evaluator(ctx: MethodContext) -> tuple[Evaluator, str]:
     return evaluator, mode
 
 
+def search_start(ctx: MethodContext) -> tuple[MethodContext, dict]:
+    """`ctx` with the variables the search's fine-tunes and its final training start from
+    (`search.start`: the fresh head, or the probed one), and what its record says of them."""
+    a = ctx.data.arrays
+    variables, probe = start_variables(ctx.cfg, ctx.spec, ctx.variables, a, cache=ctx.programs.programs)
+    ctx = copy.copy(ctx)
+    ctx.variables = variables
+    return ctx, probe_extra(probe)
+
+
 def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
     t0 = time.perf_counter()
+    ctx, start = search_start(ctx)
     evaluator, mode = make_shared_evaluator(ctx)
     state = ctx.state_dir / f"seed{ctx.seed}-{name}.msgpack" if ctx.state_dir else None
     search = run_search(ctx.cfg, evaluator, ctx.spec.layer_groups, state_path=state,
@@ -62,7 +74,7 @@ def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
     result = final_fit(ctx, search.best_mask)
     result.fitness_evaluations = len(search.memo)
     result.history = search.history
-    result.extra.update({"best_fitness": search.best_fitness, "evaluation": mode,
+    result.extra.update({"best_fitness": search.best_fitness, "evaluation": mode, **start,
                          "selection": search.selection,
                          "fitness_epochs": sum(h.get("epochs_trained", 0) for h in search.history),
                          "memo": search.memo, "memo_short_budget": search.memo_epochs,

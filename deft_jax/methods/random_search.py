@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from deft_jax.core.divergence import worst_fitness
 from deft_jax.core.masks import (
     decode_genome,
     mask_from_key,
@@ -27,7 +28,7 @@ from deft_jax.errors import UserError
 from deft_jax.evolution.evaluators.choice import fitness_recipe
 from deft_jax.evolution.fitness import MemoTable, evaluate_population
 from deft_jax.methods.common import MethodContext, MethodResult, final_fit
-from deft_jax.methods.deft import make_shared_evaluator
+from deft_jax.methods.deft import make_shared_evaluator, search_start
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def budget(ctx: MethodContext) -> tuple[int, str]:
 
 def run(ctx: MethodContext) -> MethodResult:
     t0 = time.perf_counter()
+    ctx, start = search_start(ctx)  # search.start, as deft's
     cfg, spec = ctx.cfg, ctx.spec
     n, source = budget(ctx)
     genes = searchable_groups(spec.group_names)
@@ -70,7 +72,8 @@ def run(ctx: MethodContext) -> MethodResult:
             batch.append(mask)
         if not batch:
             break  # the feasible mask space is exhausted
-        evaluate_population(evaluator, batch, memo, groups, cfg.search.max_trainable_fraction)
+        evaluate_population(evaluator, batch, memo, groups, cfg.search.max_trainable_fraction,
+                            worst=worst_fitness(cfg.search.metric))
         order += [mask_key(m) for m in batch]
     if not order:
         raise UserError("random-search: no mask within search.max_trainable_fraction")
@@ -85,6 +88,6 @@ def run(ctx: MethodContext) -> MethodResult:
                          "space_exhausted": len(memo.entries) < n,
                          "best_fitness": memo.entries[best_key], "best_fitness_so_far": best_so_far,
                          "fitness_epochs": len(memo.entries) * fitness_recipe(cfg).finetune.epochs,
-                         "evaluation": mode, "search_seconds": round(t1 - t0, 2),
+                         "evaluation": mode, **start, "search_seconds": round(t1 - t0, 2),
                          "final_seconds": round(time.perf_counter() - t1, 2)})
     return result

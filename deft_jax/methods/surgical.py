@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from deft_jax.core.metrics import metric_from_report
 from deft_jax.methods.common import MethodContext, MethodResult, final_fit
 
 
@@ -22,12 +23,12 @@ def stages(group_names) -> dict[str, list[str]]:
 
 
 def run(ctx: MethodContext) -> MethodResult:
-    metric = "macro_f1" if ctx.cfg.search.metric == "macro_f1" else "accuracy"
+    metric = ctx.cfg.search.metric
     best, tried = None, {}
     for stage, groups in stages(ctx.spec.group_names).items():
         result = final_fit(ctx, ctx.mask_of(groups))
-        tried[stage] = result.val[metric]
-        if best is None or result.val[metric] > best[1].val[metric]:
+        tried[stage] = metric_from_report(metric, result.val)
+        if best is None or tried[stage] > tried[best[0]]:
             best = (stage, result)
     stage, result = best
     result.fitness_evaluations = len(tried)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from deft_jax.config.schema import Config
-from deft_jax.core import divergence
+from deft_jax.core import divergence, epoch_count
 from deft_jax.core.final import final_metrics, train_final
 from deft_jax.core.masks import searchable_groups
 from deft_jax.data import load_dataset, sampling_of
@@ -16,6 +16,7 @@ from deft_jax.data.splits import save_splits
 from deft_jax.evolution.evaluators.choice import make_evaluator
 from deft_jax.evolution.loop import run_search
 from deft_jax.evolution.progress import SearchProgress
+from deft_jax.evolution.start import probe_extra, start_variables
 from deft_jax.models import build_model
 from deft_jax.run.checkpoint import save_checkpoint
 from deft_jax.run.report import render_report
@@ -55,7 +56,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     variables = spec.init(cfg.seed)
     groups = spec.layer_groups  # derived once, with the coverage check
     sizes = groups.sizes
-    t_ready = time.perf_counter()
+    t_ready, epochs_before = time.perf_counter(), epoch_count.TOTAL.epochs
 
     if writer and not resume:
         rundir.create_fresh(run_dir)
@@ -65,6 +66,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
                         origin=data.split_origin)
             rundir.write_json(run_dir / rundir.CONFIG, cfg.to_dict())  # last: it marks a resumable run
 
+    variables, probe = start_variables(cfg, spec, variables, data.arrays)  # search.start
     evaluator, mode, reason = make_evaluator(cfg, spec, variables, data.arrays)
     n = {k: len(v) for k, v in data.splits.items()}
     logger.info(f"data: {dataset.description}; train/val/test {n['train']}/{n['val']}/{n['test']}; "
@@ -98,10 +100,12 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     t_end = time.perf_counter()
     seconds = {"setup (data, model)": t_ready - t_start, "search": t_search - t_ready,
                "final training + checkpoint": t_end - t_search, "total": t_end - t_start}
+    metrics["fine_tune_epochs"] = epoch_count.TOTAL.epochs - epochs_before  # by this process
     metrics.update({"search": {"best_fitness": result.best_fitness, "selection": result.selection,
                                "distinct_masks_evaluated": len(result.memo),
                                "evaluation": mode, "no_signal": result.warning,
-                               "restored_from_journal": result.restored_members, **evaluator.stats()},
+                               "restored_from_journal": result.restored_members, **probe_extra(probe),
+                               **evaluator.stats()},
                     "seconds": {k: round(v, 2) for k, v in seconds.items()}})
     if not writer:
         return metrics

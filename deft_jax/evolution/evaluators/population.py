@@ -39,7 +39,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from deft_jax.core import divergence, optimizer, training
+from deft_jax.core import divergence, epoch_count, optimizer, training
 from deft_jax.core.best_epoch import BestEpoch
 from deft_jax.core.masks import GroupMask, lr_multiplier, trains
 from deft_jax.data import batches
@@ -67,10 +67,7 @@ class PopulationEvaluator:
         self.metric, self.seed, self.keep = recipe.metric, recipe.seed, recipe.keep
         self.lr_multipliers, self.sharded = recipe.lr_multipliers, sharded
         self.on_member_done = self.on_member_scored = None  # see `Evaluator`
-        if sharded:
-            self.name = "sharded"
-        else:
-            self.name = "vmap-1" if members_per_program == 1 else "vmap"
+        self.name = "sharded" if sharded else ("vmap-1" if members_per_program == 1 else "vmap")
         self.variables = {"params": dict(variables["params"]),
                           "batch_stats": dict(variables.get("batch_stats", {}))}
         self.cache_prefix = recipe.prefix_cached
@@ -122,7 +119,8 @@ class PopulationEvaluator:
             logits = []
             for chunk in chunks:
                 logits.append(self._chunk_logits(chunk, start, x_val, epochs))
-                real = min(len(chunk), len(idx) - done)  # padding members are not reported
+                real = min(len(chunk), len(idx) - done)  # padding members are not reported (nor counted)
+                epoch_count.TOTAL.add(self.cfg.epochs if epochs is None else epochs, real)
                 if on_chunk is not None and real > 0:
                     on_chunk(idx[done:done + real], logits[-1][:real])
                 done += real
@@ -155,6 +153,7 @@ class PopulationEvaluator:
             members = []
             for chunk in chunks:
                 state = self._to_host(self._train(chunk, start))
+                epoch_count.TOTAL.add(self.cfg.epochs, min(len(chunk), len(idx) - len(members)))
                 for i in range(len(chunk)):
                     member = {"params": dict(self.variables["params"]),
                               "batch_stats": dict(self.variables["batch_stats"])}
