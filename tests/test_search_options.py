@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from deft_jax.evolution.evaluators.choice import build_evaluator, make_evaluator
-from deft_jax.evolution.loop import baseline_genomes, run_search, select_mask
+from deft_jax.evolution.loop import baseline_genomes, run_search
+from deft_jax.evolution.selection import select_mask
 from deft_jax.core.final import train_final
 from deft_jax.core.finetune import FineTuner
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe
@@ -207,6 +208,38 @@ def test_the_one_se_rule_picks_the_smallest_mask_within_one_standard_error_of_th
     assert select_mask(memo, LAYER_GROUPS, "best", n_val=25)[0] == "11111"
     key, _ = select_mask(memo, LAYER_GROUPS, "smallest-within-1se", n_val=10_000)
     assert key == "11111"  # a tiny standard error leaves only the best
+
+
+def test_the_keep_full_rule_returns_the_full_mask_unless_the_best_beats_it_by_more_than_one_se():
+    se = np.sqrt(0.2 * 0.8 / 25)  # 0.08 around the best fitness 0.20
+    near = MemoTable({"00011": 0.20, "11111": 0.26, "00001": 0.40})
+    key, how = select_mask(near, LAYER_GROUPS, "full-unless-1se-better", n_val=25, full_key="11111")
+    assert key == "11111" and not how["best_beats_full"] and how["standard_error"] == pytest.approx(se)
+    far = MemoTable({"00011": 0.20, "11111": 0.30, "00001": 0.40})
+    key, how = select_mask(far, LAYER_GROUPS, "full-unless-1se-better", n_val=25, full_key="11111")
+    assert key == "00011" and how["best_beats_full"] and how["full_fitness"] == 0.30
+    unscored = MemoTable({"00011": 0.20, "11111": 0.21})
+    unscored.epochs["11111"] = 1  # the full mask only at a lower fidelity: the best is kept
+    key, how = select_mask(unscored, LAYER_GROUPS, "full-unless-1se-better", n_val=25, full_key="11111")
+    assert key == "00011" and how["full_fitness"] is None
+
+
+def test_a_search_under_the_keep_full_rule_returns_the_seeded_full_mask_when_nothing_beats_it_clearly():
+    cfg = tiny_config(**{"search.seed_baselines": "true", "search.population_size": "6",
+                         "search.generations": "1", "search.select": "full-unless-1se-better"})
+    fitness = {"00011": 0.50, "11111": 0.52}
+
+    class Table:
+        def evaluate(self, masks, epochs=None):
+            return [fitness.get(mask_key(m), 0.9) for m in masks]
+
+        def stats(self):
+            return {}
+
+    result = run_search(cfg, Table(), LAYER_GROUPS, n_val=25)  # SE 0.1: 0.50 does not beat 0.52
+    assert mask_key(result.best_mask) == "11111" and result.selection["best_mask"] == "00011"
+    result = run_search(cfg, Table(), LAYER_GROUPS, n_val=100_000)  # SE 0.002: now it does
+    assert mask_key(result.best_mask) == "00011" and result.selection["best_beats_full"]
 
 
 # --- data and baselines ----------------------------------------------------------------------

@@ -17,7 +17,7 @@ from deft_jax.data.inputs import prepare_data
 from deft_jax.evolution.evaluators.choice import build_evaluator
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe
 from deft_jax.evolution.fitness import MemoTable, evaluate_population
-from deft_jax.evolution.loop import select_mask
+from deft_jax.evolution.selection import select_mask
 from deft_jax.experiment.runner import seed_config
 from deft_jax.methods import ExperimentCache, MethodContext, full
 from deft_jax.models import build_model

@@ -36,7 +36,7 @@ Space = Literal["mask", "mask+lr"]
 Schedule = Literal["short", "final"]
 LrSchedule = Literal["constant", "cosine", "onecycle"]
 Fidelity = Literal["full", "halving"]
-Select = Literal["best", "smallest-within-1se"]
+Select = Literal["best", "smallest-within-1se", "full-unless-1se-better"]
 Keep = Literal["last", "best-val"]
 Folds = Literal["repeated"]
 Start = Literal["head", "probe"]
@@ -115,7 +115,8 @@ class SearchConfig:
     seed_baselines: bool = False
     # which evaluated mask wins: "best" fitness, or "smallest-within-1se": the fewest
     # trainable parameters among masks within one standard error (binomial, of the best
-    # validation accuracy) of the best (only masks trained with the whole budget)
+    # validation accuracy) of the best (only masks trained with the whole budget), or
+    # "full-unless-1se-better": the full mask unless the best beats it by more than one SE
     select: Select = "best"
     # what every fitness fine-tune and the final training start from: the pretrained backbone
     # with a fresh random "head", or with the head of a linear "probe" fitted once per run

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from deft_jax.evolution.evaluators.choice import Evaluator, fitness_recipe
 from deft_jax.evolution.fitness import Halving, MemoTable, evaluate_population, no_signal
 from deft_jax.evolution.journal import EvaluationJournal, journal_path
 from deft_jax.evolution.progress import SearchProgress
+from deft_jax.evolution.selection import select_mask
 from deft_jax.models.groups import LayerGroups
 from deft_jax.runtime import rundir
 
@@ -67,33 +67,6 @@ def baseline_genomes(num_genes: int) -> list[np.ndarray]:
     half = head_only.copy()
     half[num_genes // 2:] = 1.0
     return [head_only, np.ones(num_genes, np.float32), last, half]
-
-
-def select_mask(memo: MemoTable, groups: LayerGroups, rule: str, n_val: int,
-                metric: str = "accuracy") -> tuple[str, dict]:
-    """(mask key, how it was chosen) among the masks scored with the whole fitness budget:
-    the best fitness (earliest evaluated on ties), or "smallest-within-1se": the fewest
-    trainable parameters among masks whose fitness is within one standard error of the
-    best's, SE = sqrt(e (1 - e) / n_val) for the best validation error e (binomial); with
-    `metric` "nll", SE = L / sqrt(n_val) for the best mean log-loss L (item log-losses taken
-    as exponentially distributed: their standard deviation is their mean)."""
-    full = memo.full_budget()
-    best_key = min(full, key=lambda k: full[k])  # dicts keep evaluation order: earliest on ties
-    best = full[best_key]
-    if rule == "best":
-        return best_key, {"rule": "best", "best_fitness": best}
-    if metric == "nll":
-        se = max(best - 1.0, 0.0) / math.sqrt(max(n_val, 1))
-    else:
-        e = min(max(best, 0.0), 1.0)
-        se = math.sqrt(e * (1.0 - e) / max(n_val, 1))
-    within = [k for k in full if full[k] <= best + se + 1e-12]
-    names = groups.names
-    chosen = min(within, key=lambda k: (groups.fraction(mask_from_key(k, names)), full[k]))
-    return chosen, {"rule": rule, "best_fitness": best, "best_mask": best_key, "standard_error": se,
-                    "candidates_within": len(within),
-                    "trainable_fraction": groups.fraction(mask_from_key(chosen, names)),
-                    "best_trainable_fraction": groups.fraction(mask_from_key(best_key, names))}
 
 
 def make_differential_evolution(cfg: SearchConfig, num_genes: int):
@@ -278,7 +251,8 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
     if not memo.full_budget():
         raise UserError("the search evaluated no mask within search.max_trainable_fraction; raise it")
     best_de = decode_genome(np.asarray(de_state.best_solution), group_names, s.threshold, s.space)
-    key, selection = select_mask(memo, groups, s.select, n_val, s.metric)
+    full_key = mask_key(decode_genome(np.ones(len(genes), np.float32), group_names, s.threshold, s.space))
+    key, selection = select_mask(memo, groups, s.select, n_val, s.metric, full_key)
     if s.select == "best" and mask_key(best_de) in memo.full_budget() \
             and memo.entries[mask_key(best_de)] == memo.entries[key]:
         key = mask_key(best_de)  # DE's own best (the paper's answer) where it ties

@@ -13,6 +13,11 @@ Variants are the paper's DEFT with search options switched on (each a config ove
   population (`seed_baselines`) and the one-standard-error rule toward fewer trainable
   parameters (`select = "smallest-within-1se"`) against selection on a noisy validation set.
 - `deft-lr-mf`: both.
+- `deft-keep`: `deft-lr-mf` built not to lose to full fine-tuning: every fine-tune starts
+  from the probed head (`start = "probe"`, the lp-ft start), masks are ranked by validation
+  log-loss (`metric = "nll"`), and the full mask (seeded, scored by the same final-recipe
+  fitness: lp-ft) wins unless the best mask beats it by more than one standard error
+  (`select = "full-unless-1se-better"`).
 
 The DE state is persisted per generation under the run's state folder, so an interrupted
 experiment resumes inside the search (the wall time then covers the resumed part only).
@@ -40,6 +45,8 @@ VARIANTS: dict[str, dict] = {
     "deft-lr": {"space": "mask+lr"},
     "deft-mf": dict(MULTI_FIDELITY),
     "deft-lr-mf": {"space": "mask+lr", **MULTI_FIDELITY},
+    "deft-keep": {"space": "mask+lr", **MULTI_FIDELITY, "select": "full-unless-1se-better",
+                  "start": "probe", "metric": "nll"},
 }
 
 
