@@ -89,6 +89,24 @@ def test_the_committed_result_tables_are_what_the_committed_results_give(tmp_pat
                  "--into", str(copy)]) == 0
     assert main(["--block", "bloodcells", str(results / "study" / "bloodcells28_resnet20_tpc10"),
                  "--into", str(copy)]) == 0
+    schedules = [str(results / "study" / "schedule" / s) for s in ("constant", "cosine", "onecycle", "cosine-warm")]
+    assert main(["--across", "full,lp-ft", "--block", "schedule", *schedules, "--into", str(copy)]) == 0
     earlier = [str(results / name) for name in ("osteosarcoma_resnet20", "osteosarcoma_lite0")]
     assert main(["--block", "earlier", *earlier, "--into", str(copy)]) == 0
     assert copy.read_text() == page.read_text()
+
+
+def test_the_across_table_compares_each_recipe_with_the_first_by_the_fixed_split_test_on_their_records():
+    import numpy as np
+
+    from deft_jax.experiment.across import difference
+    from deft_jax.experiment.records import read_runs
+    from deft_jax.experiment.stats import paired_t
+
+    folder = REPO / "results" / "study" / "schedule"
+    runs = {s: {r["seed"]: r for r in read_runs(folder / s / "runs.jsonl") if r["method"] == "full"}
+            for s in ("constant", "cosine")}
+    d = difference(runs["cosine"], runs["constant"], fixed=True)
+    by_hand = [runs["cosine"][k]["test"]["accuracy"] - runs["constant"][k]["test"]["accuracy"] for k in sorted(runs["cosine"])]
+    assert d["mean_difference"] == np.mean(by_hand) and d["ci95"] == paired_t(by_hand)["ci"]
+    assert d["ci95_bootstrap"] is not None and d["verdict"] == "worse"
