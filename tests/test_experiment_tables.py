@@ -33,6 +33,9 @@ def test_the_goal_is_judged_on_the_fixed_variant_not_the_best_by_test_accuracy()
     assert g["variant"] == "deft-lr-mf"  # although deft has the higher test mean here
     assert g["above_full"] and g["above_random-search"]
     assert not g["significant_vs_full"] and not g["within_wall_budget"]
+    declared = summary()
+    declared["judged"] = "deft"  # experiment.judged, recorded in summary.json, wins over the default
+    assert goal(declared)["variant"] == "deft"
 
 
 def test_significance_needs_the_corrected_interval_and_holm():
@@ -52,7 +55,7 @@ def test_the_block_between_the_markers_is_replaced(tmp_path):
     assert text.startswith("intro\n<!-- payoff:begin -->") and text.endswith("<!-- payoff:end -->\noutro\n")
     assert "old" not in text and "| deft-lr-mf | 0.800 ± 0.010 |" in text
     assert "above random search in mean: yes" in text and "not met" in text
-    assert "every search option on, chosen before the runs" in text
+    assert "the goal is judged on it: declared before the runs" in text
     readme.write_text("no markers\n")
     assert main([str(folder), "--into", str(readme)]) == 2
 

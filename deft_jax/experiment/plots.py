@@ -79,7 +79,8 @@ def write_plots(by: dict, meta: dict, groups: list[str], chosen: dict, out: Path
 
 def write_pareto(plt, by: dict, meta: dict, path: Path) -> bool:
     """Seed 0's memo table of every search variant: each mask scored with the whole budget as
-    (trainable fraction, validation accuracy), its Pareto front, and the mask selected."""
+    (trainable fraction, 1 - fitness: validation accuracy, or minus the log-loss under
+    `search.metric = "nll"`), its Pareto front, and the mask selected."""
     runs = [(m, r) for m, rs in by.items() for r in rs
             if r["seed"] == 0 and r.get("extra", {}).get("memo_fractions")]
     if not runs:
@@ -96,7 +97,7 @@ def write_pareto(plt, by: dict, meta: dict, path: Path) -> bool:
         ax.scatter([r["trainable_fraction"]], [1 - extra["best_fitness"]], marker="*", s=120,
                    color=colour, edgecolor="black", zorder=4)
     ax.set_xlabel("trainable fraction of parameters")
-    ax.set_ylabel("validation accuracy (1 - fitness)")
+    ax.set_ylabel("1 - fitness: val accuracy (minus log-loss with metric nll)", fontsize=8)
     ax.set_title(f"{meta['model']}, seed 0: masks, Pareto fronts, selected (star)", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)

@@ -38,9 +38,11 @@ JUDGED_VARIANT = "deft-lr-mf"
 
 
 def judged_variant(summary: dict) -> str | None:
-    """JUDGED_VARIANT where it ran, else the paper's `deft`."""
+    """The summary's declared `judged` method (experiment.judged), else JUDGED_VARIANT, where
+    it ran; else the paper's `deft`."""
     ran = {r["method"] for r in summary["table"]}
-    return next((v for v in (JUDGED_VARIANT, "deft") if v in ran and v in VARIANTS), None)
+    declared = summary.get("judged") or JUDGED_VARIANT
+    return next((v for v in (declared, "deft") if v in ran and v in VARIANTS), None)
 
 
 def goal(summary: dict) -> dict:
@@ -84,7 +86,7 @@ def render(folder: Path, page_dir: Path = Path(".")) -> list[str]:
     lines = [f"#### {summary['model']} on {summary['data']}", "",
              f"{len(summary['seeds'])} seeds; full results: [{link}]({link}).{recipe_note(summary)}", "",
              "| method | test accuracy | macro-F1 | val accuracy | trainable fraction | fitness evals "
-             "| fitness epochs | wall s | x full |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| fitness epochs | wall s | x full | x full epochs |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in summary["table"]:
         m = row["method"]
         epochs = honesty.get(m, {}).get("fitness_epochs")
@@ -94,12 +96,14 @@ def render(folder: Path, page_dir: Path = Path(".")) -> list[str]:
                      f"| {format_mean_std(row['trainable_fraction'], 2)} "
                      f"| {format_value(row['fitness_evaluations']['mean'], 1)} "
                      f"| {format_mean_std(epochs, 0) if epochs else '-'} "
-                     f"| {format_value(cost.get('wall_seconds'), 0)} | {format_value(cost.get('x_full'), 1)} |")
+                     f"| {format_value(cost.get('wall_seconds'), 0)} | {format_value(cost.get('x_full'), 1)} "
+                     f"| {format_value(cost.get('x_full_epochs'), 1)} |")
     g = goal(summary)
     if g:
         variant = g["variant"]
-        why = ("the goal is judged on it: every search option on, chosen before the runs"
-               if variant == JUDGED_VARIANT else f"the goal is judged on it: {JUDGED_VARIANT} did not run here")
+        declared = summary.get("judged") or JUDGED_VARIANT
+        why = ("the goal is judged on it: declared before the runs"
+               if variant == declared else f"the goal is judged on it: {declared} did not run here")
         test = ("paired t over seeds on one fixed test split, and the item bootstrap"
                 if summary.get("paired_test") == "fixed split" else "corrected resampled t")
         lines += ["", f"**{variant}** ({why}) against ({test}, Holm over its table):", ""]
