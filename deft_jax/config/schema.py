@@ -131,6 +131,11 @@ class FinalConfig:
     # which model the final training returns: "last" (after the last epoch) or "best-val"
     # (the epoch with the best validation metric, earliest on ties)
     keep: Keep = "last"
+    # with search.schedule = "final": score the selected mask's fitness model instead of
+    # training it again (`reuse`), or average the probabilities of the `ensemble` best
+    # models the search trained (the selected one first); experiment methods only
+    reuse: bool = False
+    ensemble: int = 1
 
 
 DEFAULT_EXPERIMENT_METHODS = ("scratch", "linear-probe", "handpicked", "full", "auto-rgn", "deft",
@@ -255,6 +260,8 @@ def validate(cfg: Config) -> None:
     need(all(isinstance(g, str) for g in e.handpicked), "experiment.handpicked must be a list of layer-group names")
     need(all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 and math.isfinite(r)
              for r in e.learning_rates), "experiment.learning_rates must be a list of positive numbers")
+    need(isinstance(cfg.final.ensemble, int) and 1 <= cfg.final.ensemble <= 100,
+         f"final.ensemble must be an integer in [1, 100], got {cfg.final.ensemble!r}")
     need(e.fastai_learning_rate > 0, f"experiment.fastai_learning_rate must be > 0, got {e.fastai_learning_rate}")
     need(e.fastai_lr_mult >= 1, f"experiment.fastai_lr_mult must be >= 1, got {e.fastai_lr_mult}")
     need(e.judged != "", "experiment.judged must name a method")

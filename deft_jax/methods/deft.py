@@ -36,6 +36,7 @@ from deft_jax.evolution.evaluators.choice import Evaluator, make_evaluator
 from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
 from deft_jax.evolution.loop import run_search
 from deft_jax.evolution.start import probe_extra, start_variables
+from deft_jax.methods import reuse
 from deft_jax.methods.common import MethodContext, MethodResult, final_fit
 
 MULTI_FIDELITY = {"schedule": "final", "fidelity": "halving", "seed_baselines": True,
@@ -74,11 +75,17 @@ def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
     ctx, start = search_start(ctx)
     evaluator, mode = make_shared_evaluator(ctx)
     state = ctx.state_dir / f"seed{ctx.seed}-{name}.msgpack" if ctx.state_dir else None
+    reusing = reuse.wanted(ctx.cfg) and isinstance(evaluator, SequentialEvaluator)
+    if reusing:
+        evaluator.keep_models = True
     search = run_search(ctx.cfg, evaluator, ctx.spec.layer_groups, state_path=state,
                         n_val=len(ctx.data.arrays.y_val))
     t1 = time.perf_counter()
     names = ctx.spec.group_names
-    result = final_fit(ctx, search.best_mask)
+    result = reuse.result_from_fitness_models(ctx, search.best_mask, evaluator.models) if reusing else None
+    if result is None:
+        result = final_fit(ctx, search.best_mask)
+        result.extra["final_reused"] = False
     result.fitness_evaluations = len(search.memo)
     result.history = search.history
     result.extra.update({"best_fitness": search.best_fitness, "evaluation": mode, **start,

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 from deft_jax.core import divergence, training
 from deft_jax.core.best_epoch import BestEpoch
 from deft_jax.core.finetune import FineTuner
-from deft_jax.core.masks import GroupMask
+from deft_jax.core.masks import GroupMask, mask_key
 from deft_jax.data.inputs import SplitArrays
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe
 from deft_jax.evolution.fitness import PrefixFeatureCache
@@ -24,6 +25,7 @@ class SequentialEvaluator:
     name = "sequential"
     on_member_done = None  # callback(number of members just finished), e.g. progress
     on_member_scored = None  # callback(index in masks, fitness) as each member finishes
+    keep_models = False  # keep every whole-budget member's model (the kept epoch's variables)
 
     def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, recipe: FitnessRecipe):
         self.spec, self.variables, self.data, self.recipe = spec, variables, data, recipe
@@ -31,20 +33,23 @@ class SequentialEvaluator:
         self.tuner = FineTuner(spec, recipe.finetune)
         self.cache_prefix = recipe.prefix_cached
         self.prefix = PrefixFeatureCache(spec, variables, data)
+        self.models: dict[str, tuple[float, dict]] = {}  # mask key -> (fitness, variables)
 
-    def _fine_tune_one(self, mask: GroupMask, epochs: int | None) -> tuple[np.ndarray, list[float]]:
-        """Validation logits (of the epoch `keep` says) and training losses of the mask's
-        fine-tune."""
+    def _fine_tune_one(self, mask: GroupMask, epochs: int | None) -> tuple[np.ndarray, list[float], dict | None]:
+        """Validation logits (of the epoch `keep` says), training losses and, with
+        `keep_models` and the whole budget, the kept epoch's variables of the mask's fine-tune."""
         start = training.first_trainable_stage(self.spec, mask) if self.cache_prefix else 0
         x_train, x_val = self.prefix.features(start)
         kept = BestEpoch(self.keep, self.metric, self.data.y_val, self.data.num_classes)
+        want = self.keep_models and epochs is None
         variables, losses = self.tuner.fine_tune(
             self.variables, mask, x_train, self.data.y_train, seed=self.seed, start=start, epochs=epochs,
             after_epoch=None if self.keep == "last" else
-            lambda epoch, v: kept.offer(0, self.tuner.logits(v, x_val, start=start), mask))
+            lambda epoch, v: kept.offer(0, self.tuner.logits(v, x_val, start=start), mask,
+                                        payload=(lambda: jax.device_get(v)) if want else None))
         if self.keep == "last":
-            return self.tuner.logits(variables, x_val, start=start), losses
-        return kept.logits[0], losses
+            return self.tuner.logits(variables, x_val, start=start), losses, jax.device_get(variables) if want else None
+        return kept.logits[0], losses, kept.payload.get(0)
 
     def evaluate_logits(self, masks: Sequence[GroupMask], epochs: int | None = None) -> np.ndarray:
         return np.stack([self._fine_tune_one(m, epochs)[0] for m in masks])
@@ -52,10 +57,12 @@ class SequentialEvaluator:
     def evaluate(self, masks: Sequence[GroupMask], epochs: int | None = None) -> list[float]:
         out = []
         for i, mask in enumerate(masks):
-            logits, losses = self._fine_tune_one(mask, epochs)
+            logits, losses, model = self._fine_tune_one(mask, epochs)
             out.append(divergence.fitness_from_logits(self.metric, logits, self.data.y_val,
                                                       self.data.num_classes, mask,
                                                       losses if self.keep == "last" else None))
+            if model is not None:
+                self.models[mask_key(mask)] = (out[-1], model)
             if self.on_member_scored is not None:
                 self.on_member_scored(i, out[-1])
             if self.on_member_done is not None:
