@@ -103,10 +103,12 @@ def infeasible_fitness(fraction: float, limit: float, worst: float = 1.0) -> flo
 @dataclasses.dataclass(frozen=True)
 class Halving:
     """Successive halving inside a generation: every new member trains `short_epochs` of the
-    fitness schedule, the best `promote_fraction` (at least one) the whole schedule."""
+    fitness schedule, the best `promote_fraction` (at least one) the whole schedule, and so
+    does every mask in `always` (the full mask the keep-full rule compares with)."""
 
     short_epochs: int
     promote_fraction: float
+    always: tuple[str, ...] = ()
 
     def promoted(self, n: int) -> int:
         return min(n, max(1, int(self.promote_fraction * n + 0.5)))  # rounded, at least one
@@ -188,13 +190,14 @@ def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
             values = run(everyone, halving.short_epochs)
             ranked = sorted(range(len(values)), key=lambda i: (values[i], i))
             best = ranked[:halving.promoted(len(new_masks))]
+            best += [i for i in ranked if i not in best and new_keys[i] in halving.always]
             for i, value in zip(best, run(best)):
                 values[i] = value
             # then every member whose short score already beats the best whole-budget score
             # (of earlier generations or just promoted): the incumbent is always scored
             # with the whole budget
             incumbent = min(list(memo.full_budget().values()) + [values[i] for i in best])
-            more = [i for i in ranked[len(best):] if values[i] < incumbent]
+            more = [i for i in ranked if i not in best and values[i] < incumbent]
             if more:
                 for i, value in zip(more, run(more)):
                     values[i] = value

@@ -149,7 +149,10 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
     genes = searchable_groups(group_names)
     de, de_params = make_differential_evolution(s, len(genes))
     base_key = jax.random.key(cfg.seed)
-    halving = Halving(cfg.finetune.epochs, s.promote_fraction) if s.fidelity == "halving" else None
+    full_key = mask_key(decode_genome(np.ones(len(genes), np.float32), group_names, s.threshold, s.space))
+    halving = (Halving(cfg.finetune.epochs, s.promote_fraction,
+                       (full_key,) if s.select == "full-unless-1se-better" else ())
+               if s.fidelity == "halving" else None)
     whole_epochs = fitness_recipe(cfg).finetune.epochs
     worst = worst_fitness(s.metric)  # infeasible masks score above it
     if s.select != "best" and n_val < 1:
@@ -251,7 +254,6 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
     if not memo.full_budget():
         raise UserError("the search evaluated no mask within search.max_trainable_fraction; raise it")
     best_de = decode_genome(np.asarray(de_state.best_solution), group_names, s.threshold, s.space)
-    full_key = mask_key(decode_genome(np.ones(len(genes), np.float32), group_names, s.threshold, s.space))
     key, selection = select_mask(memo, groups, s.select, n_val, s.metric, full_key)
     if s.select == "best" and mask_key(best_de) in memo.full_budget() \
             and memo.entries[mask_key(best_de)] == memo.entries[key]:
