@@ -24,9 +24,9 @@ forward or backward pass below a member's first trainable stage); which members 
 program and where it starts is `deft_jax.evolution.evaluators.member_plan`'s business.
 
 Memory: with `memory_limit_bytes`, the members per program are fitted to the device's
-memory before the population runs (`deft_jax.evolution.evaluators.memory_fit`). Frozen
-prefix: when augmentation is off, the stages below a program's lowest trainable stage are
-run once (`PrefixFeatureCache`) and the program trains the suffix only.
+memory first (`memory_fit`). Frozen prefix: with augmentation off, the stages below a
+program's lowest trainable stage run once (`PrefixFeatureCache`), the program trains the
+suffix only; one-member programs validate with the cache's per-stage inference programs.
 """
 
 from __future__ import annotations
@@ -67,10 +67,7 @@ class PopulationEvaluator:
         self.metric, self.seed, self.keep = recipe.metric, recipe.seed, recipe.keep
         self.lr_multipliers, self.sharded = recipe.lr_multipliers, sharded
         self.on_member_done = self.on_member_scored = None  # see `Evaluator`
-        if sharded:
-            self.name = "sharded"
-        else:
-            self.name = "vmap-1" if members_per_program == 1 else "vmap"
+        self.name = "sharded" if sharded else "vmap-1" if members_per_program == 1 else "vmap"
         self.variables = {"params": dict(variables["params"]),
                           "batch_stats": dict(variables.get("batch_stats", {}))}
         self.cache_prefix = recipe.prefix_cached
@@ -154,7 +151,7 @@ class PopulationEvaluator:
         for start, idx, chunks in self._programs_for(masks):
             members = []
             for chunk in chunks:
-                state = self._to_host(self._train(chunk, start))
+                state = to_host(self._train(chunk, start), self._mesh())
                 for i in range(len(chunk)):
                     member = {"params": dict(self.variables["params"]),
                               "batch_stats": dict(self.variables["batch_stats"])}
@@ -198,9 +195,6 @@ class PopulationEvaluator:
 
     def _put(self, x, spec: P):
         return put(x, self._mesh(), spec)
-
-    def _to_host(self, tree):
-        return to_host(tree, self._mesh())
 
     def _step_model(self, start: int) -> training.StepModel:
         return training.StepModel.of(self.spec, self.base_tx, start, self.cfg.compute_dtype,
@@ -251,13 +245,13 @@ class PopulationEvaluator:
         member_state = jax.eval_shape(lambda: self._member_state(start))
         shapes = memory_fit.train_argument_shapes(member_state, size, self.groups, xs, ys, self._mesh())
         compiled = self.programs.compile_ahead(("train", size, start, steps),
-                                               lambda: train_program(self._step_model(start), self._mesh()),
+                                               lambda: train_program(self._step_model(start), self._mesh(), size),
                                                *shapes)
         return memory_fit.compiled_bytes(compiled)
 
     def _train_program(self, size: int, start: int, steps: int):
         return self.programs.get(("train", size, start, steps),
-                                 lambda: train_program(self._step_model(start), self._mesh()))
+                                 lambda: train_program(self._step_model(start), self._mesh(), size))
 
     def _logits_program(self, size: int, start: int):
         return self.programs.get(("logits", size, start),
@@ -290,6 +284,10 @@ class PopulationEvaluator:
 
     def _val_logits(self, start: int, state: training.TrainState, x_val: np.ndarray) -> np.ndarray:
         size = jax.tree.leaves(state.params)[0].shape[0]
+        if size == 1 and not self.sharded:  # the prefix cache's per-stage programs, shared by all
+            member = jax.tree.map(lambda a: np.asarray(a)[0], dict(params=state.params, batch_stats=state.batch_stats))
+            return training.logits(self.spec, member, x_val, start=start, batch_size=self.prefix.chunk,
+                                   cache=self.prefix.forwards)[None]
         fn = self._logits_program(size, start)
         chunk = max(1, min(len(x_val), self.eval_images_per_call // size))
         outputs = []

@@ -16,6 +16,7 @@ from deft_jax.data.inputs import SplitArrays
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe
 from deft_jax.evolution.fitness import PrefixFeatureCache
 from deft_jax.models.base import ModelSpec
+from deft_jax.runtime.xla_options import fitness_compiler_options
 
 
 class SequentialEvaluator:
@@ -28,9 +29,10 @@ class SequentialEvaluator:
     def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, recipe: FitnessRecipe):
         self.spec, self.variables, self.data, self.recipe = spec, variables, data, recipe
         self.metric, self.seed, self.keep = recipe.metric, recipe.seed, recipe.keep
-        self.tuner = FineTuner(spec, recipe.finetune)
+        self.tuner = FineTuner(spec, recipe.finetune, compiler_options=fitness_compiler_options())
         self.cache_prefix = recipe.prefix_cached
         self.prefix = PrefixFeatureCache(spec, variables, data)
+        self.tuner.forwards = self.prefix.forwards  # one set of per-stage inference programs
 
     def _fine_tune_one(self, mask: GroupMask, epochs: int | None) -> tuple[np.ndarray, list[float]]:
         """Validation logits (of the epoch `keep` says) and training losses of the mask's
@@ -38,12 +40,15 @@ class SequentialEvaluator:
         start = training.first_trainable_stage(self.spec, mask) if self.cache_prefix else 0
         x_train, x_val = self.prefix.features(start)
         kept = BestEpoch(self.keep, self.metric, self.data.y_val, self.data.num_classes)
+
+        def val_logits(variables: dict) -> np.ndarray:
+            return self.tuner.logits(variables, x_val, start=start, batch_size=self.prefix.chunk)
+
         variables, losses = self.tuner.fine_tune(
             self.variables, mask, x_train, self.data.y_train, seed=self.seed, start=start, epochs=epochs,
-            after_epoch=None if self.keep == "last" else
-            lambda epoch, v: kept.offer(0, self.tuner.logits(v, x_val, start=start), mask))
+            after_epoch=None if self.keep == "last" else lambda epoch, v: kept.offer(0, val_logits(v), mask))
         if self.keep == "last":
-            return self.tuner.logits(variables, x_val, start=start), losses
+            return val_logits(variables), losses
         return kept.logits[0], losses
 
     def evaluate_logits(self, masks: Sequence[GroupMask], epochs: int | None = None) -> np.ndarray:
