@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,8 @@ KNOWN_STRATEGIES = ("auto", "sequential", "vmap", "vmap-1", "sharded", NO_PREFIX
 
 class CompileClock:
     """The compile events (tracing, lowering to MLIR, XLA compile; `deft_jax.runtime.compile_log`)
-    of the worker, one `CompileLog` per phase: setup, search, step profile."""
+    of the worker, one `CompileLog` per phase: setup, search, step profile (skipped with
+    DEFT_BENCH_STEP_PROFILE=off, for compile measurements of the search alone)."""
 
     def __init__(self):
         from deft_jax.runtime.compile_log import CompileLog
@@ -44,10 +46,9 @@ class CompileClock:
 
     def report(self) -> dict:
         """Per phase: XLA programs, their seconds, and per function (programs, seconds)."""
+        kinds = ("backend_compile_s", "trace_s", "lower_s", "backend_compile_cpu_s", "trace_cpu_s", "lower_cpu_s")
         return {name: {"programs": log.total_programs(), "cache_hits": log.cache_hits,
-                       "backend_compile_s": round(log.seconds("backend_compile_s"), 3),
-                       "trace_s": round(log.seconds("trace_s"), 3), "lower_s": round(log.seconds("lower_s"), 3),
-                       "by_function": log.summary()}
+                       **{k: round(log.seconds(k), 3) for k in kinds}, "by_function": log.summary()}
                 for name, log in self.phases.items()}
 
 
@@ -169,7 +170,9 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
     prefix = PrefixFeatureCache(spec, variables, a)
     profile_data = {"cfg": cfg.finetune, "x_train": a.x_train, "y_train": a.y_train}
     masks = profile_masks(spec.group_names)
-    if resolved == "sequential":
+    if os.environ.get("DEFT_BENCH_STEP_PROFILE", "on") == "off":  # the search alone
+        step_profile = {}
+    elif resolved == "sequential":
         step_profile = jax_step_profile(spec, variables, prefix, profile_data, masks,
                                         cache_prefix=strategy != NO_PREFIX)
     else:  # population programs: FLOPs from a static step's count

@@ -178,17 +178,18 @@ class PopulationEvaluator:
         return self.plan.start_of(mask)
 
     def _programs_for(self, masks: Sequence[GroupMask]):
-        """[(start, member indices, chunks of padded masks)] (see `deft_jax.evolution.evaluators.member_plan`),
-        each program fitted to the memory limit first."""
+        """(start, member indices, chunks of padded masks) per program group, in turn (see
+        `member_plan`), each fitted to the memory limit just before it runs. With several
+        groups, the later groups' programs compile in the background meanwhile."""
         groups = self.plan.groups(masks)
         if not self.members_per_program:
             self._fit_to_memory(len(masks), groups[0][0])
-        out = []
+        for start, _ in groups[1:]:
+            self.programs.prefetch(*self._train_key_and_shapes(self.plan.unit(), start))
         for start, idx in groups:
             if self.memory.limit_bytes and self.members_per_program:
                 self._fit_to_memory(len(idx), start)
-            out.append((start, idx, self.plan.padded_chunks([masks[i] for i in idx], start)))
-        return out
+            yield start, idx, self.plan.padded_chunks([masks[i] for i in idx], start)
 
     def _mesh(self) -> Mesh | None:
         return self.mesh if self.sharded else None
@@ -238,16 +239,17 @@ class PopulationEvaluator:
         """Per-device bytes of the fine-tune program for `size` members from stage `start`
         (XLA memory analysis); the program is compiled ahead of time into the cache, under
         the key it runs from."""
+        return memory_fit.compiled_bytes(self.programs.compile_ahead(*self._train_key_and_shapes(size, start)))
+
+    def _train_key_and_shapes(self, size: int, start: int) -> tuple:
+        """(cache key, builder, argument shapes...) of the train program for `size` members from `start`."""
         xs, ys = self._batches(start)[0][0]
         steps = xs.shape[0] if training.scan_steps() else 1
         if not training.scan_steps():  # one step per call: one batch per argument
             xs, ys = xs[0], ys[0]
         member_state = jax.eval_shape(lambda: self._member_state(start))
-        shapes = memory_fit.train_argument_shapes(member_state, size, self.groups, xs, ys, self._mesh())
-        compiled = self.programs.compile_ahead(("train", size, start, steps),
-                                               lambda: train_program(self._step_model(start), self._mesh(), size),
-                                               *shapes)
-        return memory_fit.compiled_bytes(compiled)
+        return (("train", size, start, steps), lambda: train_program(self._step_model(start), self._mesh(), size),
+                *memory_fit.train_argument_shapes(member_state, size, self.groups, xs, ys, self._mesh()))
 
     def _train_program(self, size: int, start: int, steps: int):
         return self.programs.get(("train", size, start, steps),
