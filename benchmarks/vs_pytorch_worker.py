@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,26 +23,33 @@ KNOWN_STRATEGIES = ("auto", "sequential", "vmap", "vmap-1", "sharded", NO_PREFIX
 
 
 class CompileClock:
-    """Sums jax.monitoring's compile events (tracing, lowering to MLIR, XLA compile)."""
-
-    EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-              "/jax/core/compile/jaxpr_to_mlir_module_duration",
-              "/jax/core/compile/backend_compile_duration")
+    """The compile events (tracing, lowering to MLIR, XLA compile; `deft_jax.runtime.compile_log`)
+    of the worker, one `CompileLog` per phase: setup, search, step profile (skipped with
+    DEFT_BENCH_STEP_PROFILE=off, for compile measurements of the search alone)."""
 
     def __init__(self):
-        import jax.monitoring
-        self.total = 0.0
-        self.backend_compiles = 0
-        self.by_function: dict[str, float] = {}
-        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+        from deft_jax.runtime.compile_log import CompileLog
+        self.all = CompileLog().start()
+        self.phases: dict = {}
+        self.phase("setup")
 
-    def _on_event(self, event, duration, **kwargs):
-        if event in self.EVENTS:
-            self.total += duration
-            name = str(kwargs.get("fun_name", "?"))
-            self.by_function[name] = self.by_function.get(name, 0.0) + duration
-            if event == self.EVENTS[2]:
-                self.backend_compiles += 1
+    def phase(self, name: str):
+        from deft_jax.runtime.compile_log import CompileLog
+        for log in self.phases.values():
+            log.stop()
+        self.phases[name] = CompileLog().start()
+        return self.phases[name]
+
+    @property
+    def total(self) -> float:
+        return self.all.seconds()
+
+    def report(self) -> dict:
+        """Per phase: XLA programs, their seconds, and per function (programs, seconds)."""
+        kinds = ("backend_compile_s", "trace_s", "lower_s", "backend_compile_cpu_s", "trace_cpu_s", "lower_cpu_s")
+        return {name: {"programs": log.total_programs(), "cache_hits": log.cache_hits,
+                       **{k: round(log.seconds(k), 3) for k in kinds}, "by_function": log.summary()}
+                for name, log in self.phases.items()}
 
 
 class RecordingEvaluator:
@@ -134,6 +142,7 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
         inner, resolved, reason = make_evaluator(cfg, spec, variables, data.arrays)
     setup_s = time.perf_counter() - t_start
     setup_compile_s = clock.total
+    search_log = clock.phase("search")
     load0 = loadavg()
 
     recorder = RecordingEvaluator(inner, clock, spec)
@@ -154,13 +163,16 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
     search_compile_s = clock.total - setup_compile_s
     load1 = loadavg()
     other_cores = other.cores()
+    clock.phase("step_profile")
 
     fitness = [result.memo[k] for k in recorder.masks]
     a = data.arrays
     prefix = PrefixFeatureCache(spec, variables, a)
     profile_data = {"cfg": cfg.finetune, "x_train": a.x_train, "y_train": a.y_train}
     masks = profile_masks(spec.group_names)
-    if resolved == "sequential":
+    if os.environ.get("DEFT_BENCH_STEP_PROFILE", "on") == "off":  # the search alone
+        step_profile = {}
+    elif resolved == "sequential":
         step_profile = jax_step_profile(spec, variables, prefix, profile_data, masks,
                                         cache_prefix=strategy != NO_PREFIX)
     else:  # population programs: FLOPs from a static step's count
@@ -174,16 +186,17 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
         "setup_s": setup_s, "search_s": search_s, "search_cpu_s": search_cpu_s,
         "evaluation_s": sum(r["eval_s"] for r in recorder.records),
         "compile_s": search_compile_s, "setup_compile_s": setup_compile_s,
-        "backend_compiles": clock.backend_compiles,
-        "compile_by_function": {k: round(v, 3) for k, v in sorted(
-            clock.by_function.items(), key=lambda kv: -kv[1])[:8]},
+        "backend_compiles": search_log.total_programs(),
+        "compile_by_function": {k: round(v["backend_compile_s"] + v["trace_s"] + v["lower_s"], 3)
+                                for k, v in list(search_log.summary().items())[:8]},
+        "search_programs": search_log.programs(),
         "first_result_s": recorder.records[0]["done_s"] if recorder.records else None,
         "first_result_compile_s": recorder.records[0]["compile_s"] if recorder.records else None,
         "masks": recorder.masks, "fitness": fitness, "records": recorder.records,
         "best_mask": "".join("1" if result.best_mask[g] else "0" for g in spec.group_names),
         "best_fitness": result.best_fitness, "evaluator_stats": inner.stats(),
         "step_profile": step_profile, "loadavg": [load0, load1], "other_cores": other_cores,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "compiles": clock.report(),
     }
     if export:  # everything the PyTorch side needs, so it never imports JAX
         from deft_jax.data.batches import batch_plan

@@ -46,6 +46,31 @@ def test_compiling_ahead_replaces_the_jitted_entry_with_the_program_that_then_ru
     assert jnp.array_equal(compiled(jnp.ones(3)), 2 * jnp.ones(3))
 
 
+def test_a_prefetched_program_compiles_in_another_thread_once_and_is_the_one_that_runs():
+    import threading
+
+    from deft_jax.runtime.compile_log import CompileLog
+
+    cache = ProgramCache()
+    key = ("triple", 4)
+    threads = []
+
+    def triple(x):
+        threads.append(threading.current_thread().name)  # runs while the program is traced
+        return 3 * x
+
+    shape = jax.ShapeDtypeStruct((4,), jnp.float32)
+    with CompileLog() as log:
+        cache.prefetch(key, lambda: jax.jit(triple), shape)
+        cache.prefetch(key, lambda: None, shape)  # already compiling: nothing more
+        program = cache.get(key, lambda: None)
+    assert isinstance(program, jax.stages.Compiled) and cache.is_compiled(key)
+    assert threads and threads[0].startswith("deft_jax-compile")
+    assert log.programs()["triple"] == 1 and cache.compiles == 1
+    assert cache.compile_ahead(key, lambda: None, shape) is program
+    assert jnp.array_equal(program(jnp.ones(4)), 3 * jnp.ones(4))
+
+
 class FakeTuner:
     """Stands in for FineTuner: `compiles` is set by the test, nothing is compiled."""
 

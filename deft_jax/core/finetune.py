@@ -35,12 +35,16 @@ class FineTuner:
     """Fine-tunes a model under static masks, with compiled programs cached per mask."""
 
     def __init__(self, spec: ModelSpec, cfg: FineTuneConfig, learning_rate: float | None = None,
-                 epochs: int | None = None, tx: optax.GradientTransformation | None = None):
-        """`tx` replaces the optimizer made from `cfg` (e.g. auto-rgn's per-tensor scaling).
+                 epochs: int | None = None, tx: optax.GradientTransformation | None = None,
+                 compiler_options: dict | None = None):
+        """`tx` replaces the optimizer made from `cfg` (e.g. auto-rgn's per-tensor scaling);
+        `compiler_options` go to `jax.jit` of the fine-tune programs (fitness fine-tunes:
+        `deft_jax.runtime.xla_options`).
         With a `finetune.schedule` that needs the step counts, the optimizer is made for the
         training set of the first `fine_tune` (and remade, programs dropped, if it changes)."""
         self.spec = spec
         self.cfg = cfg
+        self.compiler_options = compiler_options
         self.epochs = cfg.epochs if epochs is None else epochs
         self.learning_rate = learning_rate
         self.scheduled = tx is None and optimizer.needs_steps(cfg)
@@ -69,7 +73,7 @@ class FineTuner:
         scaled = has_lr_multipliers(mask)
         key = (mask_key(flags), scaled, start)
         return self.programs.get(key, lambda: jax.jit(training.program(self.step_model(start, scaled), flags),
-                                                      donate_argnums=(0,)))
+                                                      donate_argnums=(0,), compiler_options=self.compiler_options))
 
     def fine_tune(self, variables: dict, mask: Mapping, x: np.ndarray, y: np.ndarray,
                   seed: int, start: int = 0, epochs: int | None = None,

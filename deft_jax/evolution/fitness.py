@@ -53,7 +53,12 @@ class MemoTable:
 
 
 class PrefixFeatureCache:
-    """Features entering stage k for train and val, per k, LRU-bounded in bytes."""
+    """Features entering stage k for train and val, per k, LRU-bounded in bytes.
+
+    Computed by the per-stage inference programs of `training.logits` (kept in `forwards`,
+    which evaluators share for their members' validation forwards), over train and val
+    together in chunks of `chunk` rows, from the highest stage already cached below k: one
+    program per stage for the whole search, whatever the starts."""
 
     def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays,
                  max_bytes: int = 2 << 30):
@@ -61,6 +66,9 @@ class PrefixFeatureCache:
         self.max_bytes = max_bytes
         self._store: OrderedDict[int, tuple[np.ndarray, np.ndarray, float]] = OrderedDict()
         self.forwards = ProgramCache()
+        n_train, n_val = len(data.x_train), len(data.x_val)
+        # one chunk size for train, val and every member's validation: one shape per program
+        self.chunk = max(1, min(256, max(n_val, 32), n_train + n_val))
         self.hits = self.misses = 0
         self.seconds_computing = 0.0
         self.seconds_saved = 0.0
@@ -76,8 +84,11 @@ class PrefixFeatureCache:
             return train, val
         self.misses += 1
         t0 = time.perf_counter()
-        train = training.logits(self.spec, self.variables, self.data.x_train, stop=start, cache=self.forwards)
-        val = training.logits(self.spec, self.variables, self.data.x_val, stop=start, cache=self.forwards)
+        base = max((k for k in self._store if k < start), default=0)
+        x_train, x_val = self._store[base][:2] if base else (self.data.x_train, self.data.x_val)
+        both = training.logits(self.spec, self.variables, np.concatenate([x_train, x_val]), start=base,
+                               stop=start, batch_size=self.chunk, cache=self.forwards)
+        train, val = both[:len(x_train)], both[len(x_train):]
         cost = time.perf_counter() - t0
         self.seconds_computing += cost
         self._store[start] = (train, val, cost)

@@ -42,6 +42,7 @@ from deft_jax.evolution.progress import SearchProgress
 from deft_jax.evolution.selection import select_mask
 from deft_jax.models.groups import LayerGroups
 from deft_jax.runtime import rundir
+from deft_jax.runtime.xla_options import bookkeeping_compiler_options
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
     group_names = groups.names
     genes = searchable_groups(group_names)
     de, de_params = make_differential_evolution(s, len(genes))
+    options = bookkeeping_compiler_options()  # DE's programs cost microseconds to run
+    ask, tell = (jax.jit(f, compiler_options=options) for f in (de.ask, de.tell))
     base_key = jax.random.key(cfg.seed)
     full_key = mask_key(decode_genome(np.ones(len(genes), np.float32), group_names, s.threshold, s.space))
     halving = (Halving(cfg.finetune.epochs, s.promote_fraction,
@@ -198,8 +201,8 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
             f"mean {row['mean_fitness']:.4f}  evaluated {row['masks_evaluated']}{promoted}  "
             f"memo hits {row['memo_hits']}  {row['seconds']:.1f} s")
 
-    init_population = jax.random.uniform(jax.random.fold_in(base_key, 0),
-                                         (s.population_size, len(genes)))
+    init_population = jax.jit(lambda k: jax.random.uniform(k, (s.population_size, len(genes))),
+                              compiler_options=options)(jax.random.fold_in(base_key, 0))
     if s.seed_baselines:
         seeds = baseline_genomes(len(genes))[:s.population_size]
         init_population = init_population.at[:len(seeds)].set(jnp.asarray(np.stack(seeds)))
@@ -244,10 +247,10 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
         generation += 1
         t0 = time.perf_counter()
         key_ask, key_tell = jax.random.split(jax.random.fold_in(base_key, generation))
-        population, de_state = de.ask(key_ask, de_state, de_params)
+        population, de_state = ask(key_ask, de_state, de_params)
         population = jnp.clip(population, 0.0, 1.0)  # genomes live in [0,1]^G
         fitness = evaluate(population, generation, t0, history, memo)
-        de_state, _ = de.tell(key_tell, population, fitness, de_state, de_params)
+        de_state, _ = tell(key_tell, population, fitness, de_state, de_params)
         saved(generation)
         report(history[-1])
 

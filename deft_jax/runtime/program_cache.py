@@ -11,6 +11,9 @@ call for the shapes it gets) or an ahead-of-time `jax.stages.Compiled` (lowered 
 compiled for given argument shapes, e.g. to read XLA's memory analysis before running it).
 `compile_ahead` turns a key's jitted entry into its `Compiled` in place, so the program
 that is analysed is the one that runs; `is_compiled` tells the two apart by type.
+`prefetch` does the same in a background thread (one per process: XLA compiles on one
+core, so the next program compiles while the current one runs on the others); the first
+`get` or `compile_ahead` of the key waits for it.
 
 Not JAX's persistent compilation cache (`deft_jax.runtime.compile_cache`), which keeps
 XLA executables on disk across processes; this one lives in one process.
@@ -18,11 +21,25 @@ XLA executables on disk across processes; this one lives in one process.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import jax
 
 Program = jax.stages.Wrapped | jax.stages.Compiled
+
+_compiler: ThreadPoolExecutor | None = None
+_compiler_lock = threading.Lock()
+
+
+def _background() -> ThreadPoolExecutor:
+    """The process's one background compile thread (started on first use)."""
+    global _compiler
+    with _compiler_lock:
+        if _compiler is None:
+            _compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deft_jax-compile")
+        return _compiler
 
 
 class ProgramCache:
@@ -31,10 +48,12 @@ class ProgramCache:
     def __init__(self):
         self._entries: dict[Hashable, Program] = {}
         self._builds: dict[Hashable, int] = {}
+        self._pending: dict[Hashable, Future] = {}  # key -> its Compiled, compiling in the background
         self.compiles = 0  # programs built so far, including those since cleared
 
     def get(self, key: Hashable, build: Callable[[], Program]) -> Program:
         """The program under `key`; `build()` makes it the first time (counted)."""
+        self._settle(key)
         if key not in self._entries:
             self._entries[key] = build()
             self._builds[key] = self._builds.get(key, 0) + 1
@@ -52,6 +71,20 @@ class ProgramCache:
             self._entries[key] = program
         return program
 
+    def prefetch(self, key: Hashable, build: Callable[[], jax.stages.Wrapped], *arg_shapes) -> None:
+        """Start `compile_ahead(key, build, *arg_shapes)` in the background thread, unless the
+        key is compiled or compiling already. Errors surface at the key's next `get`."""
+        if key in self._pending or self.is_compiled(key):
+            return
+        program = self.get(key, build)
+        self._pending[key] = _background().submit(lambda: program.lower(*arg_shapes).compile())
+
+    def _settle(self, key: Hashable) -> None:
+        """Wait for the key's background compile, if any, and keep its `Compiled`."""
+        future = self._pending.pop(key, None)
+        if future is not None:
+            self._entries[key] = future.result()
+
     def is_compiled(self, key: Hashable) -> bool:
         """Whether `key` holds an ahead-of-time `Compiled` (not a jitted function)."""
         return isinstance(self._entries.get(key), jax.stages.Compiled)
@@ -68,4 +101,6 @@ class ProgramCache:
 
     def clear(self) -> None:
         """Drop every program (the counters keep counting)."""
+        for key in list(self._pending):
+            self._settle(key)
         self._entries.clear()

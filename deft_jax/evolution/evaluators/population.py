@@ -13,20 +13,18 @@ members' states and gates, the batches shared: every member sees the batches of
 `batches.training_batches`, so a member's result equals the static-mask evaluator's to
 float tolerance.
 
-`sharded=True` runs the same per-member code under `shard_map` over all devices
-(`deft_jax.evolution.evaluators.programs`). Populations are padded (with copies of a real mask) to a
-fixed size that divides the device count, so one program serves every generation; the
-padding is never reported.
+`sharded=True` runs the same per-member code under `shard_map` over all devices (`programs`);
+populations are padded (with copies of a real mask) to a fixed size that divides the device
+count, so one program serves every generation; the padding is never reported.
 
 `members_per_program=k` runs the padded population as consecutive programs of k members
 per device instead, each from its own members' first trainable stage (`vmap-1` on CPU: no
 forward or backward pass below a member's first trainable stage); which members share a
 program and where it starts is `deft_jax.evolution.evaluators.member_plan`'s business.
 
-Memory: with `memory_limit_bytes`, the members per program are fitted to the device's
-memory before the population runs (`deft_jax.evolution.evaluators.memory_fit`). Frozen
-prefix: when augmentation is off, the stages below a program's lowest trainable stage are
-run once (`PrefixFeatureCache`) and the program trains the suffix only.
+Memory: with `memory_limit_bytes`, members per program fit the device's memory (`memory_fit`). Frozen prefix: with augmentation off, the stages below a
+program's lowest trainable stage run once (`PrefixFeatureCache`), the program trains the
+suffix only; one-member programs validate with the cache's per-stage inference programs.
 """
 
 from __future__ import annotations
@@ -152,7 +150,7 @@ class PopulationEvaluator:
         for start, idx, chunks in self._programs_for(masks):
             members = []
             for chunk in chunks:
-                state = self._to_host(self._train(chunk, start))
+                state = to_host(self._train(chunk, start), self._mesh())
                 epoch_count.TOTAL.add(self.cfg.epochs, min(len(chunk), len(idx) - len(members)))
                 for i in range(len(chunk)):
                     member = {"params": dict(self.variables["params"]),
@@ -180,26 +178,24 @@ class PopulationEvaluator:
         return self.plan.start_of(mask)
 
     def _programs_for(self, masks: Sequence[GroupMask]):
-        """[(start, member indices, chunks of padded masks)] (see `deft_jax.evolution.evaluators.member_plan`),
-        each program fitted to the memory limit first."""
+        """(start, member indices, chunks of padded masks) per program group, in turn (see
+        `member_plan`), each fitted to the memory limit just before it runs. With several
+        groups, the later groups' programs compile in the background meanwhile."""
         groups = self.plan.groups(masks)
         if not self.members_per_program:
             self._fit_to_memory(len(masks), groups[0][0])
-        out = []
+        for start, _ in groups[1:]:
+            self.programs.prefetch(*self._train_key_and_shapes(self.plan.unit(), start))
         for start, idx in groups:
             if self.memory.limit_bytes and self.members_per_program:
                 self._fit_to_memory(len(idx), start)
-            out.append((start, idx, self.plan.padded_chunks([masks[i] for i in idx], start)))
-        return out
+            yield start, idx, self.plan.padded_chunks([masks[i] for i in idx], start)
 
     def _mesh(self) -> Mesh | None:
         return self.mesh if self.sharded else None
 
     def _put(self, x, spec: P):
         return put(x, self._mesh(), spec)
-
-    def _to_host(self, tree):
-        return to_host(tree, self._mesh())
 
     def _step_model(self, start: int) -> training.StepModel:
         return training.StepModel.of(self.spec, self.base_tx, start, self.cfg.compute_dtype,
@@ -243,20 +239,21 @@ class PopulationEvaluator:
         """Per-device bytes of the fine-tune program for `size` members from stage `start`
         (XLA memory analysis); the program is compiled ahead of time into the cache, under
         the key it runs from."""
+        return memory_fit.compiled_bytes(self.programs.compile_ahead(*self._train_key_and_shapes(size, start)))
+
+    def _train_key_and_shapes(self, size: int, start: int) -> tuple:
+        """(cache key, builder, argument shapes...) of the train program for `size` members from `start`."""
         xs, ys = self._batches(start)[0][0]
         steps = xs.shape[0] if training.scan_steps() else 1
         if not training.scan_steps():  # one step per call: one batch per argument
             xs, ys = xs[0], ys[0]
         member_state = jax.eval_shape(lambda: self._member_state(start))
-        shapes = memory_fit.train_argument_shapes(member_state, size, self.groups, xs, ys, self._mesh())
-        compiled = self.programs.compile_ahead(("train", size, start, steps),
-                                               lambda: train_program(self._step_model(start), self._mesh()),
-                                               *shapes)
-        return memory_fit.compiled_bytes(compiled)
+        return (("train", size, start, steps), lambda: train_program(self._step_model(start), self._mesh(), size),
+                *memory_fit.train_argument_shapes(member_state, size, self.groups, xs, ys, self._mesh()))
 
     def _train_program(self, size: int, start: int, steps: int):
         return self.programs.get(("train", size, start, steps),
-                                 lambda: train_program(self._step_model(start), self._mesh()))
+                                 lambda: train_program(self._step_model(start), self._mesh(), size))
 
     def _logits_program(self, size: int, start: int):
         return self.programs.get(("logits", size, start),
@@ -289,6 +286,10 @@ class PopulationEvaluator:
 
     def _val_logits(self, start: int, state: training.TrainState, x_val: np.ndarray) -> np.ndarray:
         size = jax.tree.leaves(state.params)[0].shape[0]
+        if size == 1 and not self.sharded:  # the prefix cache's per-stage programs, shared by all
+            member = jax.tree.map(lambda a: np.asarray(a)[0], dict(params=state.params, batch_stats=state.batch_stats))
+            return training.logits(self.spec, member, x_val, start=start, batch_size=self.prefix.chunk,
+                                   cache=self.prefix.forwards)[None]
         fn = self._logits_program(size, start)
         chunk = max(1, min(len(x_val), self.eval_images_per_call // size))
         outputs = []

@@ -14,18 +14,35 @@ from jax.sharding import PartitionSpec as P
 
 from deft_jax.core import training
 from deft_jax.models.base import ModelSpec
+from deft_jax.runtime.xla_options import fitness_compiler_options
 
 AXIS = "pop"
 
 
-def train_program(step_model: training.StepModel, mesh: Mesh | None):
+def one_member(fn):
+    """`fn` of one member run on arguments with a leading member axis of size 1: the member
+    axis is dropped inside the program (XLA compiles the unbatched program, about a quarter
+    faster on CPU than `vmap` over one member) and put back on the outputs."""
+
+    def run(states, gates, xs, ys):
+        state, loss = fn(jax.tree.map(lambda a: a[0], states), jax.tree.map(lambda a: a[0], gates), xs, ys)
+        return jax.tree.map(lambda a: a[None], state), loss[None]
+
+    return run
+
+
+def train_program(step_model: training.StepModel, mesh: Mesh | None, size: int | None = None):
     """`run(states, gates, xs, ys)` over members: the scanned fine-tune, or one step on CPU
-    (`training.scan_steps`); the members' states are donated."""
+    (`training.scan_steps`); the members' states are donated. `size` 1 without a mesh: the
+    unbatched program of one member (`one_member`)."""
+    options = fitness_compiler_options()
+    if size == 1 and mesh is None:
+        return jax.jit(one_member(training.program(step_model)), donate_argnums=(0,), compiler_options=options)
     fn = jax.vmap(training.program(step_model), in_axes=(0, 0, None, None))
     if mesh is not None:
         member = P(AXIS)
         fn = jax.shard_map(fn, mesh=mesh, in_specs=(member, member, P(), P()), out_specs=(member, member))
-    return jax.jit(fn, donate_argnums=(0,))
+    return jax.jit(fn, donate_argnums=(0,), compiler_options=options)
 
 
 def logits_program(spec: ModelSpec, start: int, mesh: Mesh | None):
@@ -37,10 +54,11 @@ def logits_program(spec: ModelSpec, start: int, mesh: Mesh | None):
         return net.apply({"params": params, "batch_stats": batch_stats}, x, train=False, start=start)
 
     fn = jax.vmap(member_logits, in_axes=(0, 0, None))
+    options = fitness_compiler_options()
     if mesh is None:
-        return jax.jit(fn)
+        return jax.jit(fn, compiler_options=options)
     fn = jax.shard_map(fn, mesh=mesh, in_specs=(P(AXIS), P(AXIS), P()), out_specs=P(AXIS))
-    return jax.jit(fn, out_shardings=NamedSharding(mesh, P()))
+    return jax.jit(fn, out_shardings=NamedSharding(mesh, P()), compiler_options=options)
 
 
 def put(x, mesh: Mesh | None, spec: P):

@@ -24,6 +24,7 @@ class FitnessRecipe:
     seed: int = 0                # the batch plan's seed (every member sees the same batches)
     lr_multipliers: bool = False  # masks carry per-group learning-rate multipliers
     cache_prefix: bool = True    # train on cached features entering the first trainable stage
+    final_recipe: bool = False   # the final training's recipe (search.schedule = "final")
 
     @property
     def prefix_cached(self) -> bool:
@@ -41,4 +42,4 @@ def fitness_recipe(cfg: Config) -> FitnessRecipe:
         return FitnessRecipe(cfg.finetune, keep="last", **common)
     lr = cfg.final.learning_rate if cfg.final.learning_rate is not None else cfg.finetune.learning_rate
     finetune = dataclasses.replace(cfg.finetune, epochs=cfg.final.epochs, learning_rate=lr)
-    return FitnessRecipe(finetune, keep=cfg.final.keep, **common)
+    return FitnessRecipe(finetune, keep=cfg.final.keep, final_recipe=True, **common)

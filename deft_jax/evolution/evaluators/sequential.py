@@ -17,6 +17,7 @@ from deft_jax.data.inputs import SplitArrays
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe
 from deft_jax.evolution.fitness import PrefixFeatureCache
 from deft_jax.models.base import ModelSpec
+from deft_jax.runtime.xla_options import fitness_compiler_options
 
 
 class SequentialEvaluator:
@@ -30,9 +31,13 @@ class SequentialEvaluator:
     def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, recipe: FitnessRecipe):
         self.spec, self.variables, self.data, self.recipe = spec, variables, data, recipe
         self.metric, self.seed, self.keep = recipe.metric, recipe.seed, recipe.keep
-        self.tuner = FineTuner(spec, recipe.finetune)
+        # a final-recipe fitness trains the final model itself (`final.reuse`): compiled as the
+        # final training is; a short fitness with the cheaper compile
+        self.tuner = FineTuner(spec, recipe.finetune,
+                               compiler_options=None if recipe.final_recipe else fitness_compiler_options())
         self.cache_prefix = recipe.prefix_cached
         self.prefix = PrefixFeatureCache(spec, variables, data)
+        self.tuner.forwards = self.prefix.forwards  # one set of per-stage inference programs
         self.models: dict[str, tuple[float, dict]] = {}  # mask key -> (fitness, variables)
 
     def _fine_tune_one(self, mask: GroupMask, epochs: int | None) -> tuple[np.ndarray, list[float], dict | None]:
@@ -42,13 +47,16 @@ class SequentialEvaluator:
         x_train, x_val = self.prefix.features(start)
         kept = BestEpoch(self.keep, self.metric, self.data.y_val, self.data.num_classes)
         want = self.keep_models and epochs is None
+
+        def val_logits(variables: dict) -> np.ndarray:
+            return self.tuner.logits(variables, x_val, start=start, batch_size=self.prefix.chunk)
+
         variables, losses = self.tuner.fine_tune(
             self.variables, mask, x_train, self.data.y_train, seed=self.seed, start=start, epochs=epochs,
             after_epoch=None if self.keep == "last" else
-            lambda epoch, v: kept.offer(0, self.tuner.logits(v, x_val, start=start), mask,
-                                        payload=(lambda: jax.device_get(v)) if want else None))
+            lambda epoch, v: kept.offer(0, val_logits(v), mask, payload=(lambda: jax.device_get(v)) if want else None))
         if self.keep == "last":
-            return self.tuner.logits(variables, x_val, start=start), losses, jax.device_get(variables) if want else None
+            return val_logits(variables), losses, jax.device_get(variables) if want else None
         return kept.logits[0], losses, kept.payload.get(0)
 
     def evaluate_logits(self, masks: Sequence[GroupMask], epochs: int | None = None) -> np.ndarray:
