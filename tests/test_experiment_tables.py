@@ -92,6 +92,8 @@ def test_the_committed_result_tables_are_what_the_committed_results_give(tmp_pat
                  "--into", str(copy)]) == 0
     assert main(["--block", "bloodcells", str(results / "study" / "bloodcells28_resnet20_tpc10"),
                  "--into", str(copy)]) == 0
+    assert main(["--block", "bloodcells50", str(results / "study" / "bloodcells28_resnet20_tpc50"),
+                 "--into", str(copy)]) == 0
     assert main(["--block", "lite0", str(results / "study" / "bloodcells64_lite0_tpc25_simple"),
                  "--into", str(copy)]) == 0
     assert main(["--block", "keep", str(results / "study" / "bloodcells28_resnet20_tpc10_keep"),
