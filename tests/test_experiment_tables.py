@@ -98,6 +98,8 @@ def test_the_committed_result_tables_are_what_the_committed_results_give(tmp_pat
                  "--into", str(copy)]) == 0
     assert main(["--block", "keep", str(results / "study" / "bloodcells28_resnet20_tpc10_keep"),
                  "--into", str(copy)]) == 0
+    assert main(["--across", "full,lp-ft", "--block", "nll", str(results / "study" / "schedule" / "constant"),
+                 str(results / "study" / "bloodcells28_resnet20_tpc10_nll"), "--into", str(copy)]) == 0
     schedules = [str(results / "study" / "schedule" / s) for s in ("constant", "cosine", "onecycle", "cosine-warm")]
     assert main(["--across", "full,lp-ft", "--block", "schedule", *schedules, "--into", str(copy)]) == 0
     earlier = [str(results / name) for name in ("osteosarcoma_resnet20", "osteosarcoma_lite0")]

@@ -21,12 +21,16 @@ from deft_jax.experiment.summary import SUMMARY_JSON, correct_items, fixed_test_
 
 
 def label(summary: dict, folder: Path) -> str:
-    """The folder's recipe in words: its schedule and warmup, else the folder name."""
-    tune = summary.get("config", {}).get("finetune", {})
+    """The folder's recipe in words: its schedule and warmup, and its validation metric where
+    it is not accuracy (it picks the kept epoch), else the folder name."""
+    config = summary.get("config", {})
+    tune = config.get("finetune", {})
     if "schedule" not in tune:
         return folder.name
     warmup = tune.get("warmup_epochs", 0.0)
-    return tune["schedule"] + (f", {warmup:g} warmup epoch(s)" if warmup else "")
+    metric = config.get("search", {}).get("metric", "accuracy")
+    return (tune["schedule"] + (f", {warmup:g} warmup epoch(s)" if warmup else "")
+            + (f", epochs kept by val {metric}" if metric != "accuracy" else ""))
 
 
 def difference(mine: dict, base: dict, fixed: bool) -> dict:
