@@ -242,14 +242,15 @@ def test_a_search_under_the_keep_full_rule_returns_the_seeded_full_mask_when_not
     assert mask_key(result.best_mask) == "00011" and result.selection["best_beats_full"]
 
 
-def test_halving_always_gives_the_full_mask_the_whole_budget_when_the_keep_full_rule_needs_it():
+def test_halving_gives_the_full_mask_only_the_whole_budget_beside_the_promoted_ones_under_the_keep_full_rule():
     ev = TableEvaluator(short={"10001": 0.30, "01001": 0.35, "11111": 0.60},
                         whole={"10001": 0.45, "01001": 0.33, "11111": 0.40})
     memo = MemoTable()
     fitness, info = evaluate_population(ev, masks_of("10001", "01001", "11111"), memo, LAYER_GROUPS,
                                         halving=Halving(1, 0.34, always=("11111",)))
-    # 10001 is the top third; 11111 ranks last on its short score and is promoted anyway
-    assert ev.calls == [(1, ["10001", "01001", "11111"]), (None, ["10001", "11111"]), (None, ["01001"])]
+    # 11111 skips the short run; 10001 is the better of the others and is promoted beside it;
+    # 01001's short score (0.35) beats the best whole-budget one (0.40): promoted as well
+    assert ev.calls == [(1, ["10001", "01001"]), (None, ["10001", "11111"]), (None, ["01001"])]
     assert "11111" in memo.full_budget() and fitness[2] == 0.40
 
 

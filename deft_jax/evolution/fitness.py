@@ -114,8 +114,9 @@ def infeasible_fitness(fraction: float, limit: float, worst: float = 1.0) -> flo
 @dataclasses.dataclass(frozen=True)
 class Halving:
     """Successive halving inside a generation: every new member trains `short_epochs` of the
-    fitness schedule, the best `promote_fraction` (at least one) the whole schedule, and so
-    does every mask in `always` (the full mask the keep-full rule compares with)."""
+    fitness schedule and the best `promote_fraction` of them (at least one) the whole
+    schedule; every mask in `always` (the full mask the keep-full rule compares with) trains
+    the whole schedule only, besides them."""
 
     short_epochs: int
     promote_fraction: float
@@ -187,7 +188,7 @@ def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
             infeasible += 1
             continue
         todo[key] = mask
-    promoted = 0
+    promoted = short_runs = 0
     if todo:
         new_keys, new_masks = list(todo), list(todo.values())
         def run(idx: list[int], epochs: int | None = None) -> list[float]:
@@ -198,10 +199,17 @@ def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
         if halving is None:
             values = run(everyone)
         else:
-            values = run(everyone, halving.short_epochs)
-            ranked = sorted(range(len(values)), key=lambda i: (values[i], i))
-            best = ranked[:halving.promoted(len(new_masks))]
-            best += [i for i in ranked if i not in best and new_keys[i] in halving.always]
+            # a mask in `always` skips the short run (it gets the whole budget anyway); the
+            # others run short, and the best promote_fraction of them go on
+            values = [0.0] * len(new_keys)
+            always = [i for i in everyone if new_keys[i] in halving.always]
+            others = [i for i in everyone if i not in always]
+            for i, value in zip(others, run(others, halving.short_epochs) if others else []):
+                values[i] = value
+            short_runs = len(others)
+            ranked = sorted(others, key=lambda i: (values[i], i))
+            best = ranked[:halving.promoted(len(others))] if others else []
+            best += always
             for i, value in zip(best, run(best)):
                 values[i] = value
             # then every member whose short score already beats the best whole-budget score
@@ -221,7 +229,8 @@ def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
             memo.put(key, value)
             fitness[key] = value
     return [fitness[k] for k in keys], {"evaluated": len(todo), "memo_hits": hits,
-                                         "infeasible": infeasible, "promoted": promoted}
+                                         "infeasible": infeasible, "promoted": promoted,
+                                         "short_runs": short_runs}
 
 
 def no_signal(memo: MemoTable, num_classes: int, metric: str, n_val: int = 0) -> str | None:

@@ -189,7 +189,7 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
                "seconds": round(time.perf_counter() - t0, 3), **evaluator.stats()}
         if halving is not None:
             row["promoted"] = info["promoted"]
-            row["epochs_trained"] = info["evaluated"] * halving.short_epochs + info["promoted"] * whole_epochs
+            row["epochs_trained"] = info["short_runs"] * halving.short_epochs + info["promoted"] * whole_epochs
         else:
             row["epochs_trained"] = info["evaluated"] * whole_epochs
         history.append(row)

@@ -18,6 +18,11 @@ Variants are the paper's DEFT with search options switched on (each a config ove
   log-loss (`metric = "nll"`), and the full mask (seeded, scored by the same final-recipe
   fitness: lp-ft) wins unless the best mask beats it by more than one standard error
   (`select = "full-unless-1se-better"`).
+- `deft-default`: `deft-keep` within 3x a full fine-tune's epochs, the DEFT the search
+  command runs by default: the baselines' masks and four random ones (mask and rates) each
+  train one epoch from the probed head, the best of them trains the whole final recipe
+  beside the full mask (no DE generation fits that budget), and the final model is the
+  average of those two models' probabilities (`final.ensemble = 2`, no retraining).
 
 The DE state is persisted per generation under the run's state folder, so an interrupted
 experiment resumes inside the search (the wall time then covers the resumed part only).
@@ -48,6 +53,9 @@ VARIANTS: dict[str, dict] = {
     "deft-lr-mf": {"space": "mask+lr", **MULTI_FIDELITY},
     "deft-keep": {"space": "mask+lr", **MULTI_FIDELITY, "select": "full-unless-1se-better",
                   "start": "probe", "metric": "nll"},
+    "deft-default": {"space": "mask+lr", **MULTI_FIDELITY, "select": "full-unless-1se-better",
+                     "start": "probe", "metric": "nll", "population_size": 8, "generations": 0,
+                     "promote_fraction": 0.15, "final.reuse": True, "final.ensemble": 2},
 }
 
 
@@ -105,7 +113,8 @@ def variant_config(cfg: Config, name: str) -> Config:
     no larger than finetune.epochs)."""
     out = copy.deepcopy(cfg)
     for key, value in VARIANTS[name].items():
-        setattr(out.search, key, value)
+        section, _, field = key.rpartition(".")
+        setattr(getattr(out, section or "search"), field, value)
     try:
         validate(out)
     except UserError as err:
