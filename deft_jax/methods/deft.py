@@ -55,7 +55,8 @@ VARIANTS: dict[str, dict] = {
                   "start": "probe", "metric": "nll"},
     "deft-default": {"space": "mask+lr", **MULTI_FIDELITY, "select": "full-unless-1se-better",
                      "start": "probe", "metric": "nll", "population_size": 8, "generations": 0,
-                     "promote_fraction": 0.15, "final.reuse": True, "final.ensemble": 2},
+                     "promote_fraction": 0.15, "evaluation": "sequential",  # it keeps the models
+                     "final.reuse": True, "final.ensemble": 2},
 }
 
 
