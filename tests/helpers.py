@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import subprocess
 import sys
@@ -10,12 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
+from deft_jax.config.presets import PAPER_DEFT
 from deft_jax.config.schema import load_config
 
 
 def tiny_overrides(**extra) -> list[str]:
-    """A search that finishes in seconds: small CNN on 16 px digits."""
-    base = {
+    """A search that finishes in seconds: small CNN on 16 px digits, the paper's DEFT (the
+    search command would otherwise start from the declared one)."""
+    base = {k: json.dumps(v) for k, v in PAPER_DEFT.items()}
+    base |= {
         "model.name": '"small_cnn"', "model.weights": '"none"', "model.input_size": "16",
         "data.source": '{"kind": "digits", "max_per_class": 15}',
         "search.population_size": "4", "search.generations": "2",

@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
+from deft_jax.config import presets
 from deft_jax.config.bounds import check_int_bounds
 from deft_jax.config.parsing import check_choices, from_dict, merge, set_values
 from deft_jax.config.sources import (
@@ -157,7 +158,7 @@ class ExperimentConfig:
     ensemble_size: int = 3  # full-ensemble: this many full fine-tunes (training seeds), averaged
     fastai_lr_mult: float = 100.0  # fastai: the first group's rate is lr / lr_mult, the head's lr
     fastai_learning_rate: float = 2e-3  # fastai: fine_tune's base_lr (its Adam's rate)
-    judged: str = "deft-lr-mf"  # the method the summary judges (summary.json "judged")
+    judged: str = "deft-default"  # the method the summary judges (summary.json "judged")
 
 
 @dataclasses.dataclass
@@ -186,11 +187,15 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                seed: int | None = None, input_size_default=None) -> Config:
-    """The defaults, the file at `path`, `overrides`, `seed`. `input_size_default(raw
-    config dict) -> int`, when given, picks model.input_size if neither the file nor an
-    override sets it (`deft_jax.config.flags.logged_default_input_size`); else it is 32."""
+                seed: int | None = None, input_size_default=None,
+                preset: dict[str, object] | None = None) -> Config:
+    """The defaults (with `preset`'s values, `deft_jax.config.presets`), the file at `path`,
+    `overrides`, `seed`. `input_size_default(raw config dict) -> int`, when given, picks
+    model.input_size if neither the file nor an override sets it
+    (`deft_jax.config.flags.logged_default_input_size`); else it is 32."""
     raw = Config().to_dict()
+    if preset:
+        raw = presets.applied(raw, preset)
     if input_size_default is not None:
         raw["model"]["input_size"] = None  # "not given", until the file or an override sets it
     if path is not None:

@@ -121,9 +121,10 @@ def search_honesty(by: dict, methods: list[str], metric: str = "accuracy") -> li
         rs = [r for r in by[m] if r.get("extra", {}).get("best_fitness") is not None]
         if not rs:
             continue
-        rows.append({"method": m, "metric": metric,
+        own = VARIANTS.get(m, {}).get("metric", metric)  # a variant may set its own
+        rows.append({"method": m, "metric": own,
                      "promised_val": describe([1 - r["extra"]["best_fitness"] for r in rs]),
-                     "final_val": describe([metric_from_report(metric, r["val"]) if metric != "nll" or
+                     "final_val": describe([metric_from_report(own, r["val"]) if own != "nll" or
                                             "log_loss" in r["val"] else None for r in rs]),
                      "test": describe([r["test"]["accuracy"] for r in rs]),
                      "fitness_epochs": describe([r["extra"].get("fitness_epochs") for r in rs])})
@@ -233,12 +234,14 @@ def render_cost_and_honesty(summary: dict) -> list[str]:
         lines.append(f"| {m} | {format_value(c['wall_seconds'], 0)} | {format_value(c['x_full'], 2)} "
                      f"| {format_value(c.get('fine_tune_epochs'), 0)} | {format_value(c.get('x_full_epochs'), 2)} |")
     if summary["search_honesty"]:
-        metric = summary["search_honesty"][0].get("metric", "accuracy")
         lines += ["", "## What each search promised on validation, and what its final model scored", "",
-                  f"| method | promised val {metric} (1 - best fitness) | final model val | final model test "
-                  "| fitness epochs |", "|---|---:|---:|---:|---:|"]
+                  "| method | val metric | promised val (1 - best fitness) | final model val | final model test "
+                  "| fitness epochs |", "|---|---|---:|---:|---:|---:|"]
         for r in summary["search_honesty"]:
-            lines.append(f"| {r['method']} | {format_mean_std(r['promised_val'])} | {format_mean_std(r['final_val'])} "
+            metric = r.get("metric", "accuracy")
+            shown = "-log-loss" if metric == "nll" else metric
+            lines.append(f"| {r['method']} | {shown} | {format_mean_std(r['promised_val'])} "
+                         f"| {format_mean_std(r['final_val'])} "
                          f"| {format_mean_std(r['test'])} | {format_mean_std(r['fitness_epochs'], 0)} |")
         lines += ["", "Promised far from the final model's val: the fitness does not predict what the final "
                   "training reaches (fitness/final mismatch). Final val above test: the winner was "

@@ -18,11 +18,9 @@ Variants are the paper's DEFT with search options switched on (each a config ove
   log-loss (`metric = "nll"`), and the full mask (seeded, scored by the same final-recipe
   fitness: lp-ft) wins unless the best mask beats it by more than one standard error
   (`select = "full-unless-1se-better"`).
-- `deft-default`: `deft-keep` within 3x a full fine-tune's epochs, the DEFT the search
-  command runs by default: the baselines' masks and four random ones (mask and rates) each
-  train one epoch from the probed head, the best of them trains the whole final recipe
-  beside the full mask (no DE generation fits that budget), and the final model is the
-  average of those two models' probabilities (`final.ensemble = 2`, no retraining).
+- `deft-default`: the DEFT `python -m deft_jax.search` runs by default
+  (`deft_jax.config.presets.DEFAULT_DEFT`): `deft-keep` within 3x a full fine-tune's
+  epochs, shipping the average of its two whole-budget models.
 
 The DE state is persisted per generation under the run's state folder, so an interrupted
 experiment resumes inside the search (the wall time then covers the resumed part only).
@@ -34,6 +32,7 @@ import copy
 import time
 import types
 
+from deft_jax.config.presets import DEFAULT_DEFT
 from deft_jax.config.schema import Config, validate
 from deft_jax.core.masks import mask_from_key
 from deft_jax.errors import UserError
@@ -53,10 +52,8 @@ VARIANTS: dict[str, dict] = {
     "deft-lr-mf": {"space": "mask+lr", **MULTI_FIDELITY},
     "deft-keep": {"space": "mask+lr", **MULTI_FIDELITY, "select": "full-unless-1se-better",
                   "start": "probe", "metric": "nll"},
-    "deft-default": {"space": "mask+lr", **MULTI_FIDELITY, "select": "full-unless-1se-better",
-                     "start": "probe", "metric": "nll", "population_size": 8, "generations": 0,
-                     "promote_fraction": 0.15, "evaluation": "sequential",  # it keeps the models
-                     "final.reuse": True, "final.ensemble": 2},
+    # every method of an experiment trains its final.epochs: the shared budget
+    "deft-default": {k.removeprefix("search."): v for k, v in DEFAULT_DEFT.items() if k != "final.epochs"},
 }
 
 

@@ -1,0 +1,81 @@
+"""The declared DEFT (the search command's defaults) and the paper's (configs/paper.toml)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+from deft_jax.api import search_config
+from deft_jax.config.presets import DEFAULT_DEFT, PAPER_DEFT
+from deft_jax.config.schema import Config, load_config
+from deft_jax.core.masks import mask_key
+from deft_jax.evolution.loop import run_search
+from deft_jax.methods.deft import VARIANTS, variant_config
+from deft_jax.models.groups import LayerGroups
+
+REPO = Path(__file__).resolve().parents[1]
+GROUPS = tuple(f"g{i}" for i in range(9)) + ("head",)
+LAYER_GROUPS = LayerGroups({"params": {g: {"w": np.zeros(10 * (i + 1))} for i, g in enumerate(GROUPS)}},
+                           tuple((rf"^{g}/", g) for g in GROUPS), GROUPS)
+
+
+def value_of(cfg: Config, key: str):
+    section, field = key.split(".")
+    return getattr(getattr(cfg, section), field)
+
+
+def test_the_two_presets_set_the_same_keys_and_the_paper_values_are_the_library_defaults():
+    assert set(DEFAULT_DEFT) == set(PAPER_DEFT)
+    assert {k: value_of(Config(), k) for k in PAPER_DEFT} == PAPER_DEFT
+    assert any(DEFAULT_DEFT[k] != PAPER_DEFT[k] for k in DEFAULT_DEFT)
+
+
+def test_configs_paper_toml_sets_every_preset_key_to_the_papers_value():
+    raw = tomllib.loads((REPO / "configs" / "paper.toml").read_text())
+    assert {f"{s}.{k}": v for s, table in raw.items() for k, v in table.items()} == PAPER_DEFT
+    cfg = search_config(config=REPO / "configs" / "paper.toml")
+    assert {k: value_of(cfg, k) for k in PAPER_DEFT} == PAPER_DEFT
+
+
+def test_the_search_commands_defaults_are_the_declared_deft_and_a_config_or_set_overrides_them():
+    cfg = search_config()
+    assert {k: value_of(cfg, k) for k in DEFAULT_DEFT} == DEFAULT_DEFT
+    cfg = search_config(set=["search.generations=3", "final.ensemble=1"])
+    assert cfg.search.generations == 3 and cfg.final.ensemble == 1 and cfg.search.metric == "nll"
+    assert load_config().search.schedule == "short"  # the library's (and the experiment's) defaults
+
+
+def test_the_experiments_deft_default_is_the_declared_deft_at_the_experiments_own_final_epochs():
+    cfg = variant_config(load_config(None, ["final.epochs=12"]), "deft-default")
+    assert {k: value_of(cfg, k) for k in DEFAULT_DEFT if k != "final.epochs"} == \
+        {k: v for k, v in DEFAULT_DEFT.items() if k != "final.epochs"}
+    assert cfg.final.epochs == 12 and "final.epochs" not in VARIANTS["deft-default"]
+
+
+class RankedEvaluator:
+    """Fitness by mask: a one-epoch run scores worse than any whole-budget run."""
+
+    def __init__(self):
+        self.calls = []
+
+    def evaluate(self, masks, epochs=None):
+        self.calls.append((epochs, [mask_key(m) for m in masks]))
+        return [(2.0 if epochs else 1.0) + 0.01 * sum(m.values()) for m in masks]
+
+    def stats(self):
+        return {}
+
+
+def test_the_declared_deft_trains_two_whole_budget_models_within_3x_a_full_fine_tunes_epochs():
+    cfg = search_config()
+    ev = RankedEvaluator()
+    result = run_search(cfg, ev, LAYER_GROUPS, n_val=80)
+    epochs = sum(row["epochs_trained"] for row in result.history)
+    trained = sum(len(keys) * (cfg.finetune.epochs if e else cfg.final.epochs) for e, keys in ev.calls)
+    assert epochs == trained <= 3 * cfg.final.epochs
+    whole = [k for e, keys in ev.calls if e is None for k in keys]
+    full = mask_key({g: True for g in GROUPS})
+    assert len(whole) == 2 and full in whole
+    assert all(full not in keys for e, keys in ev.calls if e)  # the full mask skips the short run
