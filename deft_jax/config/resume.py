@@ -17,7 +17,8 @@ RESUME_SETTABLE = ("search.evaluation", "search.strategy", "search.generations",
                    "final.learning_rate")
 
 # keys added later -> their defaults (which leave the result as it was before them)
-ADDED_LATER = {"search.start": "head", "final.reuse": False, "final.ensemble": 1}
+ADDED_LATER = {"search.start": "head", "final.reuse": False, "final.ensemble": 1,
+               "finetune.step": "gated"}
 
 
 def check_resume_overrides(overrides: list[str]) -> None:

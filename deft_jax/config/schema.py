@@ -41,6 +41,7 @@ Select = Literal["best", "smallest-within-1se", "full-unless-1se-better"]
 Keep = Literal["last", "best-val"]
 Folds = Literal["repeated"]
 Start = Literal["head", "probe"]
+TrainStep = Literal["gated", "stages"]
 
 @dataclasses.dataclass
 class DataConfig:
@@ -81,6 +82,12 @@ class FineTuneConfig:
     # warmup from 0 (constant, cosine) or the one-cycle's rising part (0 = pct_start 0.3)
     schedule: LrSchedule = "constant"
     warmup_epochs: float = 0.0
+    # how a static-mask fine-tune (sequential evaluation, final training) runs each step:
+    # "gated" (the default: one program per frozen pattern) or "stages" (per-stage programs
+    # chained on the host, `deft_jax.core.stages`: compiled once per stage variant and shared
+    # by every mask; frozen stages build no weight gradient, stages below the lowest
+    # trainable one no backward). A custom optimizer (auto-rgn) always runs gated.
+    step: TrainStep = "gated"
 
     @property
     def augment(self) -> bool:

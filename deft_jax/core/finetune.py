@@ -7,10 +7,14 @@ through bit-identical and their groups' BatchNorm runs in inference mode
 program (`training.fine_tune_program`), cached per (mask, first stage run, steps), so a
 mask seen again costs no compile. `start > 0` trains on cached features entering stage
 `start` (see `deft_jax.evolution.fitness.PrefixFeatureCache`).
+
+With `finetune.step = "stages"` (and the configured optimizer) every step is instead a
+chain of per-stage programs shared by all masks (`deft_jax.core.stages.StagePrograms`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 
 import jax
@@ -26,9 +30,12 @@ from deft_jax.core.masks import (
     lr_multiplier,
     mask_key,
 )
+from deft_jax.core.stages import StagePrograms
 from deft_jax.data import batches
 from deft_jax.models.base import ModelSpec
 from deft_jax.runtime.program_cache import ProgramCache
+
+log = logging.getLogger(__name__)
 
 
 class FineTuner:
@@ -54,11 +61,19 @@ class FineTuner:
         self.last_state: training.TrainState | None = None  # of the latest fine_tune
         self.programs = ProgramCache()  # fine-tune programs, per (frozen pattern, scales, start)
         self.forwards = ProgramCache()  # inference forwards, per first stage
+        # finetune.step = "stages": per-stage programs, one set per leaf_scales; a custom
+        # optimizer may mix leaves across stages, so it keeps the gated program
+        self.uses_stages = cfg.step == "stages" and tx is None
+        if cfg.step == "stages" and tx is not None:
+            log.info("finetune.step = stages applies to the configured optimizer only: "
+                     "this fine-tune's custom optimizer runs the gated program")
+        self.stage_programs: dict[bool, StagePrograms] = {}
 
     @property
     def compiles(self) -> int:
         """Fine-tune programs built so far (forwards not counted)."""
-        return self.programs.compiles + self._dropped_compiles
+        return (self.programs.compiles + self._dropped_compiles
+                + sum(p.programs.compiles for p in self.stage_programs.values()))
 
     def step_model(self, start: int, leaf_scales: bool = False) -> training.StepModel:
         """`leaf_scales`: the optimizer ends in `scale_by_leaf` (per-group learning rates)."""
@@ -75,6 +90,13 @@ class FineTuner:
         return self.programs.get(key, lambda: jax.jit(training.program(self.step_model(start, scaled), flags),
                                                       donate_argnums=(0,), compiler_options=self.compiler_options))
 
+    def stages(self, leaf_scales: bool = False) -> StagePrograms:
+        """The per-stage programs (`finetune.step = "stages"`) of this tuner's optimizer."""
+        if leaf_scales not in self.stage_programs:
+            self.stage_programs[leaf_scales] = StagePrograms(
+                self.spec, self.tx, self.cfg.compute_dtype, leaf_scales, self.compiler_options)
+        return self.stage_programs[leaf_scales]
+
     def fine_tune(self, variables: dict, mask: Mapping, x: np.ndarray, y: np.ndarray,
                   seed: int, start: int = 0, epochs: int | None = None,
                   after_epoch: Callable[[int, dict], None] | None = None) -> tuple[dict, list[float]]:
@@ -86,29 +108,39 @@ class FineTuner:
         epochs = self.epochs if epochs is None else epochs
         if self.scheduled:
             self._schedule_for(len(x))
-        model = self.step_model(start, has_lr_multipliers(mask))
         params = training.suffix(variables["params"], self.spec, start)
         stats = training.suffix(variables["batch_stats"], self.spec, start)
         multipliers = ({g: lr_multiplier(v) for g, v in mask.items()} if has_lr_multipliers(mask)
                        else None)
         # copies: the program donates its state, never the caller's variables
-        state = training.init_state(model, jax.tree.map(jnp.array, params),
-                                    jax.tree.map(jnp.array, stats), flags, multipliers)
+        params, stats = jax.tree.map(jnp.array, params), jax.tree.map(jnp.array, stats)
+        if self.uses_stages:
+            chain = self.stages(has_lr_multipliers(mask))
+            state = chain.init_state(params, stats, flags, multipliers)
+
+            def run(state, on_device):
+                return chain.run_batches(state, flags, on_device)
+        else:
+            state = training.init_state(self.step_model(start, has_lr_multipliers(mask)),
+                                        params, stats, flags, multipliers)
+            program = self.program(mask, start)
+
+            def run(state, on_device):
+                return training.run_batches(program, state, None, on_device)
 
         def merged(state: training.TrainState) -> dict:
             return {"params": {**variables["params"], **state.params},
                     "batch_stats": {**variables["batch_stats"], **state.batch_stats}}
 
-        program = self.program(mask, start)
         losses: list = []
         if after_epoch is None:
             on_device = [(jnp.asarray(xs), jnp.asarray(ys))
                          for xs, ys in batches.training_batches(x, y, self.cfg, epochs, seed)]
-            state, losses = training.run_batches(program, state, None, on_device)
+            state, losses = run(state, on_device)
         else:
             for epoch, chunks in enumerate(batches.epoch_batches(x, y, self.cfg, epochs, seed)):
                 on_device = [(jnp.asarray(xs), jnp.asarray(ys)) for xs, ys in chunks]
-                state, epoch_losses = training.run_batches(program, state, None, on_device)
+                state, epoch_losses = run(state, on_device)
                 losses += epoch_losses
                 after_epoch(epoch, merged(state))
         losses = [np.atleast_1d(np.asarray(loss)) for loss in losses]
@@ -121,8 +153,10 @@ class FineTuner:
         if steps != self.steps_per_epoch:
             self.steps_per_epoch = steps
             self.tx = optimizer.make_optimizer(self.cfg, self.learning_rate, steps, self.epochs)
-            self._dropped_compiles += self.programs.compiles
+            self._dropped_compiles += self.programs.compiles + sum(
+                p.programs.compiles for p in self.stage_programs.values())
             self.programs = ProgramCache()  # compiled with the old step counts
+            self.stage_programs = {}
 
     def logits(self, variables: dict, x: np.ndarray, start: int = 0, batch_size: int = 256) -> np.ndarray:
         """Inference-mode logits (all BatchNorms use running statistics)."""

@@ -54,7 +54,7 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
         "seeds": seeds, "methods": methods, "judged": cfg.experiment.judged, "table": table, "paired": paired,
         "paired_metric": "test accuracy",
         "paired_test": "fixed split" if fixed else "repeated splits", "deft_group_counts": group_counts,
-        "search_honesty": search_honesty(by, methods, cfg.search.metric), "cost": cost(by, methods),
+        "search_honesty": search_honesty(by, methods, cfg.search.metric), "cost": cost(by, methods, cfg.final.epochs),
         "learning_rates_chosen": learning_rates_chosen(by, methods),
         "per_seed_test_accuracy": {m: {r["seed"]: r["test"]["accuracy"] for r in by[m]} for m in methods},
         "config": cfg.to_dict()})
@@ -142,14 +142,15 @@ def learning_rates_chosen(by: dict, methods: list[str]) -> dict:
     return out
 
 
-def cost(by: dict, methods: list[str]) -> dict:
+def cost(by: dict, methods: list[str], final_epochs: int | None = None) -> dict:
     """Per method: mean wall seconds and their multiple of full fine-tuning's (when it ran);
     mean fine-tune epochs (training epochs over the training set: fitness fine-tunes and
     final trainings; a probe trains none) and `x_full_epochs`, the mean over seeds of their
-    multiple of `full`'s on the same seed (None where a seed lacks either count)."""
+    multiple of `full`'s on the same seed (None where a seed lacks either count). A `full`
+    record written before records counted epochs trained `final_epochs` (its one training)."""
     wall = {m: describe([r["wall_seconds"] for r in by[m]])["mean"] for m in methods}
     full = wall.get("full")
-    full_epochs = {r["seed"]: r.get("fine_tune_epochs") for r in by.get("full", [])}
+    full_epochs = {r["seed"]: r.get("fine_tune_epochs", final_epochs) for r in by.get("full", [])}
 
     def ratios(m):
         return [r["fine_tune_epochs"] / full_epochs[r["seed"]] for r in by[m]
