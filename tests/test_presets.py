@@ -79,3 +79,10 @@ def test_the_declared_deft_trains_two_whole_budget_models_within_3x_a_full_fine_
     full = mask_key({g: True for g in GROUPS})
     assert len(whole) == 2 and full in whole
     assert all(full not in keys for e, keys in ev.calls if e)  # the full mask skips the short run
+
+
+def test_a_declared_deft_shortened_to_one_final_epoch_trains_every_member_that_epoch_instead_of_failing():
+    cfg = search_config(set=["final.epochs=1"])  # a newcomer's quick try: nothing left to halve
+    ev = RankedEvaluator()
+    run_search(cfg, ev, LAYER_GROUPS, n_val=80)
+    assert ev.calls and all(e is None for e, _ in ev.calls)

@@ -157,6 +157,10 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
                        (full_key,) if s.select == "full-unless-1se-better" else ())
                if s.fidelity == "halving" else None)
     whole_epochs = fitness_recipe(cfg).finetune.epochs
+    if halving is not None and halving.short_epochs >= whole_epochs:
+        logger.info(f"search.fidelity = halving: the short budget (finetune.epochs = {halving.short_epochs}) is "
+                    f"not below the whole one ({whole_epochs} epochs): every member trains the whole budget")
+        halving = None
     worst = worst_fitness(s.metric)  # infeasible masks score above it
     if s.select != "best" and n_val < 1:
         raise ValueError("search.select = smallest-within-1se needs the validation size n_val")

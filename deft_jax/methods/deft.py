@@ -107,8 +107,7 @@ def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
 
 def variant_config(cfg: Config, name: str) -> Config:
     """`cfg` with variant `name`'s [search] overrides, validated (a one-line UserError when
-    the experiment's config does not allow the variant, e.g. halving with final.epochs
-    no larger than finetune.epochs)."""
+    the experiment's config does not allow the variant)."""
     out = copy.deepcopy(cfg)
     for key, value in VARIANTS[name].items():
         section, _, field = key.rpartition(".")
