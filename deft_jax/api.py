@@ -7,6 +7,7 @@
     model = deft_jax.load("runs/a")
     model.predict(["a.jpg", "b.png"])   # probabilities, one row per input
     model.class_names
+    model.ensemble_masks                # None, or each member's mask (final.ensemble)
 
 `search` takes the same inputs as `python -m deft_jax.search`: `data`, `model`,
 `weights`, `image_size` (the flags), `config` (a TOML/JSON file), `seed`, `set` (a list of
@@ -118,6 +119,13 @@ class Model:
     @property
     def class_names(self) -> list[str]:
         return list(self.predictor.class_names)
+
+    @property
+    def ensemble_masks(self) -> list[dict] | None:
+        """Each member's mask when the run's model is an ensemble (`final.ensemble`), the
+        selected mask's first; None for a single model. `predict` averages the members'
+        probabilities."""
+        return self.predictor.ensemble_masks
 
     def predict(self, inputs, on_progress: Callable[[int], None] | None = None) -> np.ndarray:
         """float32 [N, classes] probabilities, one row per input: a path, a uint8 image

@@ -8,12 +8,12 @@ import pytest
 from helpers import tiny_overrides
 
 from deft_jax.config.schema import load_config
-from deft_jax.core import training
+from deft_jax.core import ensemble, training
 from deft_jax.core.metrics import softmax
 from deft_jax.data.inputs import prepare_data
 from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
 from deft_jax.experiment.runner import seed_config
-from deft_jax.methods import METHODS, ExperimentCache, MethodContext, reuse
+from deft_jax.methods import METHODS, ExperimentCache, MethodContext
 from deft_jax.models import build_model
 
 
@@ -66,5 +66,5 @@ def test_an_ensemble_averages_the_probabilities_of_the_selected_and_next_best_mo
 
 def test_the_ensemble_lists_the_selected_mask_first_then_the_best_by_fitness():
     models = {"a": (0.3, {}), "b": (0.1, {}), "c": (0.2, {}), "d": (0.2, {})}
-    assert reuse.members("a", models, 3) == ["a", "b", "c"]  # c before d: earliest on ties
-    assert reuse.members("b", models, 1) == ["b"]
+    assert ensemble.members("a", models, 3) == ["a", "b", "c"]  # c before d: earliest on ties
+    assert ensemble.members("b", models, 1) == ["b"]

@@ -34,6 +34,7 @@ import types
 
 from deft_jax.config.presets import DEFAULT_DEFT
 from deft_jax.config.schema import Config, validate
+from deft_jax.core import ensemble
 from deft_jax.core.masks import mask_from_key
 from deft_jax.errors import UserError
 from deft_jax.evolution.evaluators.choice import Evaluator, make_evaluator
@@ -81,7 +82,7 @@ def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
     ctx, start = search_start(ctx)
     evaluator, mode = make_shared_evaluator(ctx)
     state = ctx.state_dir / f"seed{ctx.seed}-{name}.msgpack" if ctx.state_dir else None
-    reusing = reuse.wanted(ctx.cfg) and isinstance(evaluator, SequentialEvaluator)
+    reusing = ensemble.wanted(ctx.cfg) and isinstance(evaluator, SequentialEvaluator)
     if reusing:
         evaluator.keep_models = True
     search = run_search(ctx.cfg, evaluator, ctx.spec.layer_groups, state_path=state,

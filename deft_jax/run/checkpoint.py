@@ -5,6 +5,12 @@ first and validated (model name, class names and their count, input size, normal
 sampling), then the stored arrays' shapes (orbax metadata only, no data read) are compared
 with the shapes the metadata's model has. Any mismatch, or files that cannot be read, is
 one `UserError` line.
+
+A single model's checkpoint holds `state` = {params, batch_stats} and its metadata. An
+ensemble's (`final.ensemble`) holds `state` = {member0: {params, batch_stats}, member1:
+...} and says so in its metadata: `ensemble` = {"members": k, "masks": [each member's
+mask]} (member 0 is the selected mask, also `mask`). A checkpoint without `ensemble` is a
+single model, as every checkpoint written before ensembles were.
 """
 
 from __future__ import annotations
@@ -28,13 +34,30 @@ from deft_jax.runtime import rundir
 logger = logging.getLogger(__name__)
 
 
-def save_checkpoint(path: Path, variables: dict, meta: dict) -> None:
+ENSEMBLE = "ensemble"  # the metadata field of an ensemble checkpoint
+MAX_MEMBERS = 100  # as final.ensemble's bound
+COLLECTIONS = ("params", "batch_stats")
+
+
+def member_name(i: int) -> str:
+    return f"member{i}"
+
+
+def save_checkpoint(path: Path, variables: dict, meta: dict, members: list[tuple[dict, dict]] | None = None) -> None:
     """`variables` = {'params', 'batch_stats'}; `meta` = JSON metadata (model name, class
-    names, preprocessing, mask ...)."""
+    names, preprocessing, mask ...). `members`: an ensemble's (variables, mask) pairs, the
+    selected mask's first (then `variables` is not used); one member is a single model."""
     path = Path(path).absolute()
-    state = jax.tree.map(np.asarray, {"params": variables["params"],
-                                      "batch_stats": variables["batch_stats"]})
-    meta = {**meta, FINGERPRINT: checkpoint_fingerprint(meta, {c: _shapes(state[c]) for c in state})}
+
+    def arrays(v: dict) -> dict:
+        return jax.tree.map(np.asarray, {c: v[c] for c in COLLECTIONS})
+
+    if members is not None and len(members) > 1:
+        state = {member_name(i): arrays(v) for i, (v, _) in enumerate(members)}
+        meta = {**meta, ENSEMBLE: {"members": len(members), "masks": [dict(m) for _, m in members]}}
+    else:
+        state = arrays(variables if not members else members[0][0])
+    meta = {**meta, FINGERPRINT: checkpoint_fingerprint(meta, stored_shapes(state, len(members or ())))}
     # a save is this process's own business: in a multi-process run only process 0 saves,
     # and orbax must not wait at barriers for processes that never call it
     local = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
@@ -118,7 +141,29 @@ def validate_meta(meta, where) -> dict:
         value = sampling.get(key)
         need(value is None or (is_int(value) and 1 <= value <= top),
              f"sampling.{key} must be empty or an integer in [1, {top}], got {value!r}")
+    ensemble = meta.get(ENSEMBLE)
+    if ensemble is not None:
+        need(isinstance(ensemble, dict) and is_int(ensemble.get("members"))
+             and 2 <= ensemble["members"] <= MAX_MEMBERS,
+             f"ensemble.members must be an integer in [2, {MAX_MEMBERS}]")
+        masks = ensemble.get("masks")
+        need(isinstance(masks, list) and len(masks) == ensemble["members"]
+             and all(isinstance(m, dict) for m in masks),
+             f"ensemble.masks must be a list of {ensemble['members']} masks")
     return meta
+
+
+def member_count(meta: dict) -> int:
+    """How many models a (validated) checkpoint's metadata says it holds."""
+    return meta[ENSEMBLE]["members"] if meta.get(ENSEMBLE) else 1
+
+
+def stored_shapes(state: dict, members: int) -> dict:
+    """"collection" (a single model) or "memberI/collection" (an ensemble) -> name -> shape."""
+    if members <= 1:
+        return {c: _shapes(state.get(c) or {}) for c in COLLECTIONS}
+    return {f"{member_name(i)}/{c}": _shapes((state.get(member_name(i)) or {}).get(c) or {})
+            for i in range(members) for c in COLLECTIONS}
 
 
 def _shapes(tree) -> dict:
@@ -145,10 +190,11 @@ def _quiet_closed_loop_callbacks() -> None:
     sys.unraisablehook = hook
 
 
-def restore_model(path: Path):
-    """(ModelSpec, variables, meta) from a checkpoint written by `save_checkpoint`. Every
-    weight comes from the checkpoint; the model's structure comes from the validated
-    metadata, and the stored shapes must be exactly that structure's."""
+def restore_models(path: Path):
+    """(ModelSpec, [variables of each member], meta) from a checkpoint written by
+    `save_checkpoint`: one member for a single model, the selected mask's first for an
+    ensemble. Every weight comes from the checkpoint; the model's structure comes from the
+    validated metadata, and the stored shapes must be exactly that structure's."""
     from deft_jax.models import build_model
 
     path = Path(path).absolute()
@@ -171,16 +217,22 @@ def restore_model(path: Path):
     meta = validate_meta(dict(meta) if isinstance(meta, dict) else meta, path)
     spec = build_model(meta["model"], meta["num_classes"], "none", meta["input_size"],
                        meta.get("granularity", "block"))
-    expected = spec.variable_shapes()  # tracing only: nothing is allocated
-    have = {c: _shapes(stored.get(c) or {}) for c in ("params", "batch_stats")}
-    for collection in ("params", "batch_stats"):
-        want, got = _shapes(expected[collection]), have.get(collection, {})
-        for name in sorted(set(want) | set(got)):
-            if want.get(name) != got.get(name):
+    count = member_count(meta)
+    one = spec.variable_shapes()  # tracing only: nothing is allocated
+    expected = one if count == 1 else {member_name(i): one for i in range(count)}
+    have, want = stored_shapes(stored, count), stored_shapes(expected, count)
+    unexpected = sorted(set(stored) - ({*COLLECTIONS} if count == 1 else {member_name(i) for i in range(count)}))
+    if unexpected:
+        raise UserError(f"checkpoint {path} does not match its metadata ({count} model(s)): it also "
+                        f"stores {unexpected[0]}")
+    for collection in want:
+        needed, got = want[collection], have.get(collection, {})
+        for name in sorted(set(needed) | set(got)):
+            if needed.get(name) != got.get(name):
                 raise UserError(
                     f"checkpoint {path} does not match its metadata ({meta['model']}, "
                     f"{meta['num_classes']} classes): {collection}/{name} is stored as "
-                    f"{got.get(name, 'missing')}, the model needs {want.get(name, 'none')}")
+                    f"{got.get(name, 'missing')}, the model needs {needed.get(name, 'none')}")
     if meta.get(FINGERPRINT) is None:
         logger.warning(f"warning: checkpoint {path} has no fingerprint (written by an older version): "
                        "cannot check that its metadata is unchanged since it was saved")
@@ -193,7 +245,8 @@ def restore_model(path: Path):
             path, args=ocp.args.Composite(state=ocp.args.StandardRestore(expected)))["state"]
     except (OSError, ValueError, KeyError, TypeError) as err:  # missing or corrupt array files
         raise UserError(f"cannot restore checkpoint {path}: {_first_line(err)}") from None
-    variables = {"params": dict(state["params"]), "batch_stats": dict(state.get("batch_stats") or {})}
-    if not all_finite(variables):
+    trees = [state] if count == 1 else [state[member_name(i)] for i in range(count)]
+    members = [{"params": dict(t["params"]), "batch_stats": dict(t.get("batch_stats") or {})} for t in trees]
+    if not all(all_finite(v) for v in members):
         raise UserError(f"checkpoint {path} holds non-finite parameters (a diverged model)")
-    return spec, variables, meta
+    return spec, members, meta

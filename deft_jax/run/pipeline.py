@@ -8,7 +8,7 @@ from pathlib import Path
 
 from deft_jax.config.schema import Config
 from deft_jax.core import divergence, epoch_count
-from deft_jax.core.final import final_metrics, train_final
+from deft_jax.core.final import final_metrics
 from deft_jax.core.masks import searchable_groups
 from deft_jax.data import load_dataset, sampling_of
 from deft_jax.data.inputs import describe_origin, prepare_data
@@ -19,6 +19,7 @@ from deft_jax.evolution.progress import SearchProgress
 from deft_jax.evolution.start import probe_extra, start_variables
 from deft_jax.models import build_model
 from deft_jax.run.checkpoint import save_checkpoint
+from deft_jax.run.final_model import checkpoint_members, final_model, final_model_record, keeps_models
 from deft_jax.run.report import render_report
 from deft_jax.run.report_html import render_html
 from deft_jax.runtime import distributed, rundir
@@ -68,6 +69,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
 
     variables, probe = start_variables(cfg, spec, variables, data.arrays)  # search.start
     evaluator, mode, reason = make_evaluator(cfg, spec, variables, data.arrays)
+    reusing = keeps_models(cfg, evaluator)  # final.reuse / final.ensemble
     n = {k: len(v) for k, v in data.splits.items()}
     logger.info(f"data: {dataset.description}; train/val/test {n['train']}/{n['val']}/{n['test']}; "
         f"{describe_origin(data.split_origin)}")
@@ -89,14 +91,16 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     chosen = [g for g, on in result.best_mask.items() if on]
     logger.info(f"best mask (fitness {result.best_fitness:.4f}): fine-tune {', '.join(chosen)}")
 
-    final = train_final(cfg, spec, variables, result.best_mask, data)
+    final, members = final_model(cfg, spec, variables, result.best_mask, data,
+                                 evaluator.models if reusing else None)
     divergence.check_final_model(cfg, final, run_dir)  # before any write
     trained, metrics = final.variables, final_metrics(cfg, final, data)
+    metrics["final_model"] = final_model_record(members)
     meta = inference_meta(cfg, spec, data.class_names, result.best_mask, spec.pretrained)
     ckpt = run_dir / rundir.CHECKPOINT
     if writer:
         rundir.clear_results(run_dir, cfg.to_dict())  # the old results go only now
-        save_checkpoint(ckpt, trained, meta)
+        save_checkpoint(ckpt, trained, meta, members=checkpoint_members(members))
     t_end = time.perf_counter()
     seconds = {"setup (data, model)": t_ready - t_start, "search": t_search - t_ready,
                "final training + checkpoint": t_end - t_search, "total": t_end - t_start}

@@ -1,7 +1,9 @@
 """A finished run's model for inference, without the training data: the checkpoint
 restored, with the preprocessing it was trained with. Inputs are image files or uint8
 arrays; each becomes its samples (crops, as at training time), classified in chunks of
-`CHUNK` inputs, and an input's probabilities are the mean over its samples."""
+`CHUNK` inputs, and an input's probabilities are the mean over its samples. An ensemble
+checkpoint's probabilities are the mean of its members' (`deft_jax.core.ensemble`), as the
+run scored them."""
 
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from deft_jax.core.training import logits as model_logits
+from deft_jax.core.ensemble import ensemble_logits
 from deft_jax.data import LEGACY_RESIZE, Sampling, image_samples, preprocess
 from deft_jax.data.images import array_samples
 from deft_jax.errors import UserError
-from deft_jax.run.checkpoint import restore_model
+from deft_jax.run.checkpoint import ENSEMBLE, restore_models
 from deft_jax.runtime import rundir
 from deft_jax.runtime.program_cache import ProgramCache
 
@@ -31,7 +33,8 @@ def checkpoint_sampling(meta: dict) -> Sampling:
 
 
 class Predictor:
-    """A restored model plus its preprocessing."""
+    """A restored model (or ensemble: `members`, the selected mask's first) plus its
+    preprocessing."""
 
     def __init__(self, run_dir: Path):
         ckpt = Path(run_dir) / rundir.CHECKPOINT
@@ -39,17 +42,26 @@ class Predictor:
             raise UserError(f"{run_dir} has no checkpoint/ (did the run finish?)")
         taken = rundir.lock(run_dir, shared=True)  # no run may be rewriting it while it is read
         try:
-            self.spec, self.variables, self.meta = restore_model(ckpt)
+            self.spec, self.members, self.meta = restore_models(ckpt)
         finally:
             if taken:
                 rundir.release(run_dir)
+        self.variables = self.members[0]  # a single model's, or the ensemble's selected mask's
         self.class_names = list(self.meta["class_names"])
         self.sampling = checkpoint_sampling(self.meta)
         self._cache = ProgramCache()
 
+    @property
+    def ensemble_masks(self) -> list[dict] | None:
+        """Each member's mask for an ensemble checkpoint; None for a single model."""
+        ensemble = self.meta.get(ENSEMBLE)
+        return [dict(m) for m in ensemble["masks"]] if ensemble else None
+
     def logits(self, images_uint8: np.ndarray) -> np.ndarray:
+        """A single model's logits, or an ensemble's log mean probabilities (their softmax
+        is the mean of the members' probabilities)."""
         x = preprocess(images_uint8, self.meta["input_size"], self.meta["mean"], self.meta["std"])
-        return model_logits(self.spec, self.variables, x, cache=self._cache)
+        return ensemble_logits(self.spec, self.members, x, cache=self._cache)
 
     def samples(self, item, index: int) -> list[np.ndarray]:
         """The samples of one input: a path (str or Path) or a uint8 array."""

@@ -41,7 +41,8 @@ def render_report(*, cfg: dict, description: str, model: str, pretrained: str | 
     lines += [f"| {h['generation']} | {h['best_fitness']:.4f} | {h['mean_fitness']:.4f} | "
               f"{h['masks_evaluated']} | {h['memo_hits']} | {h['seconds']:.1f} |" for h in history]
     t, v = metrics["test"], metrics["val"]
-    lines += ["", "## Final model", "",
+    source = final_model_source(metrics)
+    lines += ["", "## Final model", "", *([markdown(source), ""] if source else []),
               "| split | n | accuracy | macro-F1 |", "|---|---:|---:|---:|",
               f"| val | {v['n']} | {v['accuracy']:.4f} | {v['macro_f1']:.4f} |",
               f"| test | {t['n']} | {t['accuracy']:.4f} | {t['macro_f1']:.4f} |", "",
@@ -63,3 +64,22 @@ def _trains(value) -> str:
         return "no"
     m = lr_multiplier(value)
     return "yes" if m == 1.0 else f"yes (x{m:.3g} lr)"
+
+
+def final_model_source(metrics: dict) -> str | None:
+    """Where the final model came from when it was not trained again (plain text): the
+    selected mask's model from the search, or an ensemble of k and its members' masks."""
+    record = metrics.get("final_model") or {}
+    if record.get("source") != "search":
+        return None
+    masks = record.get("masks") or []
+    if len(masks) <= 1:
+        return "The final model is the selected mask's model from the search (final.reuse: no retraining)."
+    described = "; ".join(f"{i + 1}. {describe_mask(m)}" for i, m in enumerate(masks))
+    return (f"The final model is an ensemble of {len(masks)} models from the search (the mean of their "
+            f"softmax probabilities, no retraining), the selected mask's first. Fine-tuned groups: {described}.")
+
+
+def describe_mask(mask: GroupMask) -> str:
+    """The groups a mask trains, with any learning-rate multiplier: 'conv3 (x0.1 lr), head'."""
+    return ", ".join(g if _trains(v) == "yes" else f"{g} {_trains(v)[4:]}" for g, v in mask.items() if trains(v))

@@ -18,6 +18,7 @@ from deft_jax.core.masks import GroupMask, lr_multiplier, mask_from_key, trains
 from deft_jax.core.metrics import softmax
 from deft_jax.run import figures
 from deft_jax.run.escape import html_text as esc
+from deft_jax.run.report import final_model_source
 
 MAX_MISTAKES = 12
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -107,6 +108,7 @@ def _summary(cfg, pretrained, best_fitness, metrics, split_sizes, seconds, total
                    f"generations after the initial one; fitness = 1 - val {esc(s['metric'])}"),
         ("best fitness", f"{best_fitness:.4f} (val {esc(s['metric'])} {1 - best_fitness:.4f})"),
         ("trainable parameters", f"{metrics['trainable_fraction']:.1%} of {total:,}"),
+        *([("final model", esc(final_model_source(metrics)))] if final_model_source(metrics) else []),
         ("final model, test", f"accuracy <b>{t['accuracy']:.4f}</b>, macro-F1 {t['macro_f1']:.4f} "
                               f"(n={t['n']})"),
         ("final model, val", f"accuracy {v['accuracy']:.4f}, macro-F1 {v['macro_f1']:.4f} (n={v['n']})"),
