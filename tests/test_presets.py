@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from deft_jax.core.masks import mask_key
 from deft_jax.evolution.loop import run_search
 from deft_jax.methods.deft import VARIANTS, variant_config
 from deft_jax.models.groups import LayerGroups
+from helpers import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = tuple(f"g{i}" for i in range(9)) + ("head",)
@@ -86,3 +88,19 @@ def test_a_declared_deft_shortened_to_one_final_epoch_trains_every_member_that_e
     ev = RankedEvaluator()
     run_search(cfg, ev, LAYER_GROUPS, n_val=80)
     assert ev.calls and all(e is None for e, _ in ev.calls)
+
+
+def test_a_search_with_the_commands_defaults_ships_the_full_masks_model_averaged_with_the_best_other(tmp_path):
+    from deft_jax.cli.search import main as search_main
+    from deft_jax.runtime import rundir
+
+    tiny = [o for o in tiny_overrides() if o.split("=", 1)[0] not in PAPER_DEFT]
+    assert search_main(["--out", str(tmp_path / "run"), "--set", *tiny]) == 0
+    saved = json.loads((tmp_path / "run" / rundir.CONFIG).read_text())
+    assert saved["search"]["metric"] == "nll" and saved["final"]["ensemble"] == 2
+    metrics = json.loads((tmp_path / "run" / rundir.METRICS).read_text())
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert sum(h["epochs_trained"] for h in history) <= 3 * saved["final"]["epochs"] + 7
+    final = metrics["final_model"]
+    assert final["source"] == "search" and final["ensemble"] == 2
+    assert len(final["masks"]) == 2 and len({json.dumps(m, sort_keys=True) for m in final["masks"]}) == 2
