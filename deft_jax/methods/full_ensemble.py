@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
-
 from deft_jax.core import final as final_training
-from deft_jax.core.metrics import softmax
+from deft_jax.core.ensemble import averaged_log_probabilities
 from deft_jax.methods.common import MethodContext, MethodResult, all_groups, scores
 
 SEED_STRIDE = 1000  # member j trains with seed + j * SEED_STRIDE (apart from the other seeds' runs)
@@ -31,10 +29,10 @@ def run(ctx: MethodContext) -> MethodResult:
         member_cfg.seed = seed
         variables = ctx.variables if seed == cfg.seed else spec.init(seed)
         final = final_training.train_final(member_cfg, spec, variables, mask, data, tuner=tuner)
-        val.append(softmax(final.val_logits))
-        test.append(softmax(final.test_logits))
+        val.append(final.val_logits)
+        test.append(final.test_logits)
     # log of the averaged probabilities: its argmax and softmax are the ensemble's
-    log_p = [np.log(np.mean(p, axis=0) + 1e-12) for p in (val, test)]
+    log_p = [averaged_log_probabilities(z) for z in (val, test)]
     names = data.class_names
     return MethodResult(test=scores(log_p[1], data.y_test, names, items=True),
                         val=scores(log_p[0], data.arrays.y_val, names),
