@@ -124,3 +124,19 @@ def test_the_across_table_compares_each_recipe_with_the_first_by_the_fixed_split
     by_hand = [runs["cosine"][k]["test"]["accuracy"] - runs["constant"][k]["test"]["accuracy"] for k in sorted(runs["cosine"])]
     assert d["mean_difference"] == np.mean(by_hand) and d["ci95"] == paired_t(by_hand)["ci"]
     assert d["ci95_bootstrap"] is not None and d["verdict"] == "worse"
+
+
+def test_the_goals_table_has_one_row_per_study_saying_which_parts_of_the_goal_are_unmet(tmp_path):
+    from deft_jax.experiment.goals import render_goals
+
+    folders = []
+    for name, s in (("meets", summary(x_epochs=2.9)), ("misses", summary(random_mean=0.81, x_epochs=8.0))):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps(s))
+        folders.append(folder)
+    rows = [line for line in render_goals(folders, tmp_path) if line.startswith("| [")]
+    assert len(rows) == 2
+    assert rows[0].startswith("| [meets](meets/summary.md) | 5 | deft-lr-mf | 0.800 | lp-ft 0.805 | 0.780 |")
+    assert rows[0].endswith("| 2.9 | met |")
+    assert rows[1].endswith("| 8.0 | not met: random search, <= 3x epochs |")

@@ -10,6 +10,7 @@ comparisons with full fine-tuning and random search, and the issue's goal checke
 dataset. With --into FILE the block between `<!-- BLOCK:begin -->` and `<!-- BLOCK:end -->`
 (`--block`, default "payoff") is replaced; otherwise it is printed. `--resummarize FOLDER` rewrites a finished experiment's
 summary.json / summary.md from its runs.jsonl with the current statistics (no training).
+`--goals` writes one table instead: the goal checked per folder (`deft_jax.experiment.goals`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from deft_jax.config.schema import config_from_dict
 from deft_jax.experiment.across import render_across
+from deft_jax.experiment.goals import GOAL_EPOCHS_X_FULL, GOAL_MARGIN, JUDGED_VARIANT, goal, render_goals
 from deft_jax.experiment.records import RUNS, read_runs
 from deft_jax.experiment.summary import (
     SUMMARY_JSON,
@@ -29,48 +31,6 @@ from deft_jax.experiment.summary import (
     format_value,
     summarize,
 )
-from deft_jax.methods.deft import VARIANTS
-
-# The goal: the judged method's mean test accuracy at least the best simple recipe's minus
-# GOAL_MARGIN and at least same-budget random search's, resolved better than full
-# fine-tuning on some study, at most GOAL_EPOCHS_X_FULL full fine-tunes' epochs.
-SIMPLE_RECIPES = ("linear-probe", "full", "lp-ft", "fastai")
-GOAL_MARGIN = 0.01
-GOAL_EPOCHS_X_FULL = 3.0
-# The judged method of a summary that does not name one (written before experiment.judged
-# existed): every search option on, fixed before those runs. (Picking the variant with the
-# best test accuracy per dataset would itself select on the test split.)
-JUDGED_VARIANT = "deft-lr-mf"
-
-
-def judged_variant(summary: dict) -> str | None:
-    """The summary's declared `judged` method (experiment.judged), else JUDGED_VARIANT, where
-    it ran; else the paper's `deft`."""
-    ran = {r["method"] for r in summary["table"]}
-    declared = summary.get("judged") or JUDGED_VARIANT
-    return next((v for v in (declared, "deft") if v in ran and v in VARIANTS), None)
-
-
-def goal(summary: dict) -> dict:
-    """The goal on one study, for the judged method: its mean test accuracy against the best
-    of SIMPLE_RECIPES (at least theirs - GOAL_MARGIN) and against random search (at least
-    equal), its verdict against full (the study's paired test: both intervals of a fixed
-    split, the corrected t of repeated splits), its fine-tune epochs in full fine-tunes."""
-    variant = judged_variant(summary)
-    if variant is None:
-        return {}
-    mean = {r["method"]: r["test_accuracy"]["mean"] for r in summary["table"]}
-    rows = {r["method"]: r for r in summary["paired"].get(variant, [])}
-    simple = {m: mean[m] for m in SIMPLE_RECIPES if m in mean}
-    best = max(simple, key=simple.get) if simple else None
-    x_epochs = summary["cost"].get(variant, {}).get("x_full_epochs")
-    return {"variant": variant, "best_simple": best,
-            "within_best_simple": best is None or mean[variant] >= simple[best] - GOAL_MARGIN - 1e-12,
-            "at_least_random_search": mean[variant] >= mean["random-search"] if "random-search" in mean else None,
-            "resolved_better_than_full": rows.get("full", {}).get("verdict") == "better",
-            "x_full_epochs": x_epochs,
-            "within_epoch_budget": x_epochs is not None and x_epochs <= GOAL_EPOCHS_X_FULL + 1e-12}
-
 
 def recipe_note(summary: dict) -> str:
     """' Learning-rate schedule: ...' where the run's finetune.schedule or warmup is not the
@@ -154,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block", default="payoff", help="the generated block's name")
     parser.add_argument("--across", default=None, metavar="METHODS",
                         help="one table across the folders (one recipe setting varied) for these comma-separated methods")
+    parser.add_argument("--goals", action="store_true",
+                        help="one table of the goal per folder (the judged method against the simple recipes)")
     parser.add_argument("--resummarize", action="store_true",
                         help="rewrite each folder's summary from its runs.jsonl first")
     args = parser.parse_args(argv)
@@ -165,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     page_dir = args.into.parent if args.into is not None else Path(".")
     if args.across:
         body = render_across(folders, args.across.split(","), page_dir)
+    elif args.goals:
+        body = render_goals(folders, page_dir)
     else:
         body = [line for f in folders for line in render(f, page_dir)]
     block = [begin, ""] + body + [end]
