@@ -68,3 +68,15 @@ def test_the_ensemble_lists_the_selected_mask_first_then_the_best_by_fitness():
     models = {"a": (0.3, {}), "b": (0.1, {}), "c": (0.2, {}), "d": (0.2, {})}
     assert ensemble.members("a", models, 3) == ["a", "b", "c"]  # c before d: earliest on ties
     assert ensemble.members("b", models, 1) == ["b"]
+
+
+def test_the_evaluator_keeps_only_the_ensembles_candidates_and_the_full_mask_and_the_ensemble_is_unchanged(kept_models):
+    ctx = context(**{"final.ensemble": "2", "search.promote_fraction": "1.0"})  # every member whole-budget
+    result = METHODS["deft-keep"].run(ctx)
+    models = kept_models[-1].models
+    whole = {k: v for k, v in result.extra["memo"].items() if k not in result.extra["memo_short_budget"]}
+    full = "1" * len(ctx.spec.group_names)
+    assert len(whole) > 3 and len(models) <= 3 and full in models  # the others were dropped
+    keys = result.extra["ensemble_members"]
+    best_other = min((k for k in whole if k != keys[0]), key=lambda k: whole[k])
+    assert keys == [keys[0], best_other] and keys[0] in (full, min(whole, key=whole.get))

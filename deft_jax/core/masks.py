@@ -78,6 +78,12 @@ def decode_genome(genome, group_names: Sequence[str], threshold: float = 0.5,
     return {g: on.get(g, True) for g in group_names}
 
 
+
+def full_mask_key(group_names: Sequence[str], threshold: float = 0.5, space: str = "mask") -> str:
+    """The key of the genome of all ones: every group trained (at the base rate)."""
+    return mask_key(decode_genome(np.ones(len(searchable_groups(group_names)), np.float32),
+                                  group_names, threshold, space))
+
 def _key_char(value) -> str:
     if not trains(value):
         return "0"

@@ -30,6 +30,7 @@ from deft_jax.core.divergence import worst_fitness
 from deft_jax.core.masks import (
     GroupMask,
     decode_genome,
+    full_mask_key,
     mask_from_key,
     mask_key,
     searchable_groups,
@@ -152,7 +153,7 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
     options = bookkeeping_compiler_options()  # DE's programs cost microseconds to run
     ask, tell = (jax.jit(f, compiler_options=options) for f in (de.ask, de.tell))
     base_key = jax.random.key(cfg.seed)
-    full_key = mask_key(decode_genome(np.ones(len(genes), np.float32), group_names, s.threshold, s.space))
+    full_key = full_mask_key(group_names, s.threshold, s.space)
     halving = (Halving(cfg.finetune.epochs, s.promote_fraction,
                        (full_key,) if s.select == "full-unless-1se-better" else ())
                if s.fidelity == "halving" else None)

@@ -84,7 +84,7 @@ def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
     state = ctx.state_dir / f"seed{ctx.seed}-{name}.msgpack" if ctx.state_dir else None
     reusing = ensemble.wanted(ctx.cfg) and isinstance(evaluator, SequentialEvaluator)
     if reusing:
-        evaluator.keep_models = True
+        evaluator.keep_final_models(ctx.cfg)
     search = run_search(ctx.cfg, evaluator, ctx.spec.layer_groups, state_path=state,
                         n_val=len(ctx.data.arrays.y_val))
     t1 = time.perf_counter()

@@ -35,7 +35,7 @@ def keeps_models(cfg: Config, evaluator) -> bool:
                     f"evaluates with {getattr(evaluator, 'name', type(evaluator).__name__)}); the "
                     "final model is trained as usual")
         return False
-    evaluator.keep_models = True
+    evaluator.keep_final_models(cfg)
     return True
 
 

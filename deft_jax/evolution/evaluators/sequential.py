@@ -12,7 +12,8 @@ import numpy as np
 from deft_jax.core import divergence, training
 from deft_jax.core.best_epoch import BestEpoch
 from deft_jax.core.finetune import FineTuner
-from deft_jax.core.masks import GroupMask, mask_key
+from deft_jax.config.schema import Config
+from deft_jax.core.masks import GroupMask, full_mask_key, mask_key
 from deft_jax.data.inputs import SplitArrays
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe
 from deft_jax.evolution.fitness import PrefixFeatureCache
@@ -26,7 +27,9 @@ class SequentialEvaluator:
     name = "sequential"
     on_member_done = None  # callback(number of members just finished), e.g. progress
     on_member_scored = None  # callback(index in masks, fitness) as each member finishes
-    keep_models = False  # keep every whole-budget member's model (the kept epoch's variables)
+    keep_models = False  # keep whole-budget members' models (the kept epoch's variables)
+    keep_at_most: int | None = None  # ... only the best this many by fitness, and the keys in
+    keep_always: frozenset = frozenset()  # `keep_always` (see `keep_final_models`)
 
     def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, recipe: FitnessRecipe):
         self.spec, self.variables, self.data, self.recipe = spec, variables, data, recipe
@@ -71,11 +74,33 @@ class SequentialEvaluator:
                                                       losses if self.keep == "last" else None))
             if model is not None:
                 self.models[mask_key(mask)] = (out[-1], model)
+                self.drop_surplus_models()
             if self.on_member_scored is not None:
                 self.on_member_scored(i, out[-1])
             if self.on_member_done is not None:
                 self.on_member_done(1)
         return out
+
+    def keep_final_models(self, cfg: Config) -> None:
+        """Keep the whole-budget models a final model may be taken from (`final.reuse`,
+        `final.ensemble` = k): the k best by fitness and the full mask's (what the
+        "full-unless-1se-better" rule selects), so memory holds k + 1 models at most. The
+        ensemble of the selected mask and the next k - 1 is always among them under the
+        "best" and "full-unless-1se-better" rules ("smallest-within-1se" keeps them all)."""
+        s = cfg.search
+        self.keep_models = True
+        if s.select == "smallest-within-1se":  # its pick may rank anywhere within the band
+            return
+        self.keep_at_most = max(1, cfg.final.ensemble)
+        self.keep_always = frozenset({full_mask_key(self.spec.group_names, s.threshold, s.space)})
+
+    def drop_surplus_models(self) -> None:
+        """Forget the worst models beyond `keep_at_most` (never those in `keep_always`)."""
+        if self.keep_at_most is None:
+            return
+        ranked = sorted((k for k in self.models if k not in self.keep_always), key=lambda k: self.models[k][0])
+        for key in ranked[self.keep_at_most:]:
+            del self.models[key]
 
     def stats(self) -> dict:
         return {"compiles": self.tuner.compiles, **(self.prefix.stats() if self.cache_prefix else {})}
