@@ -190,11 +190,11 @@ def test_with_the_default_start_every_candidate_starts_from_the_fresh_head(monke
 
 def test_a_search_run_with_start_probe_trains_its_candidates_and_final_model_from_the_probe(monkeypatch, tmp_path):
     from deft_jax.core import probe as probing
-    from deft_jax.run import pipeline
+    from deft_jax.run import final_model, pipeline
 
     cfg = tiny_config(**{"search.start": '"probe"', "search.generations": "1", "search.population_size": "4"})
     fitted, starts = [], []
-    real_fit, real_evaluator, real_final = probing.fit_head, pipeline.make_evaluator, pipeline.train_final
+    real_fit, real_evaluator, real_final = probing.fit_head, pipeline.make_evaluator, final_model.train_final
 
     def fit_head(*args, **kwargs):
         fitted.append(real_fit(*args, **kwargs))
@@ -211,7 +211,7 @@ def test_a_search_run_with_start_probe_trains_its_candidates_and_final_model_fro
     from deft_jax.evolution import start
     monkeypatch.setattr(start, "fit_head", fit_head)
     monkeypatch.setattr(pipeline, "make_evaluator", make_evaluator)
-    monkeypatch.setattr(pipeline, "train_final", train_final)
+    monkeypatch.setattr(final_model, "train_final", train_final)
     metrics = pipeline.run_pipeline(cfg, tmp_path / "run")
     (probe,) = fitted
     assert len(starts) == 2 and all(v is probe.variables for v in starts)
