@@ -1,7 +1,8 @@
-"""The two sides of the GPU suite (`benchmarks/gpu_suite.py`), each run in its own process:
-deft_jax's `vmap` population program (`run_jax`, which also writes what the PyTorch side
-needs, so that side never imports JAX) and the idiomatic sequential PyTorch reference
-(`run_torch`); `agreement` compares their fitness on the same masks.
+"""The three sides of the GPU suite (`benchmarks/gpu_suite.py`), each run in its own process:
+deft_jax's `vmap` population program (`run_jax`, which also writes what the PyTorch sides
+need, so they never import JAX), the idiomatic sequential PyTorch reference (`run_torch`)
+and the batched PyTorch peer (`run_torch_batched`, `torch.func.vmap` over stacked
+members); `agreement` compares fitness on the same masks.
 """
 
 from __future__ import annotations
@@ -126,12 +127,17 @@ def run_jax(args, model: str, workdir: Path) -> dict:
     flat = {"/".join(k): np.asarray(v) for k, v in _flatten(jax.device_get(variables)).items()}
     np.savez(workdir / f"{model}-variables.npz", **flat)
     torch_masks = [mask_key(m) for m in masks[:args.torch_members]]
+    population_masks = [mask_key(m) for m in masks[:2 * max(sizes)]]
     meta = {"model": model, "input_size": input_size, "granularity": granularity, "pretrained": spec.pretrained,
             "num_classes": classes, "group_names": list(spec.group_names), "recipe": recipe,
-            "masks": torch_masks}
+            "masks": torch_masks, "population_masks": population_masks, "sizes": sizes}
     (workdir / f"{model}-meta.json").write_text(json.dumps(meta))
+    kind = jax.devices()[0].device_kind
+    for row in rows:
+        row["device_name"] = kind
     return {"rows": rows, "fitness": {k: fitness_by_mask.get(k) for k in torch_masks},
-            "device": str(jax.devices()[0]), "device_kind": jax.devices()[0].device_kind,
+            "device": str(jax.devices()[0]), "device_kind": kind,
+            "matmul_precision": jax.config.jax_default_matmul_precision,
             "jax": jax.__version__, "pretrained": spec.pretrained}
 
 
@@ -154,10 +160,11 @@ def agreement(a, b) -> dict:
     return {"masks": len(a), "mean_abs_diff": float(np.mean(np.abs(a - b))), "spearman": rho}
 
 
-# --- the PyTorch side --------------------------------------------------------------------------
+# --- the PyTorch sides -------------------------------------------------------------------------
 
 
-def run_torch(model: str, workdir: Path) -> dict:
+def _torch_setup(model: str, workdir: Path, threads: int | None = None):
+    """The sequential reference on what the JAX side wrote, and the meta it wrote."""
     import torch
 
     from benchmarks.torch_reference import TorchReference, set_threads
@@ -174,7 +181,7 @@ def run_torch(model: str, workdir: Path) -> dict:
                 node = node.setdefault(part, {})
             node[leaf] = f[key]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    threads = set_threads()
+    threads = set_threads(threads)
     twin = torch_twin(model, meta["num_classes"], variables, meta["input_size"], meta["granularity"],
                       meta["pretrained"])
 
@@ -185,15 +192,83 @@ def run_torch(model: str, workdir: Path) -> dict:
         setattr(Recipe, k, v)
     ref = TorchReference(twin, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
                          meta["num_classes"], Recipe, list(arrays["plan"]), device=device)
-    masks = [{g: c == "1" for g, c in zip(meta["group_names"], key)} for key in meta["masks"]]
-    ref.evaluate_one(masks[0])  # warm-up: cuDNN autotuning, allocator, kernels
-    if device == "cuda":
+    about = {"model": model, "device": device, "threads": threads, "torch": torch.__version__,
+             "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+             "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}}
+    return meta, ref, about
+
+
+def _decode(meta: dict, keys: list[str]) -> list[dict]:
+    return [{g: c == "1" for g, c in zip(meta["group_names"], key)} for key in keys]
+
+
+def fitness_and_loss(ref, logits: np.ndarray) -> tuple[float, float]:
+    """1 - metric and the mean validation cross-entropy of one member's logits."""
+    from deft_jax.core.metrics import metric_from_logits
+
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    loss = float(-np.mean(log_p[np.arange(len(ref.y_val)), ref.y_val]))
+    return 1.0 - metric_from_logits(ref.metric, logits, ref.y_val, ref.num_classes), loss
+
+
+def _peak_torch(device: str, reset: bool = False) -> int | None:
+    import torch
+    if device != "cuda":
+        return None
+    if reset:
         torch.cuda.reset_peak_memory_stats()
+    return int(torch.cuda.max_memory_allocated())
+
+
+def run_torch(model: str, workdir: Path, threads: int | None = None) -> dict:
+    """The sequential reference: one member after another on the first --torch-members masks."""
+    meta, ref, about = _torch_setup(model, workdir, threads)
+    masks = _decode(meta, meta["masks"])
+    ref.evaluate_one(masks[0])  # warm-up: cuDNN autotuning, allocator, kernels
+    _peak_torch(about["device"], reset=True)
+    fitness, val_loss = [], []
     t0 = time.perf_counter()
-    fitness = ref.evaluate(masks)
+    for mask in masks:  # what ref.evaluate does, keeping the logits for the validation loss
+        tuned, _ = ref.fine_tune(mask)
+        f, loss = fitness_and_loss(ref, ref.logits(tuned))
+        fitness.append(f)
+        val_loss.append(loss)
     seconds = time.perf_counter() - t0
-    return {"model": model, "device": device, "threads": threads, "torch": torch.__version__,
-            "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
-            "members": len(masks), "seconds": round(seconds, 3), "members_per_s": round(len(masks) / seconds, 3),
-            "peak_device_bytes": int(torch.cuda.max_memory_allocated()) if device == "cuda" else None,
-            "masks": meta["masks"], "fitness": fitness}
+    return {**about, "members": len(masks), "seconds": round(seconds, 3),
+            "members_per_s": round(len(masks) / seconds, 3), "peak_device_bytes": _peak_torch(about["device"]),
+            "masks": meta["masks"], "fitness": fitness, "val_loss": val_loss}
+
+
+def run_torch_batched(model: str, workdir: Path, threads: int | None = None) -> dict:
+    """The batched peer (`benchmarks/torch_batched_peer.py`) at each population size P: a
+    first call on P masks, then the timed ("steady") call on P new ones, as the JAX side."""
+    from benchmarks.torch_batched_peer import BatchedTorchPeer
+
+    meta, ref, about = _torch_setup(model, workdir, threads)
+    peer = BatchedTorchPeer(ref)
+    keys = meta["population_masks"]
+    rows, fitness, val_loss = [], {}, {}
+
+    def evaluate(chunk: list[str]) -> float:
+        t0 = time.perf_counter()
+        _, logits = peer.evaluate_with_logits(_decode(meta, chunk))
+        seconds = time.perf_counter() - t0
+        for key, member_logits in zip(chunk, logits):
+            f, loss = fitness_and_loss(ref, member_logits)
+            fitness.setdefault(key, f)
+            val_loss.setdefault(key, loss)
+        return seconds
+
+    for size in meta["sizes"]:
+        if 2 * size > len(keys):
+            rows.append({"model": model, "population": size, "skipped": "fewer distinct masks than 2P"})
+            continue
+        _peak_torch(about["device"], reset=True)
+        warm_s = evaluate(keys[:size])
+        steady_s = evaluate(keys[size:2 * size])
+        rows.append({"model": model, "population": size, "side": "pytorch_batched", "dtype": "float32",
+                     "warmup_s": round(warm_s, 3), "steady_s": round(steady_s, 3),
+                     "members_per_s": round(size / steady_s, 3), "device_name": about["device_name"],
+                     "peak_device_bytes": _peak_torch(about["device"])})
+    return {**about, "rows": rows, "fitness": fitness, "val_loss": val_loss}
