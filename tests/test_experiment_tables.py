@@ -97,7 +97,7 @@ def test_the_committed_result_tables_are_what_the_committed_results_give(tmp_pat
                  "--into", str(copy)]) == 0
     assert main(["--block", "bloodcells50", str(results / "study" / "bloodcells28_resnet20_tpc50"),
                  "--into", str(copy)]) == 0
-    assert main(["--block", "lite0", str(results / "study" / "bloodcells64_lite0_tpc25_simple"),
+    assert main(["--block", "lite0", str(results / "study" / "bloodcells64_lite0_tpc25"),
                  "--into", str(copy)]) == 0
     assert main(["--block", "keep", str(results / "study" / "bloodcells28_resnet20_tpc10_keep"),
                  "--into", str(copy)]) == 0
@@ -105,6 +105,11 @@ def test_the_committed_result_tables_are_what_the_committed_results_give(tmp_pat
                  str(results / "study" / "bloodcells28_resnet20_tpc10_nll"), "--into", str(copy)]) == 0
     schedules = [str(results / "study" / "schedule" / s) for s in ("constant", "cosine", "onecycle", "cosine-warm")]
     assert main(["--across", "full,lp-ft", "--block", "schedule", *schedules, "--into", str(copy)]) == 0
+    studies = [results / "study" / name for name in
+               ("bloodcells28_resnet20_tpc10", "bloodcells28_resnet20_tpc50", "bloodcells64_lite0_tpc25")]
+    studies += [results / "payoff" / name for name in
+                ("osteosarcoma_resnet20", "breastmnist_resnet20", "signdigits_resnet20")]
+    assert main(["--goals", "--block", "goals", *map(str, studies), "--into", str(copy)]) == 0
     earlier = [str(results / name) for name in ("osteosarcoma_resnet20", "osteosarcoma_lite0")]
     assert main(["--block", "earlier", *earlier, "--into", str(copy)]) == 0
     assert copy.read_text() == page.read_text()

@@ -126,6 +126,7 @@ def search_honesty(by: dict, methods: list[str], metric: str = "accuracy") -> li
                      "promised_val": describe([1 - r["extra"]["best_fitness"] for r in rs]),
                      "final_val": describe([metric_from_report(own, r["val"]) if own != "nll" or
                                             "log_loss" in r["val"] else None for r in rs]),
+                     "final_val_accuracy": describe([r["val"]["accuracy"] for r in rs]),
                      "test": describe([r["test"]["accuracy"] for r in rs]),
                      "fitness_epochs": describe([r["extra"].get("fitness_epochs") for r in rs])})
     return rows

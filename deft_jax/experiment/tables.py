@@ -57,7 +57,7 @@ def render(folder: Path, page_dir: Path = Path(".")) -> list[str]:
         epochs = honesty.get(m, {}).get("fitness_epochs")
         cost = summary["cost"].get(m, {})
         lines.append(f"| {m} | {format_mean_std(row['test_accuracy'])} | {format_mean_std(row['test_macro_f1'])} "
-                     f"| {format_mean_std(honesty[m]['final_val']) if m in honesty else '-'} "
+                     f"| {format_mean_std(honesty[m].get('final_val_accuracy', honesty[m]['final_val'])) if m in honesty else '-'} "
                      f"| {format_mean_std(row['trainable_fraction'], 2)} "
                      f"| {format_value(row['fitness_evaluations']['mean'], 1)} "
                      f"| {format_mean_std(epochs, 0) if epochs else '-'} "
