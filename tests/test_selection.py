@@ -250,4 +250,4 @@ def test_summary_records_each_methods_fine_tune_epochs_their_multiple_of_full_an
     assert cost["full"]["x_full_epochs"] == 1.0 and cost["linear-probe"]["x_full_epochs"] == 0.0
     assert summary["judged"] == "deft"
     assert "Judged method: deft." in (tmp_path / "exp" / "summary.md").read_text()
-    assert load_config(None, []).experiment.judged == "deft-lr-mf"
+    assert load_config(None, []).experiment.judged == "deft-default"
