@@ -34,11 +34,10 @@ import types
 
 from deft_jax.config.presets import DEFAULT_DEFT
 from deft_jax.config.schema import Config, validate
-from deft_jax.core import ensemble
 from deft_jax.core.masks import mask_from_key
 from deft_jax.errors import UserError
 from deft_jax.evolution.evaluators.choice import Evaluator, make_evaluator
-from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
+from deft_jax.evolution.evaluators.sequential import SequentialEvaluator, keeps_final_models
 from deft_jax.evolution.loop import run_search
 from deft_jax.evolution.start import probe_extra, start_variables
 from deft_jax.methods import reuse
@@ -82,9 +81,7 @@ def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
     ctx, start = search_start(ctx)
     evaluator, mode = make_shared_evaluator(ctx)
     state = ctx.state_dir / f"seed{ctx.seed}-{name}.msgpack" if ctx.state_dir else None
-    reusing = ensemble.wanted(ctx.cfg) and isinstance(evaluator, SequentialEvaluator)
-    if reusing:
-        evaluator.keep_final_models(ctx.cfg)
+    reusing = keeps_final_models(ctx.cfg, evaluator)
     search = run_search(ctx.cfg, evaluator, ctx.spec.layer_groups, state_path=state,
                         n_val=len(ctx.data.arrays.y_val))
     t1 = time.perf_counter()

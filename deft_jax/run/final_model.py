@@ -14,29 +14,9 @@ from deft_jax.core import ensemble
 from deft_jax.core.final import FinalModel, train_final
 from deft_jax.core.masks import GroupMask
 from deft_jax.data.inputs import PreparedData
-from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
 from deft_jax.models.base import ModelSpec
 
 logger = logging.getLogger(__name__)
-
-
-def keeps_models(cfg: Config, evaluator) -> bool:
-    """Whether this run takes its final model from the search: asks `evaluator` to keep its
-    whole-budget models when it does. Says so when the config asks for it and cannot."""
-    asked = cfg.final.reuse or cfg.final.ensemble > 1
-    if not asked:
-        return False
-    if not ensemble.wanted(cfg):
-        logger.info("note: final.reuse / final.ensemble need search.schedule = \"final\" (a fitness "
-                    "with the final recipe); the final model is trained as usual")
-        return False
-    if not isinstance(evaluator, SequentialEvaluator):
-        logger.info(f"note: final.reuse / final.ensemble need the sequential evaluator (this run "
-                    f"evaluates with {getattr(evaluator, 'name', type(evaluator).__name__)}); the "
-                    "final model is trained as usual")
-        return False
-    evaluator.keep_final_models(cfg)
-    return True
 
 
 def final_model(cfg: Config, spec: ModelSpec, variables: dict, mask: GroupMask, data: PreparedData,

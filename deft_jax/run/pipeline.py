@@ -14,12 +14,13 @@ from deft_jax.data import load_dataset, sampling_of
 from deft_jax.data.inputs import describe_origin, prepare_data
 from deft_jax.data.splits import save_splits
 from deft_jax.evolution.evaluators.choice import make_evaluator
+from deft_jax.evolution.evaluators.sequential import keeps_final_models
 from deft_jax.evolution.loop import run_search
 from deft_jax.evolution.progress import SearchProgress
 from deft_jax.evolution.start import probe_extra, start_variables
 from deft_jax.models import build_model
 from deft_jax.run.checkpoint import save_checkpoint
-from deft_jax.run.final_model import checkpoint_members, final_model, final_model_record, keeps_models
+from deft_jax.run.final_model import checkpoint_members, final_model, final_model_record
 from deft_jax.run.report import render_report
 from deft_jax.run.report_html import render_html
 from deft_jax.runtime import distributed, rundir
@@ -69,7 +70,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
 
     variables, probe = start_variables(cfg, spec, variables, data.arrays)  # search.start
     evaluator, mode, reason = make_evaluator(cfg, spec, variables, data.arrays)
-    reusing = keeps_models(cfg, evaluator)  # final.reuse / final.ensemble
+    reusing = keeps_final_models(cfg, evaluator)  # final.reuse / final.ensemble
     n = {k: len(v) for k, v in data.splits.items()}
     logger.info(f"data: {dataset.description}; train/val/test {n['train']}/{n['val']}/{n['test']}; "
         f"{describe_origin(data.split_origin)}")

@@ -4,12 +4,13 @@ no frozen-weight gradients, but a compile for every new mask."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 
-from deft_jax.core import divergence, training
+from deft_jax.core import divergence, ensemble, training
 from deft_jax.core.best_epoch import BestEpoch
 from deft_jax.core.finetune import FineTuner
 from deft_jax.config.schema import Config
@@ -19,6 +20,8 @@ from deft_jax.evolution.evaluators.recipe import FitnessRecipe
 from deft_jax.evolution.fitness import PrefixFeatureCache
 from deft_jax.models.base import ModelSpec
 from deft_jax.runtime.xla_options import fitness_compiler_options
+
+logger = logging.getLogger(__name__)
 
 
 class SequentialEvaluator:
@@ -104,3 +107,22 @@ class SequentialEvaluator:
 
     def stats(self) -> dict:
         return {"compiles": self.tuner.compiles, **(self.prefix.stats() if self.cache_prefix else {})}
+
+
+def keeps_final_models(cfg: Config, evaluator) -> bool:
+    """Whether the final model is taken from the search (`final.reuse`, `final.ensemble`):
+    then `evaluator` is asked to keep the candidates (`SequentialEvaluator.keep_final_models`).
+    Says so in a note when the config asks for it and cannot have it."""
+    if not (cfg.final.reuse or cfg.final.ensemble > 1):
+        return False
+    if not ensemble.wanted(cfg):
+        logger.info("note: final.reuse / final.ensemble need search.schedule = \"final\" (a fitness "
+                    "with the final recipe) and no experiment.learning_rates; the final model is trained as usual")
+        return False
+    if not isinstance(evaluator, SequentialEvaluator):
+        logger.info(f"note: final.reuse / final.ensemble need the sequential evaluator (this run "
+                    f"evaluates with {getattr(evaluator, 'name', type(evaluator).__name__)}); the "
+                    "final model is trained as usual")
+        return False
+    evaluator.keep_final_models(cfg)
+    return True
