@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.machine import loadavg, machine_slug  # noqa: E402
 from benchmarks.vs_pytorch_report import summarize  # noqa: E402
-from benchmarks.vs_pytorch_worker import KNOWN_STRATEGIES, NO_PREFIX, run_jax_worker  # noqa: E402
+from benchmarks.vs_pytorch_worker import KNOWN_STRATEGIES, NO_PREFIX, run_jax_worker, split_strategy  # noqa: E402
 
 
 def _population_available() -> bool:
@@ -62,7 +62,7 @@ def _run(cmd: list[str], label: str) -> None:
 def run_sides(args) -> dict:
     """Each deft_jax strategy, then each PyTorch run, in its own process; their raw results."""
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    bad = [s for s in strategies if s not in KNOWN_STRATEGIES]
+    bad = [s for s in strategies if split_strategy(s)[0] not in KNOWN_STRATEGIES]
     if bad:
         raise SystemExit(f"unknown strategies {bad}; known: {', '.join(KNOWN_STRATEGIES)}")
     notes, skipped = [], []
@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="deft_jax vs an idiomatic PyTorch DEFT: the whole search, same masks.")
     p.add_argument("--config", required=True, help="TOML config (e.g. configs/bench_resnet20_digits.toml)")
     p.add_argument("--strategies", default="auto,sequential,vmap",
-                   help=f"comma-separated, first is the reference ({', '.join(KNOWN_STRATEGIES)})")
+                   help=f"comma-separated, first is the reference ({', '.join(KNOWN_STRATEGIES)}; "
+                        "MODE:N runs MODE in N worker processes, one core each, e.g. vmap-1:2)")
     p.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/<date>-<machine>.json)")
     p.add_argument("--torch-threads", help="torch.set_num_threads, comma-separated for several PyTorch "
                    "runs (default: all cores); the first is the headline")

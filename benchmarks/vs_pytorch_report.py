@@ -225,6 +225,11 @@ def summarize(config: str, runs: dict) -> dict:
         "speedup_vs_pytorch_evaluations_only": round(speedup_eval, 3),
         "speedup_vs_fastest_pytorch": round(speedup_fastest, 3),
         "speedup_vs_pytorch_prefix_cached": round(speedup_prefixed, 3) if speedup_prefixed else None,
+        # every strategy's whole search against the same PyTorch run, and whether its search
+        # evaluated the reference's masks (the ones PyTorch replays) in the same order
+        "speedup_by_strategy": {r["strategy"]: round(torch_result["search_s"] / r["search_s"], 3)
+                                for r in jax_results},
+        "same_masks_as_reference": {r["strategy"]: r["masks"] == reference["masks"] for r in jax_results},
         "pytorch_threads": [t["threads"] for t in torch_results],
         "reference_strategy": reference["strategy"], "skipped_strategies": skipped,
         "rows": rows, "step_profile": step_profile, "where_time_goes": breakdown, "notes": notes,

@@ -20,6 +20,14 @@ from benchmarks.step_profile import jax_step_profile, population_step_profile
 
 NO_PREFIX = "sequential-noprefix"  # sequential without the frozen-prefix feature cache
 KNOWN_STRATEGIES = ("auto", "sequential", "vmap", "vmap-1", "sharded", NO_PREFIX)
+# a strategy may end in ":N": the same evaluation mode in N worker processes, one core each
+# (`search.workers`), e.g. "vmap-1:2"
+
+
+def split_strategy(strategy: str) -> tuple[str, int]:
+    """(evaluation mode, worker processes) of a strategy name such as "vmap-1:2"."""
+    mode, _, workers = strategy.partition(":")
+    return mode, int(workers) if workers else 1
 
 
 class CompileClock:
@@ -83,7 +91,8 @@ class RecordingEvaluator:
         return {"first_stage": first, "stages_trained": trained, "stages": len(spec.stage_names)}
 
     def evaluate(self, masks):
-        if self.inner.name in ("sequential", "vmap-1"):  # one member at a time: time each
+        one_at_a_time = self.inner.name in ("sequential", "vmap-1") and getattr(self.inner, "workers", 1) == 1
+        if one_at_a_time:  # time each
             return [self._one(self.inner.evaluate, [m])[0] for m in masks]
         return self._one(self.inner.evaluate, list(masks))
 
@@ -126,8 +135,8 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
     from deft_jax.evolution.fitness import PrefixFeatureCache
 
     cfg = load_config(config)
-    requested = "sequential" if strategy == NO_PREFIX else strategy
-    cfg.search.evaluation = requested
+    requested, workers = split_strategy("sequential" if strategy == NO_PREFIX else strategy)
+    cfg.search.evaluation, cfg.search.workers = requested, workers
     dataset = load_dataset(cfg.data.source)
     spec = build_model(cfg.model.name, len(dataset.class_names), cfg.model.weights,
                        cfg.model.input_size, cfg.model.granularity)
@@ -140,6 +149,8 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
         resolved, reason = "sequential", "frozen-prefix feature cache off"
     else:
         inner, resolved, reason = make_evaluator(cfg, spec, variables, data.arrays)
+        if workers > 1:
+            resolved = f"{resolved}:{workers}"
     setup_s = time.perf_counter() - t_start
     setup_compile_s = clock.total
     search_log = clock.phase("search")
@@ -172,12 +183,12 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
     masks = profile_masks(spec.group_names)
     if os.environ.get("DEFT_BENCH_STEP_PROFILE", "on") == "off":  # the search alone
         step_profile = {}
-    elif resolved == "sequential":
+    elif resolved.startswith("sequential"):
         step_profile = jax_step_profile(spec, variables, prefix, profile_data, masks,
                                         cache_prefix=strategy != NO_PREFIX)
     else:  # population programs: FLOPs from a static step's count
         static = jax_step_profile(spec, variables, prefix, profile_data, masks, steps=0)
-        members = 1 if resolved == "vmap-1" else cfg.search.population_size
+        members = 1 if resolved.startswith("vmap-1") else cfg.search.population_size
         step_profile = population_step_profile(spec, variables, prefix, profile_data, masks, static,
                                                members)
     out = {
@@ -186,6 +197,8 @@ def run_jax_worker(config: str, strategy: str, workdir: Path, export: bool) -> d
         "setup_s": setup_s, "search_s": search_s, "search_cpu_s": search_cpu_s,
         "evaluation_s": sum(r["eval_s"] for r in recorder.records),
         "compile_s": search_compile_s, "setup_compile_s": setup_compile_s,
+        # worker processes compile on their own cores: their seconds, summed over workers
+        "worker_compile_s": inner.stats().get("worker_compile_s") if workers > 1 else None,
         "backend_compiles": search_log.total_programs(),
         "compile_by_function": {k: round(v["backend_compile_s"] + v["trace_s"] + v["lower_s"], 3)
                                 for k, v in list(search_log.summary().items())[:8]},

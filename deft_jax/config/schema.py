@@ -105,6 +105,10 @@ class SearchConfig:
     metric: Metric = "accuracy"
     max_trainable_fraction: float = 1.0  # masks above it are penalised, never trained
     evaluation: Evaluation = "auto"  # "strategy" is an alias
+    # worker processes that score members, each pinned to its own CPU core and running the
+    # evaluation mode above (sequential or vmap-1; `deft_jax.evolution.evaluators.workers`);
+    # 1 = members are scored in this process
+    workers: int = 1
     # what a gene sets: "mask" (the paper: train or freeze) or "mask+lr" (also the group's
     # learning-rate multiplier, 10^-2..1 of the base rate on a log scale)
     space: Space = "mask"

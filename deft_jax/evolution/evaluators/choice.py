@@ -18,6 +18,7 @@ import numpy as np
 from deft_jax.config.schema import Config
 from deft_jax.core.masks import GroupMask
 from deft_jax.data.inputs import SplitArrays
+from deft_jax.errors import UserError
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe, fitness_recipe
 from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
 from deft_jax.models.base import ModelSpec
@@ -119,8 +120,19 @@ def build_evaluator(mode: str, spec: ModelSpec, variables: dict, data: SplitArra
 
 def make_evaluator(cfg: Config, spec: ModelSpec, variables: dict,
                    data: SplitArrays) -> tuple[Evaluator, str, str]:
-    """(evaluator, mode, reason) for a run's config; `auto` resolved for this machine."""
+    """(evaluator, mode, reason) for a run's config; `auto` resolved for this machine;
+    `search.workers` > 1: that mode in worker processes, one CPU core each."""
     mode, reason = pick_mode(cfg.search.evaluation)
+    if cfg.search.workers > 1:
+        from deft_jax.evolution.evaluators.workers import INNER_MODES, WorkerPoolEvaluator
+        if jax.default_backend() != "cpu" or mode not in INNER_MODES:
+            raise UserError(f"search.workers = {cfg.search.workers} scores members one per CPU core; it "
+                            f"needs the cpu backend and search.evaluation auto, sequential or vmap-1 "
+                            f"(here: {jax.default_backend()}, {mode})")
+        evaluator = WorkerPoolEvaluator(spec, variables, data, fitness_recipe(cfg), mode=mode,
+                                        workers=cfg.search.workers,
+                                        model=(cfg.model.name, cfg.model.granularity))
+        return evaluator, mode, f"{reason}; {cfg.search.workers} worker processes, one core each"
     # the model's and population's size decide how many members share a program
     limit = device_memory_limit() if mode != "sequential" else None
     evaluator = build_evaluator(mode, spec, variables, data, fitness_recipe(cfg), memory_limit_bytes=limit)

@@ -14,8 +14,9 @@ from deft_jax.core import divergence, ensemble, training
 from deft_jax.core.best_epoch import BestEpoch
 from deft_jax.core.finetune import FineTuner
 from deft_jax.config.schema import Config
-from deft_jax.core.masks import GroupMask, full_mask_key, mask_key
+from deft_jax.core.masks import GroupMask, mask_key
 from deft_jax.data.inputs import SplitArrays
+from deft_jax.evolution.evaluators.kept_models import FinalModelCandidates
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe
 from deft_jax.evolution.fitness import PrefixFeatureCache
 from deft_jax.models.base import ModelSpec
@@ -24,15 +25,13 @@ from deft_jax.runtime.xla_options import fitness_compiler_options
 logger = logging.getLogger(__name__)
 
 
-class SequentialEvaluator:
+class SequentialEvaluator(FinalModelCandidates):
     """Evaluates masks one after another with static masks (compile cache per mask)."""
 
     name = "sequential"
     on_member_done = None  # callback(number of members just finished), e.g. progress
     on_member_scored = None  # callback(index in masks, fitness) as each member finishes
-    keep_models = False  # keep whole-budget members' models (the kept epoch's variables)
-    keep_at_most: int | None = None  # ... only the best this many by fitness, and the keys in
-    keep_always: frozenset = frozenset()  # `keep_always` (see `keep_final_models`)
+    can_keep_models = True  # `keep_final_models` (`FinalModelCandidates`)
 
     def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, recipe: FitnessRecipe):
         self.spec, self.variables, self.data, self.recipe = spec, variables, data, recipe
@@ -44,7 +43,7 @@ class SequentialEvaluator:
         self.cache_prefix = recipe.prefix_cached
         self.prefix = PrefixFeatureCache(spec, variables, data)
         self.tuner.forwards = self.prefix.forwards  # one set of per-stage inference programs
-        self.models: dict[str, tuple[float, dict]] = {}  # mask key -> (fitness, variables)
+        super().__init__()  # self.models: mask key -> (fitness, variables)
 
     def _fine_tune_one(self, mask: GroupMask, epochs: int | None) -> tuple[np.ndarray, list[float], dict | None]:
         """Validation logits (of the epoch `keep` says), training losses and, with
@@ -76,34 +75,12 @@ class SequentialEvaluator:
                                                       self.data.num_classes, mask,
                                                       losses if self.keep == "last" else None))
             if model is not None:
-                self.models[mask_key(mask)] = (out[-1], model)
-                self.drop_surplus_models()
+                self.store_model(mask_key(mask), out[-1], model)
             if self.on_member_scored is not None:
                 self.on_member_scored(i, out[-1])
             if self.on_member_done is not None:
                 self.on_member_done(1)
         return out
-
-    def keep_final_models(self, cfg: Config) -> None:
-        """Keep the whole-budget models a final model may be taken from (`final.reuse`,
-        `final.ensemble` = k): the k best by fitness and the full mask's (what the
-        "full-unless-1se-better" rule selects), so memory holds k + 1 models at most. The
-        ensemble of the selected mask and the next k - 1 is always among them under the
-        "best" and "full-unless-1se-better" rules ("smallest-within-1se" keeps them all)."""
-        s = cfg.search
-        self.keep_models = True
-        if s.select == "smallest-within-1se":  # its pick may rank anywhere within the band
-            return
-        self.keep_at_most = max(1, cfg.final.ensemble)
-        self.keep_always = frozenset({full_mask_key(self.spec.group_names, s.threshold, s.space)})
-
-    def drop_surplus_models(self) -> None:
-        """Forget the worst models beyond `keep_at_most` (never those in `keep_always`)."""
-        if self.keep_at_most is None:
-            return
-        ranked = sorted((k for k in self.models if k not in self.keep_always), key=lambda k: self.models[k][0])
-        for key in ranked[self.keep_at_most:]:
-            del self.models[key]
 
     def stats(self) -> dict:
         return {"compiles": self.tuner.compiles, **(self.prefix.stats() if self.cache_prefix else {})}
@@ -111,7 +88,8 @@ class SequentialEvaluator:
 
 def keeps_final_models(cfg: Config, evaluator) -> bool:
     """Whether the final model is taken from the search (`final.reuse`, `final.ensemble`):
-    then `evaluator` is asked to keep the candidates (`SequentialEvaluator.keep_final_models`).
+    then `evaluator` is asked to keep the candidates (`FinalModelCandidates.keep_final_models`;
+    the sequential evaluator, in this process or in worker processes).
     Says so in a note when the config asks for it and cannot have it."""
     if not (cfg.final.reuse or cfg.final.ensemble > 1):
         return False
@@ -119,10 +97,10 @@ def keeps_final_models(cfg: Config, evaluator) -> bool:
         logger.info("note: final.reuse / final.ensemble need search.schedule = \"final\" (a fitness "
                     "with the final recipe) and no experiment.learning_rates; the final model is trained as usual")
         return False
-    if not isinstance(evaluator, SequentialEvaluator):
+    if not getattr(evaluator, "can_keep_models", False):
         logger.info(f"note: final.reuse / final.ensemble need the sequential evaluator (this run "
                     f"evaluates with {getattr(evaluator, 'name', type(evaluator).__name__)}); the "
                     "final model is trained as usual")
         return False
-    evaluator.keep_final_models(cfg)
+    evaluator.keep_final_models(cfg, evaluator.spec.group_names)
     return True
