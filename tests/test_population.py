@@ -196,7 +196,7 @@ def test_a_memory_limit_splits_the_population_into_smaller_programs_with_the_sam
              ((), ("conv2",), ("conv1", "conv3"), ("conv1", "conv2", "conv3", "conv4"))]
     whole = PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg))
     reference = whole.evaluate_logits(masks)
-    start = min(whole.start_of(m) for m in masks)
+    start = min(whole.plan.start_of(m) for m in masks)
     two = PopulationEvaluator(spec, variables, data, FitnessRecipe(cfg)).program_bytes(2, start)
     four = whole.program_bytes(4, start)
     assert two < four

@@ -143,7 +143,7 @@ class FinalConfig:
     # which model the final training returns: "last" (after the last epoch) or "best-val"
     # (the epoch with the best validation metric, earliest on ties)
     keep: Keep = "last"
-    # with search.schedule = "final" and the sequential evaluator: score the selected mask's
+    # with search.schedule = "final" (any evaluation mode): score the selected mask's
     # fitness model instead of training it again (`reuse`), or average the probabilities of
     # the `ensemble` best models the search trained (the selected one first); the search
     # command saves them as one ensemble checkpoint, and the experiment's DEFT methods do the same

@@ -1,8 +1,7 @@
 """The experiment's side of `final.reuse` and `final.ensemble` (`deft_jax.core.ensemble`):
 the selected mask's fitness model, or the ensemble of the best kept models, scored as a
-method's result. Both need the sequential evaluator's kept models
-(`SequentialEvaluator.keep_models`); where a model is missing (a member restored from the
-journal on a resume, another evaluator, or an experiment learning-rate grid the fitness did
+method's result. Both need the evaluator's kept models (`FinalModelCandidates`); where a
+model is missing (a member restored from the journal on a resume, or an experiment learning-rate grid the fitness did
 not use) the winner is trained again as usual and the record says `final_reused: false`.
 """
 

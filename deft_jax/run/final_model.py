@@ -1,9 +1,9 @@
 """The final model of a search run: trained again with the final recipe, or, with
 `final.reuse` / `final.ensemble` and a final-recipe fitness (`search.schedule = "final"`),
-taken from the models the sequential evaluator kept during the search
+taken from the models the evaluator kept during the search
 (`deft_jax.core.ensemble`): the selected mask's model, or the average of its and the next
 best ones' probabilities. Where the selected mask's model was not kept (restored from the
-journal on a resume, another evaluator) it is trained again, with a logged note."""
+journal on a resume) it is trained again, with a logged note."""
 
 from __future__ import annotations
 

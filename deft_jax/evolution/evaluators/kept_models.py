@@ -1,8 +1,8 @@
 """`FinalModelCandidates`: the whole-budget fitness models an evaluator keeps, so a final
 model can be taken from the search (`final.reuse`, `final.ensemble`) without retraining.
 
-The sequential evaluator keeps them in this process; the worker-pool evaluator receives them
-from its worker processes. Both keep the same ones (`keep_final_models`)."""
+The sequential and population evaluators keep them in this process; the worker-pool evaluator
+receives them from its worker processes. All keep the same ones (`keep_final_models`)."""
 
 from __future__ import annotations
 

@@ -1,30 +1,19 @@
 """Population-parallel fitness: one compiled program fine-tunes many members at once.
 
-Layer-group masks enter the program as *traced* per-group gates (one float per member
-and group), so masks never change the program (`deft_jax.core.training.train_step` with traced
-flags): the gates are the BatchNorm `train` flags of `StagedNet` (a gated-off group runs in
-inference mode and keeps its running statistics bit-identical) and the last transform of
-the optimizer's updates (zeroed, with the optimizer state left as it was, for frozen
-leaves: momentum and weight decay cannot move them).
-
-The whole short fine-tune of a program's members is one device program: `lax.scan` over
-the batches stacked on the device (`training.fine_tune_program`), `jax.vmap` over the
-members' states and gates, the batches shared: every member sees the batches of
-`batches.training_batches`, so a member's result equals the static-mask evaluator's to
-float tolerance.
-
-`sharded=True` runs the same per-member code under `shard_map` over all devices (`programs`);
-populations are padded (with copies of a real mask) to a fixed size that divides the device
-count, so one program serves every generation; the padding is never reported.
-
-`members_per_program=k` runs the padded population as consecutive programs of k members
-per device instead, each from its own members' first trainable stage (`vmap-1` on CPU: no
-forward or backward pass below a member's first trainable stage); which members share a
-program and where it starts is `deft_jax.evolution.evaluators.member_plan`'s business.
-
-Memory: with `memory_limit_bytes`, members per program fit the device's memory (`memory_fit`). Frozen prefix: with augmentation off, the stages below a
-program's lowest trainable stage run once (`PrefixFeatureCache`), the program trains the
-suffix only; one-member programs validate with the cache's per-stage inference programs.
+Masks enter the program as *traced* per-group gates (`deft_jax.core.training.train_step`):
+the BatchNorm `train` flags of `StagedNet` (a gated-off group keeps its running statistics
+bit-identical) and the last transform of the optimizer's updates (zeroed for frozen leaves,
+their optimizer state left as it was). A program's whole fine-tune is `lax.scan` over the
+batches on the device, `jax.vmap` over the members; every member sees the same batches, so
+its result equals the static-mask evaluator's to float tolerance. `sharded=True` runs it
+under `shard_map` over all devices, the population padded (with copies of a real mask, never
+reported) to a size that divides the device count. `members_per_program=k` runs programs of
+k members per device, each from its members' first trainable stage (`vmap-1` on CPU;
+`member_plan`). With `memory_limit_bytes`, members per program fit the device (`memory_fit`).
+With augmentation off the stages below a program's lowest trainable stage run once
+(`PrefixFeatureCache`); one-member programs validate with its per-stage programs. With
+`keep_models` (`FinalModelCandidates`) whole-budget members' variables of the kept epoch are
+kept for `final.reuse` / `final.ensemble`.
 """
 
 from __future__ import annotations
@@ -34,17 +23,18 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from deft_jax.core import divergence, epoch_count, optimizer, training
 from deft_jax.core.best_epoch import BestEpoch
-from deft_jax.core.masks import GroupMask, lr_multiplier, trains
+from deft_jax.core.masks import GroupMask, lr_multiplier, mask_key, trains
 from deft_jax.data import batches
 from deft_jax.data.inputs import SplitArrays
 from deft_jax.evolution.evaluators import memory_fit
+from deft_jax.evolution.evaluators.kept_models import FinalModelCandidates
 from deft_jax.evolution.evaluators.member_plan import MemberPlan
-from deft_jax.evolution.evaluators.programs import AXIS, logits_program, put, to_host, train_program
+from deft_jax.evolution.evaluators.programs import (AXIS, logits_program, member_variables, put, to_host,
+                                                    train_program)
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe
 from deft_jax.evolution.fitness import PrefixFeatureCache
 from deft_jax.models.base import ModelSpec
@@ -52,8 +42,10 @@ from deft_jax.models.groups import leaf_values
 from deft_jax.runtime.program_cache import ProgramCache
 
 
-class PopulationEvaluator:
+class PopulationEvaluator(FinalModelCandidates):
     """Fitness of many masks from one vmapped (or sharded) fine-tune program."""
+
+    can_keep_models = True  # `keep_final_models` (`FinalModelCandidates`)
 
     def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, recipe: FitnessRecipe,
                  sharded: bool = False, pad_to: int | None = None, eval_images_per_call: int = 2048,
@@ -61,6 +53,7 @@ class PopulationEvaluator:
                  compile_after: int = 3):
         """`recipe.lr_multipliers`: masks carry per-group learning-rate multipliers
         (`mask+lr`), which enter the program as traced per-member scales (no recompiles)."""
+        super().__init__()
         self.spec, self.data, self.recipe, self.cfg = spec, data, recipe, recipe.finetune
         self.metric, self.seed, self.keep = recipe.metric, recipe.seed, recipe.keep
         self.lr_multipliers, self.sharded = recipe.lr_multipliers, sharded
@@ -95,9 +88,11 @@ class PopulationEvaluator:
         fine-tune config's) trains the first epochs of the same batch plan."""
         out: list[float | None] = [None] * len(masks)
 
-        def scored(idx: Sequence[int], logits: np.ndarray) -> None:  # a program's members are done
-            for i, l in zip(idx, logits):
+        def scored(idx: Sequence[int], logits: np.ndarray, models: list | None) -> None:  # a program is done
+            for j, (i, l) in enumerate(zip(idx, logits)):
                 out[i] = divergence.fitness_from_logits(self.metric, l, self.data.y_val, self.data.num_classes, masks[i])
+                if models is not None:
+                    self.store_model(mask_key(masks[i]), out[i], models[j])
                 if self.on_member_scored is not None:
                     self.on_member_scored(i, out[i])
         self.evaluate_logits(masks, epochs, on_chunk=scored)
@@ -106,7 +101,9 @@ class PopulationEvaluator:
     def evaluate_logits(self, masks: Sequence[GroupMask], epochs: int | None = None,
                         on_chunk=None) -> np.ndarray:
         """Validation logits [len(masks), n_val, classes] after each member's fine-tune (last
-        epoch, or best with keep = "best-val"); `on_chunk(indices, logits)` after each program."""
+        epoch, or best with keep = "best-val"); `on_chunk(indices, logits, models)` after each
+        program (models: the kept epoch's variables per member with `keep_models` and the
+        whole budget, else None)."""
         if not masks:
             return np.zeros((0, len(self.data.y_val), self.data.num_classes), np.float32)
         t0 = time.perf_counter()
@@ -116,11 +113,12 @@ class PopulationEvaluator:
             done = 0
             logits = []
             for chunk in chunks:
-                logits.append(self._chunk_logits(chunk, start, x_val, epochs))
+                chunk_logits, models = self._chunk_logits(chunk, start, x_val, epochs)
+                logits.append(chunk_logits)
                 real = min(len(chunk), len(idx) - done)  # padding members are not reported (nor counted)
                 epoch_count.TOTAL.add(self.cfg.epochs if epochs is None else epochs, real)
                 if on_chunk is not None and real > 0:
-                    on_chunk(idx[done:done + real], logits[-1][:real])
+                    on_chunk(idx[done:done + real], chunk_logits[:real], models and models[:real])
                 done += real
                 if self.on_member_done is not None and real > 0:
                     self.on_member_done(real)
@@ -131,18 +129,29 @@ class PopulationEvaluator:
         return np.stack(out)
 
     def _chunk_logits(self, chunk: Sequence[GroupMask], start: int, x_val: np.ndarray,
-                      epochs: int | None) -> np.ndarray:
+                      epochs: int | None) -> tuple[np.ndarray, list | None]:
+        """The chunk's validation logits and, with `keep_models` and the whole budget, its
+        members' variables of the kept epoch."""
+        want = self.keep_models and epochs is None
         if self.keep == "last":
-            return self._val_logits(start, self._train(chunk, start, epochs), x_val)
+            state = self._train(chunk, start, epochs)
+            host = to_host(state, self._mesh()) if want else None
+            return (self._val_logits(start, state, x_val),
+                    [member_variables(self.variables, host, j) for j in range(len(chunk))] if want else None)
         kept = BestEpoch(self.keep, self.metric, self.data.y_val, self.data.num_classes)
 
         def after_epoch(epoch: int, state: training.TrainState) -> None:
-            logits = self._val_logits(start, state, x_val)
+            logits, host = self._val_logits(start, state, x_val), []  # host: the state fetched once
+
+            def variables(j: int) -> dict:
+                host[:] = host or [to_host(state, self._mesh())]
+                return member_variables(self.variables, host[0], j)
             for j, mask in enumerate(chunk):
-                kept.offer(j, logits[j], mask)
+                kept.offer(j, logits[j], mask, payload=(lambda j=j: variables(j)) if want else None)
 
         self._train(chunk, start, epochs, after_epoch)
-        return np.stack([kept.logits[j] for j in range(len(chunk))])
+        return (np.stack([kept.logits[j] for j in range(len(chunk))]),
+                [kept.payload[j] for j in range(len(chunk))] if want else None)
 
     def fine_tune(self, masks: Sequence[GroupMask]) -> list[dict]:
         """Fine-tuned variables {'params', 'batch_stats'} (numpy) per mask, in order."""
@@ -152,12 +161,7 @@ class PopulationEvaluator:
             for chunk in chunks:
                 state = to_host(self._train(chunk, start), self._mesh())
                 epoch_count.TOTAL.add(self.cfg.epochs, min(len(chunk), len(idx) - len(members)))
-                for i in range(len(chunk)):
-                    member = {"params": dict(self.variables["params"]),
-                              "batch_stats": dict(self.variables["batch_stats"])}
-                    member["params"].update(jax.tree.map(lambda a: a[i], state.params))
-                    member["batch_stats"].update(jax.tree.map(lambda a: a[i], state.batch_stats))
-                    members.append(member)
+                members += [member_variables(self.variables, state, i) for i in range(len(chunk))]
             for j, i in enumerate(idx):
                 out[i] = members[j]
         return out
@@ -172,10 +176,6 @@ class PopulationEvaluator:
         if self.memory.decision:
             out["memory_fit"] = self.memory.decision
         return {**out, **(self.prefix.stats() if self.cache_prefix else {})}
-
-    def start_of(self, mask: GroupMask) -> int:
-        """The stage a member's program starts at (see `MemberPlan.start_of`)."""
-        return self.plan.start_of(mask)
 
     def _programs_for(self, masks: Sequence[GroupMask]):
         """(start, member indices, chunks of padded masks) per program group, in turn (see

@@ -76,3 +76,12 @@ def to_host(tree, mesh: Mesh | None):
         return jax.tree.map(np.asarray, tree)
     from jax.experimental import multihost_utils
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def member_variables(variables: dict, host_state, i: int) -> dict:
+    """Member i's whole variables {'params', 'batch_stats'} (numpy): `variables` with the
+    leaves a population program trained (a suffix, each leaf with a member axis) replaced."""
+    member = {"params": dict(variables["params"]), "batch_stats": dict(variables["batch_stats"])}
+    member["params"].update(jax.tree.map(lambda a: a[i], host_state.params))
+    member["batch_stats"].update(jax.tree.map(lambda a: a[i], host_state.batch_stats))
+    return member

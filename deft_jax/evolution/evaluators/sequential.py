@@ -88,8 +88,8 @@ class SequentialEvaluator(FinalModelCandidates):
 
 def keeps_final_models(cfg: Config, evaluator) -> bool:
     """Whether the final model is taken from the search (`final.reuse`, `final.ensemble`):
-    then `evaluator` is asked to keep the candidates (`FinalModelCandidates.keep_final_models`;
-    the sequential evaluator, in this process or in worker processes).
+    then `evaluator` is asked to keep the candidates (`FinalModelCandidates.keep_final_models`:
+    every evaluation mode, in this process or in worker processes).
     Says so in a note when the config asks for it and cannot have it."""
     if not (cfg.final.reuse or cfg.final.ensemble > 1):
         return False
@@ -98,8 +98,8 @@ def keeps_final_models(cfg: Config, evaluator) -> bool:
                     "with the final recipe) and no experiment.learning_rates; the final model is trained as usual")
         return False
     if not getattr(evaluator, "can_keep_models", False):
-        logger.info(f"note: final.reuse / final.ensemble need the sequential evaluator (this run "
-                    f"evaluates with {getattr(evaluator, 'name', type(evaluator).__name__)}); the "
+        logger.info(f"note: final.reuse / final.ensemble need an evaluator that keeps its models (this "
+                    f"run's, {getattr(evaluator, 'name', type(evaluator).__name__)}, does not); the "
                     "final model is trained as usual")
         return False
     evaluator.keep_final_models(cfg, evaluator.spec.group_names)

@@ -11,8 +11,8 @@ A member's fitness does not depend on which worker scored it or on how many ther
 worker computes it alone on one core, so N workers give one worker's numbers bit for bit.
 They are not the in-process evaluator's numbers on a multi-core machine (XLA:CPU's results
 depend on the cores a process may use). Epochs trained in the workers count in this
-process's `epoch_count`; with `sequential`, whole-budget models come back for
-`final.reuse` / `final.ensemble` (`FinalModelCandidates`).
+process's `epoch_count`; whole-budget models come back for `final.reuse` /
+`final.ensemble` (`FinalModelCandidates`).
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ class WorkerPoolEvaluator(FinalModelCandidates):
 
     on_member_done = None
     on_member_scored = None
+    can_keep_models = True  # the workers' evaluators keep them and send them here
 
     def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, recipe: FitnessRecipe, *,
                  mode: str, workers: int, model: tuple[str, str]):
@@ -83,7 +84,6 @@ class WorkerPoolEvaluator(FinalModelCandidates):
             raise ValueError(f"worker processes run {' or '.join(INNER_MODES)}, not {mode!r}")
         super().__init__()
         self.spec, self.name, self.workers = spec, mode, workers
-        self.can_keep_models = mode == "sequential"
         self.cores = worker_cores(workers)
         setup = {"model": model, "input_size": spec.input_size, "group_rules": spec.group_rules,
                  "mode": mode, "recipe": recipe, "data": data,
@@ -150,7 +150,7 @@ class WorkerPoolEvaluator(FinalModelCandidates):
                 self.on_member_done(1)
 
         replies = self._run([("fitness", m, epochs, keep) for m in masks], scored)
-        for mask, reply in zip(masks, replies):  # in mask order, as the sequential evaluator keeps them
+        for mask, reply in zip(masks, replies):  # in mask order, as an in-process evaluator keeps them
             if reply["model"] is not None:
                 self.store_model(mask_key(mask), reply["fitness"], reply["model"])
         return [r["fitness"] for r in replies]
