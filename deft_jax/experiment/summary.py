@@ -14,7 +14,7 @@ import numpy as np
 
 from deft_jax.core.metrics import bits_correct, metric_from_report
 from deft_jax.experiment.stats import describe, fixed_split_comparison, holm, paired_comparison
-from deft_jax.methods.deft import VARIANTS
+from deft_jax.methods.deft import ABLATIONS, VARIANTS
 from deft_jax.runtime import rundir
 
 SUMMARY_MD, SUMMARY_JSON = "summary.md", "summary.json"
@@ -83,13 +83,14 @@ def correct_items(record: dict):
 
 
 def comparisons(by: dict, variant: str, methods: list[str], fixed: bool = False) -> list[dict]:
-    """`variant` - each baseline (and - the paper's `deft`), paired over common seeds; Holm
+    """`variant` - each baseline (and - the paper's `deft`, and - each ablation of the declared
+    DEFT, `ABLATIONS`), paired over common seeds; Holm
     over this list, for the t p-values and for the Wilcoxon ones. `fixed`: one test split
     in every seed (`fixed_split_comparison`), else repeated splits (`paired_comparison`)."""
     mine = {r["seed"]: r for r in by[variant]}
     rows = []
     for m in methods:
-        if m == variant or (m in VARIANTS and m != "deft"):
+        if m == variant or (m in VARIANTS and m != "deft" and m not in ABLATIONS):
             continue
         other = {r["seed"]: r for r in by[m]}
         common = sorted(set(mine) & set(other))

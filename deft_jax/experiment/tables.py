@@ -25,6 +25,7 @@ from deft_jax.config.schema import config_from_dict
 from deft_jax.experiment.across import render_across
 from deft_jax.experiment.goals import GOAL_EPOCHS_X_FULL, GOAL_MARGIN, JUDGED_VARIANT, goal, render_goals
 from deft_jax.experiment.records import RUNS, read_runs
+from deft_jax.methods.deft import ABLATIONS
 from deft_jax.experiment.summary import (
     SUMMARY_JSON,
     format_mean_std,
@@ -73,7 +74,8 @@ def render(folder: Path, page_dir: Path = Path(".")) -> list[str]:
                 if summary.get("paired_test") == "fixed split" else "corrected resampled t")
         lines += ["", f"**{variant}** ({why}) against ({test}, Holm over its table):", ""]
         for r in summary["paired"].get(variant, []):
-            if r["method"] in ("full", "lp-ft", "fastai", "random-search", "linear-probe", "full-ensemble", "deft"):
+            if r["method"] in ("full", "lp-ft", "fastai", "random-search", "linear-probe", "full-ensemble", "deft",
+                               *ABLATIONS):
                 ci = "n/a" if r["ci95"] is None else f"[{format_value(r['ci95'][0])}, {format_value(r['ci95'][1])}]"
                 lines.append(f"- {r['method']}: {format_value(r['mean_difference'])} (95% CI {ci}, p {format_value(r['p'])}, "
                              f"Holm {format_value(r.get('p_holm'))}, Wilcoxon exact {format_value(r['p_wilcoxon'])}"

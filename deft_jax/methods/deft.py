@@ -21,6 +21,10 @@ Variants are the paper's DEFT with search options switched on (each a config ove
 - `deft-default`: the DEFT `python -m deft_jax.search` runs by default
   (`deft_jax.config.presets.DEFAULT_DEFT`): `deft-keep` within 3x a full fine-tune's
   epochs, shipping the average of its two whole-budget models.
+- `deft-default-*` (`ABLATIONS`): `deft-default` with one option changed back (validation
+  accuracy, a random head, one model, masks without learning rates; the selection rule is not
+  among them: with two whole-budget models averaged, which one is "selected" changes nothing);
+  the summary compares the judged method with each.
 
 The DE state is persisted per generation under the run's state folder, so an interrupted
 experiment resumes inside the search (the wall time then covers the resumed part only).
@@ -55,6 +59,14 @@ VARIANTS: dict[str, dict] = {
     # every method of an experiment trains its final.epochs: the shared budget
     "deft-default": {k.removeprefix("search."): v for k, v in DEFAULT_DEFT.items() if k != "final.epochs"},
 }
+# the ablation of the declared DEFT: each changes one of its options back, judged against it
+ABLATIONS: dict[str, tuple[str, object]] = {
+    "deft-default-accuracy": ("metric", "accuracy"),        # rank masks by validation accuracy
+    "deft-default-head": ("start", "head"),                 # fine-tunes start from a random head
+    "deft-default-single": ("final.ensemble", 1),           # ship the selected model alone
+    "deft-default-mask": ("space", "mask"),                 # no per-group learning rates
+}
+VARIANTS.update({name: {**VARIANTS["deft-default"], key: value} for name, (key, value) in ABLATIONS.items()})
 
 
 def make_shared_evaluator(ctx: MethodContext) -> tuple[Evaluator, str]:
