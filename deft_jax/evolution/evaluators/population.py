@@ -39,7 +39,7 @@ from jax.sharding import PartitionSpec as P
 
 from deft_jax.core import divergence, epoch_count, optimizer, training
 from deft_jax.core.best_epoch import BestEpoch
-from deft_jax.core.masks import GroupMask, lr_multiplier, trains
+from deft_jax.core.masks import GroupMask, lr_multiplier, mask_key, trains
 from deft_jax.data import batches
 from deft_jax.data.inputs import SplitArrays
 from deft_jax.evolution.evaluators import memory_fit
@@ -64,7 +64,7 @@ class PopulationEvaluator:
         self.spec, self.data, self.recipe, self.cfg = spec, data, recipe, recipe.finetune
         self.metric, self.seed, self.keep = recipe.metric, recipe.seed, recipe.keep
         self.lr_multipliers, self.sharded = recipe.lr_multipliers, sharded
-        self.on_member_done = self.on_member_scored = None  # see `Evaluator`
+        self.on_member_done = self.on_member_scored = self.kept = None  # see `Evaluator`; `kept`: `_chunk_logits`
         self.name = "sharded" if sharded else ("vmap-1" if members_per_program == 1 else "vmap")
         self.variables = {"params": dict(variables["params"]),
                           "batch_stats": dict(variables.get("batch_stats", {}))}
@@ -132,17 +132,17 @@ class PopulationEvaluator:
 
     def _chunk_logits(self, chunk: Sequence[GroupMask], start: int, x_val: np.ndarray,
                       epochs: int | None) -> np.ndarray:
-        if self.keep == "last":
-            return self._val_logits(start, self._train(chunk, start, epochs), x_val)
         kept = BestEpoch(self.keep, self.metric, self.data.y_val, self.data.num_classes)
 
         def after_epoch(epoch: int, state: training.TrainState) -> None:
             logits = self._val_logits(start, state, x_val)
             for j, mask in enumerate(chunk):
-                kept.offer(j, logits[j], mask)
-
-        self._train(chunk, start, epochs, after_epoch)
-        return np.stack([kept.logits[j] for j in range(len(chunk))])
+                kept.offer(j, logits[j], mask, epoch)
+        state = self._train(chunk, start, epochs, None if self.keep == "last" else after_epoch)
+        logits = self._val_logits(start, state, x_val) if self.keep == "last" else np.stack([kept.logits[j] for j in range(len(chunk))])
+        if self.kept is not None:  # mask key -> (kept epoch, -1 = the last; val logits) (`FoldedEvaluator`)
+            self.kept.update((mask_key(m), (kept.epoch.get(j, -1), logits[j])) for j, m in enumerate(chunk))
+        return logits
 
     def fine_tune(self, masks: Sequence[GroupMask]) -> list[dict]:
         """Fine-tuned variables {'params', 'batch_stats'} (numpy) per mask, in order."""
