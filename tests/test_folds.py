@@ -15,14 +15,17 @@ from deft_jax.config.schema import load_config
 from deft_jax.core import finetune
 from deft_jax.core.masks import mask_from_names
 from deft_jax.data.folds import Folds, check_folds, stratified_folds
-from deft_jax.data.inputs import SplitArrays
+from deft_jax.data.inputs import SplitArrays, prepare_data
 from deft_jax.data.splits import load_splits
 from deft_jax.errors import UserError
 from deft_jax.evolution.evaluators.choice import build_evaluator, make_evaluator
 from deft_jax.evolution.evaluators.folds import FoldedEvaluator
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe
 from deft_jax.evolution.folds_final import rounded_mean
+from deft_jax.experiment.runner import seed_config
+from deft_jax.methods import METHODS, ExperimentCache, MethodContext
 from deft_jax.methods.deft import VARIANTS, variant_config
+from deft_jax.models import build_model
 from deft_jax.runtime import rundir
 
 
@@ -186,3 +189,21 @@ def test_the_deft_folds_variant_is_the_declared_deft_with_three_folds_and_no_reu
         == {k: v for k, v in VARIANTS["deft-default"].items() if k not in changed}
     assert all(getattr(cfg.search, k) == getattr(default.search, k) for k in ("schedule", "fidelity", "select", "start"))
     assert default.search.folds == 1 and DEFAULT_DEFT["final.reuse"] is True and "search.folds" not in DEFAULT_DEFT
+
+
+def test_the_experiments_deft_with_folds_reports_out_of_fold_validation_and_a_final_model_on_train_and_val(
+        monkeypatch):
+    calls = fine_tune_sizes(monkeypatch)  # vmap-1 fitness: only the final training is static
+    over = {"data.source": '{"kind": "digits", "max_per_class": 10}', "final.epochs": "2",
+            "finetune.epochs": "1", "final.keep": '"best-val"', "search.folds": "2", "search.generations": "0",
+            "search.schedule": '"final"', "search.evaluation": '"vmap-1"'}
+    cfg = seed_config(load_config(None, tiny_overrides(**over)), 0)
+    spec = build_model("small_cnn", 10, "none", 16)
+    data = prepare_data(cfg, spec)
+    ctx = MethodContext(cfg=cfg, data=data, spec=spec, variables=spec.init(cfg.seed), seed=0,
+                        programs=ExperimentCache())
+    result = METHODS["deft"].run(ctx)  # the search of every deft variant, deft-folds' included
+    n = len(data.arrays.y_train) + len(data.arrays.y_val)
+    assert result.val["out_of_fold"] is True and result.val["n"] == n
+    assert result.extra["final_reused"] is False and result.extra["folds"]["k"] == 2
+    assert result.extra["folds"]["epochs_from"] == "folds" and calls == [(n, result.extra["folds"]["epochs"])]
