@@ -106,6 +106,11 @@ def test_a_two_fold_evaluator_scores_the_mean_of_two_evaluators_built_by_hand_on
     assert len(folds.split(0).y_train) == len(folds.folds[1])
     epochs, logits = folded.record(masks[0])
     assert all(0 <= e < 2 for e in epochs) and logits.shape == (len(data.y_train) + len(data.y_val), 3)
+    # the out-of-fold logits the search kept are those evaluate_logits gives, in train+val order
+    assert np.array_equal(folded.evaluate_logits(masks[:1])[0], logits)
+    fresh = FoldedEvaluator(folds, [build_evaluator("sequential", spec, variables, folds.split(f), recipe)
+                                    for f in range(2)], whole_epochs=2)
+    assert fresh.record(masks[0])[0] == epochs  # not kept (a resumed search): fine-tuned again
 
 
 def test_with_one_fold_the_evaluator_and_its_fitness_are_todays():

@@ -105,7 +105,7 @@ class FoldedEvaluator:
 
     def _collect(self, f: int, masks: Sequence[GroupMask], epochs: int | None) -> None:
         """Fold f's kept epochs and validation logits of whole-budget fine-tunes into `records`."""
-        kept, self.evaluators[f].kept = self.evaluators[f].kept, {}
+        kept, self.evaluators[f].kept = getattr(self.evaluators[f], "kept", None) or {}, {}
         if epochs is not None and epochs < self.whole_epochs:
             return
         for mask in masks:
@@ -126,7 +126,11 @@ class FoldedEvaluator:
         if key not in self.records or min(self.records[key][0]) < 0:
             logger.info(f"note: the folds' fine-tunes of the selected mask were not kept (resumed search); "
                         f"fine-tuning it again on the {self.k} folds for its epochs and out-of-fold scores")
-            self.evaluate_logits([mask])
+            logits = self.evaluate_logits([mask])[0]
+            if key not in self.records:  # fold evaluators that keep no epochs: the last ones
+                logger.warning(f"warning: the fold evaluators ({self.name}) do not report their kept epochs; "
+                               "taking the last epoch of each")
+                self.records[key] = ([self.whole_epochs - 1] * self.k, logits)
         return self.records[key]
 
     def stats(self) -> dict:
