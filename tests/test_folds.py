@@ -159,6 +159,9 @@ def test_a_two_fold_search_trains_its_winner_on_train_and_val_and_reports_out_of
     assert metrics["folds"] == {"k": 2, "train_items": n_train + n_val, "fold_kept_epochs": [1, 1],
                                 "epochs": 2, "epochs_from": "final.epochs"}
     assert metrics["search"]["folds"] == 2
+    history = [json.loads(line) for line in (run / rundir.HISTORY).read_text().splitlines()]
+    assert history[0]["epochs_trained"] == 4 * 1 * 2  # 4 members, 1 epoch, 2 folds
+    assert metrics["fine_tune_epochs"] == 4 * 1 * 2 + 2  # and the final training's 2
     assert "val (out-of-fold)" in (run / rundir.REPORT).read_text()
 
 
