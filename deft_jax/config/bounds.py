@@ -23,6 +23,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "search.population_size": (4, 4096),  # DE needs 4
     "search.generations": (0, 100_000),
     "search.workers": (1, 256),
+    "search.folds": (1, 100),
     "final.epochs": (1, 10_000),
     "final.ensemble": (1, 100),
     "experiment.seeds": (1, 1000),

@@ -134,6 +134,12 @@ class SearchConfig:
     # with a fresh random "head", or with the head of a linear "probe" fitted once per run
     # to convergence on the frozen features (`deft_jax.core.probe`, as lp-ft)
     start: Start = "head"
+    # k >= 2: k-fold fitness over train+val (stratified, seeded by `seed`): a mask's fitness is
+    # the mean over the folds of its fitness trained on the other folds and scored on this
+    # one; the winner trains on train+val (with final.keep = best-val and schedule = final
+    # for the rounded mean of the folds' best epoch counts), keeping its last epoch. 1: the
+    # train/val split (the paper)
+    folds: int = 1
 
 
 @dataclasses.dataclass
@@ -281,5 +287,7 @@ def validate(cfg: Config) -> None:
     need(e.fastai_learning_rate > 0, f"experiment.fastai_learning_rate must be > 0, got {e.fastai_learning_rate}")
     need(e.fastai_lr_mult >= 1, f"experiment.fastai_lr_mult must be >= 1, got {e.fastai_lr_mult}")
     need(e.judged != "", "experiment.judged must name a method")
+    need(s.folds == 1 or not e.learning_rates, "search.folds >= 2 trains the final model on train+val, so "
+         "experiment.learning_rates has no validation split to pick a rate on; use one of them")
     need(len(e.methods) > 0 and all(isinstance(m, str) for m in e.methods),
          "experiment.methods must be a non-empty list of method names")

@@ -43,14 +43,16 @@ def final_tuner(cfg: Config, spec: ModelSpec) -> FineTuner:
 def train_final(cfg: Config, spec: ModelSpec, variables: dict, mask: GroupMask, data: PreparedData,
                 tuner: FineTuner | None = None) -> FinalModel:
     """Train `mask` from `variables` with the final recipe (or the given tuner's), keep the
-    model `final.keep` says, then score it on val and test."""
+    model `final.keep` says, then score it on val (none: `search.folds` trains on train+val)
+    and test."""
     tuner = final_tuner(cfg, spec) if tuner is None else tuner
     t0 = time.perf_counter()
     a = data.arrays
     if cfg.final.keep == "last":
         trained, losses = tuner.fine_tune(variables, dict(mask), a.x_train, a.y_train, seed=cfg.seed)
         seconds = time.perf_counter() - t0
-        return FinalModel(trained, tuner.logits(trained, a.x_val), tuner.logits(trained, data.x_test),
+        val = tuner.logits(trained, a.x_val) if len(a.y_val) else np.zeros((0, a.num_classes), np.float32)
+        return FinalModel(trained, val, tuner.logits(trained, data.x_test),
                           losses, spec.layer_groups.fraction(mask), seconds, tuner.epochs - 1)
     kept = BestEpoch(cfg.final.keep, cfg.search.metric, a.y_val, a.num_classes)
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from deft_jax.config.schema import Config
 from deft_jax.data import Dataset, NormalizedImages, load_dataset, resize_images
+from deft_jax.data.folds import check_folds
 from deft_jax.data.splits import (
     complete_splits,
     load_splits,
@@ -35,6 +36,7 @@ class SplitArrays:
     x_val: np.ndarray
     y_val: np.ndarray
     num_classes: int
+    groups: np.ndarray | None = None  # group ids of the train items, then the val items (folds)
 
 
 @dataclasses.dataclass
@@ -129,6 +131,8 @@ def prepare_data(cfg: Config, spec: ModelSpec, dataset: Dataset | None = None,
     for name in ("train", "val", "test"):
         if len(splits.get(name, [])) == 0:
             raise UserError(f"the {name} split is empty")
+    train_val = np.concatenate([splits["train"], splits["val"]])
+    check_folds(dataset.labels[train_val], cfg.search.folds, np.asarray(dataset.groups)[train_val], dataset.class_names)
     check_fits_in_memory(len(dataset), spec.input_size)
     images = resize_images(dataset.images, spec.input_size)
     y = dataset.labels.astype(np.int32)
@@ -138,5 +142,5 @@ def prepare_data(cfg: Config, spec: ModelSpec, dataset: Dataset | None = None,
 
     arrays = SplitArrays(x_train=view("train"), y_train=y[splits["train"]],
                          x_val=view("val"), y_val=y[splits["val"]],
-                         num_classes=len(dataset.class_names))
+                         num_classes=len(dataset.class_names), groups=np.asarray(dataset.groups)[train_val])
     return PreparedData(dataset, splits, arrays, view("test"), y[splits["test"]], origin)

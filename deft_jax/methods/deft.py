@@ -25,6 +25,10 @@ Variants are the paper's DEFT with search options switched on (each a config ove
   accuracy, a random head, one model, masks without learning rates; the selection rule is not
   among them: with two whole-budget models averaged, which one is "selected" changes nothing);
   the summary compares the judged method with each.
+- `deft-folds`: `deft-default` with 3-fold fitness over train+val (`folds = 3`), its
+  winner trained on train+val (`final.reuse` off, `final.ensemble = 1`: the search's
+  models are fold models). Each fold trains 2/3 of train+val, so its search processes
+  about twice deft-default's images, plus the final training.
 
 The DE state is persisted per generation under the run's state folder, so an interrupted
 experiment resumes inside the search (the wall time then covers the resumed part only).
@@ -39,13 +43,15 @@ import types
 from deft_jax.config.presets import DEFAULT_DEFT
 from deft_jax.config.schema import Config, validate
 from deft_jax.core.masks import mask_from_key
+from deft_jax.data.folds import scored_items
 from deft_jax.errors import UserError
 from deft_jax.evolution.evaluators.choice import Evaluator, make_evaluator
 from deft_jax.evolution.evaluators.sequential import SequentialEvaluator, keeps_final_models
+from deft_jax.evolution.folds_final import final_inputs
 from deft_jax.evolution.loop import run_search
 from deft_jax.evolution.start import probe_extra, start_variables
 from deft_jax.methods import reuse
-from deft_jax.methods.common import MethodContext, MethodResult, final_fit
+from deft_jax.methods.common import MethodContext, MethodResult, final_fit, scores
 
 MULTI_FIDELITY = {"schedule": "final", "fidelity": "halving", "seed_baselines": True,
                   "select": "smallest-within-1se"}
@@ -58,6 +64,10 @@ VARIANTS: dict[str, dict] = {
                   "start": "probe", "metric": "nll"},
     # every method of an experiment trains its final.epochs: the shared budget
     "deft-default": {k.removeprefix("search."): v for k, v in DEFAULT_DEFT.items() if k != "final.epochs"},
+    # the declared DEFT with 3-fold fitness over train+val (its final model then trains on
+    # train+val, so it reuses no search model): to ablate against deft-default
+    "deft-folds": {**{k.removeprefix("search."): v for k, v in DEFAULT_DEFT.items() if k != "final.epochs"},
+                   "folds": 3, "final.reuse": False, "final.ensemble": 1},
 }
 # the ablation of the declared DEFT: each changes one of its options back, judged against it
 ABLATIONS: dict[str, tuple[str, object]] = {
@@ -95,13 +105,18 @@ def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
     state = ctx.state_dir / f"seed{ctx.seed}-{name}.msgpack" if ctx.state_dir else None
     reusing = keeps_final_models(ctx.cfg, evaluator)
     search = run_search(ctx.cfg, evaluator, ctx.spec.layer_groups, state_path=state,
-                        n_val=len(ctx.data.arrays.y_val))
+                        n_val=scored_items(ctx.cfg.search.folds, ctx.data.arrays))
     t1 = time.perf_counter()
     names = ctx.spec.group_names
     result = reuse.result_from_fitness_models(ctx, search.best_mask, evaluator.models) if reusing else None
     if result is None:
-        result = final_fit(ctx, search.best_mask)
+        inputs = final_inputs(ctx.cfg, ctx.data, evaluator, search.best_mask)  # search.folds: train+val
+        fit = copy.copy(ctx)
+        fit.cfg, fit.data = inputs.cfg, inputs.data
+        result = final_fit(fit, search.best_mask)
         result.extra["final_reused"] = False
+        if inputs.folds is not None:  # the final model saw val: its validation scores are out-of-fold
+            result.val, result.extra["folds"] = inputs.validation(scores), inputs.folds
     result.fitness_evaluations = len(search.memo)
     result.history = search.history
     result.extra.update({"best_fitness": search.best_fitness, "evaluation": mode, **start,

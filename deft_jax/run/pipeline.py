@@ -9,12 +9,15 @@ from pathlib import Path
 from deft_jax.config.schema import Config
 from deft_jax.core import divergence, epoch_count
 from deft_jax.core.final import final_metrics
+from deft_jax.core.metrics import classification_report
 from deft_jax.core.masks import searchable_groups
 from deft_jax.data import load_dataset, sampling_of
+from deft_jax.data.folds import scored_items
 from deft_jax.data.inputs import describe_origin, prepare_data
 from deft_jax.data.splits import save_splits
 from deft_jax.evolution.evaluators.choice import make_evaluator
 from deft_jax.evolution.evaluators.sequential import keeps_final_models
+from deft_jax.evolution.folds_final import final_inputs
 from deft_jax.evolution.loop import run_search
 from deft_jax.evolution.progress import SearchProgress
 from deft_jax.evolution.start import probe_extra, start_variables
@@ -82,7 +85,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     progress = SearchProgress(cfg.search.generations + 1, cfg.search.population_size) if writer else None
     result = run_search(cfg, evaluator, groups,
                         state_path=run_dir / rundir.STATE if writer or resume else None,
-                        save_state=writer, n_val=len(data.arrays.y_val), progress=progress,
+                        save_state=writer, n_val=scored_items(cfg.search.folds, data.arrays), progress=progress,
                         num_classes=len(dataset.class_names))
     if writer:
         rundir.write_jsonl(run_dir / rundir.HISTORY, result.history)
@@ -92,10 +95,13 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     chosen = [g for g, on in result.best_mask.items() if on]
     logger.info(f"best mask (fitness {result.best_fitness:.4f}): fine-tune {', '.join(chosen)}")
 
-    final, members = final_model(cfg, spec, variables, result.best_mask, data,
+    inputs = final_inputs(cfg, data, evaluator, result.best_mask)  # search.folds: train+val
+    final, members = final_model(inputs.cfg, spec, variables, result.best_mask, inputs.data,
                                  evaluator.models if reusing else None)
     divergence.check_final_model(cfg, final, run_dir)  # before any write
-    trained, metrics = final.variables, final_metrics(cfg, final, data)
+    trained, metrics = final.variables, final_metrics(inputs.cfg, final, inputs.data)
+    if inputs.folds is not None:  # the final model saw val: its validation scores are out-of-fold
+        metrics.update(val=inputs.validation(classification_report), folds=inputs.folds)
     metrics["final_model"] = final_model_record(members)
     meta = inference_meta(cfg, spec, data.class_names, result.best_mask, spec.pretrained)
     ckpt = run_dir / rundir.CHECKPOINT

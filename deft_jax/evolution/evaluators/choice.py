@@ -19,6 +19,7 @@ from deft_jax.config.schema import Config
 from deft_jax.core.masks import GroupMask
 from deft_jax.data.inputs import SplitArrays
 from deft_jax.errors import UserError
+from deft_jax.evolution.evaluators.folds import folded_evaluator
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe, fitness_recipe
 from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
 from deft_jax.models.base import ModelSpec
@@ -125,6 +126,8 @@ def make_evaluator(cfg: Config, spec: ModelSpec, variables: dict,
     mode, reason = pick_mode(cfg.search.evaluation)
     if cfg.search.workers > 1:
         from deft_jax.evolution.evaluators.workers import INNER_MODES, WorkerPoolEvaluator
+        if cfg.search.folds > 1:
+            raise UserError("search.folds > 1 runs in this process for now; use search.workers = 1 with it")
         if jax.default_backend() != "cpu" or mode not in INNER_MODES:
             raise UserError(f"search.workers = {cfg.search.workers} scores members one per CPU core; it "
                             f"needs the cpu backend and search.evaluation auto, sequential or vmap-1 "
@@ -135,5 +138,10 @@ def make_evaluator(cfg: Config, spec: ModelSpec, variables: dict,
         return evaluator, mode, f"{reason}; {cfg.search.workers} worker processes, one core each"
     # the model's and population's size decide how many members share a program
     limit = device_memory_limit() if mode != "sequential" else None
-    evaluator = build_evaluator(mode, spec, variables, data, fitness_recipe(cfg), memory_limit_bytes=limit)
+    recipe = fitness_recipe(cfg)
+    if cfg.search.folds > 1:  # k-fold fitness over train+val: one evaluator per fold
+        evaluator = folded_evaluator(cfg, spec, variables, data, lambda start, split: build_evaluator(
+            mode, spec, start, split, recipe, memory_limit_bytes=limit))
+        return evaluator, mode, f"{reason}; {cfg.search.folds}-fold fitness over train+val, one after another"
+    evaluator = build_evaluator(mode, spec, variables, data, recipe, memory_limit_bytes=limit)
     return evaluator, mode, reason

@@ -4,16 +4,14 @@ Masks enter the program as *traced* per-group gates (`deft_jax.core.training.tra
 the BatchNorm `train` flags of `StagedNet` (a gated-off group keeps its running statistics
 bit-identical) and the last transform of the optimizer's updates (zeroed for frozen leaves,
 their optimizer state left as it was). A program's whole fine-tune is `lax.scan` over the
-batches on the device, `jax.vmap` over the members; every member sees the same batches, so
-its result equals the static-mask evaluator's to float tolerance. `sharded=True` runs it
-under `shard_map` over all devices, the population padded (with copies of a real mask, never
-reported) to a size that divides the device count. `members_per_program=k` runs programs of
-k members per device, each from its members' first trainable stage (`vmap-1` on CPU;
-`member_plan`). With `memory_limit_bytes`, members per program fit the device (`memory_fit`).
-With augmentation off the stages below a program's lowest trainable stage run once
-(`PrefixFeatureCache`); one-member programs validate with its per-stage programs. With
-`keep_models` (`FinalModelCandidates`) whole-budget members' variables of the kept epoch are
-kept for `final.reuse` / `final.ensemble`.
+batches on the device, `jax.vmap` over the members, all seeing the same batches: a member's
+result equals the static-mask evaluator's to float tolerance. `sharded=True` runs it under
+`shard_map` over all devices, the population padded (with copies of a real mask, never
+reported) to a size that divides the device count. `members_per_program=k`: programs of k
+members per device, each from its members' first trainable stage (`vmap-1` on CPU;
+`member_plan`); `memory_limit_bytes` fits them to the device (`memory_fit`). With augmentation
+off the stages below a program's lowest trainable stage run once (`PrefixFeatureCache`). With
+`keep_models` (`FinalModelCandidates`) whole-budget members' kept-epoch variables are kept.
 """
 
 from __future__ import annotations
@@ -44,7 +42,6 @@ from deft_jax.runtime.program_cache import ProgramCache
 
 class PopulationEvaluator(FinalModelCandidates):
     """Fitness of many masks from one vmapped (or sharded) fine-tune program."""
-
     can_keep_models = True  # `keep_final_models` (`FinalModelCandidates`)
 
     def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, recipe: FitnessRecipe,
@@ -57,7 +54,7 @@ class PopulationEvaluator(FinalModelCandidates):
         self.spec, self.data, self.recipe, self.cfg = spec, data, recipe, recipe.finetune
         self.metric, self.seed, self.keep = recipe.metric, recipe.seed, recipe.keep
         self.lr_multipliers, self.sharded = recipe.lr_multipliers, sharded
-        self.on_member_done = self.on_member_scored = None  # see `Evaluator`
+        self.on_member_done = self.on_member_scored = self.kept = None  # see `Evaluator`; `kept`: `_chunk_logits`
         self.name = "sharded" if sharded else ("vmap-1" if members_per_program == 1 else "vmap")
         self.variables = {"params": dict(variables["params"]),
                           "batch_stats": dict(variables.get("batch_stats", {}))}
@@ -131,14 +128,10 @@ class PopulationEvaluator(FinalModelCandidates):
     def _chunk_logits(self, chunk: Sequence[GroupMask], start: int, x_val: np.ndarray,
                       epochs: int | None) -> tuple[np.ndarray, list | None]:
         """The chunk's validation logits and, with `keep_models` and the whole budget, its
-        members' variables of the kept epoch."""
-        want = self.keep_models and epochs is None
-        if self.keep == "last":
-            state = self._train(chunk, start, epochs)
-            host = to_host(state, self._mesh()) if want else None
-            return (self._val_logits(start, state, x_val),
-                    [member_variables(self.variables, host, j) for j in range(len(chunk))] if want else None)
-        kept = BestEpoch(self.keep, self.metric, self.data.y_val, self.data.num_classes)
+        members' variables of the kept epoch; `kept` (`FoldedEvaluator`) gets each mask's
+        (kept epoch, -1 = the last; val logits)."""
+        want, kept = self.keep_models and epochs is None, BestEpoch(self.keep, self.metric, self.data.y_val,
+                                                                    self.data.num_classes)
 
         def after_epoch(epoch: int, state: training.TrainState) -> None:
             logits, host = self._val_logits(start, state, x_val), []  # host: the state fetched once
@@ -147,11 +140,18 @@ class PopulationEvaluator(FinalModelCandidates):
                 host[:] = host or [to_host(state, self._mesh())]
                 return member_variables(self.variables, host[0], j)
             for j, mask in enumerate(chunk):
-                kept.offer(j, logits[j], mask, payload=(lambda j=j: variables(j)) if want else None)
-
-        self._train(chunk, start, epochs, after_epoch)
-        return (np.stack([kept.logits[j] for j in range(len(chunk))]),
-                [kept.payload[j] for j in range(len(chunk))] if want else None)
+                kept.offer(j, logits[j], mask, epoch, payload=(lambda j=j: variables(j)) if want else None)
+        state = self._train(chunk, start, epochs, None if self.keep == "last" else after_epoch)
+        if self.keep == "last":
+            host = to_host(state, self._mesh()) if want else None
+            logits = self._val_logits(start, state, x_val)
+            models = [member_variables(self.variables, host, j) for j in range(len(chunk))] if want else None
+        else:
+            logits = np.stack([kept.logits[j] for j in range(len(chunk))])
+            models = [kept.payload[j] for j in range(len(chunk))] if want else None
+        if self.kept is not None:
+            self.kept.update((mask_key(m), (kept.epoch.get(j, -1), logits[j])) for j, m in enumerate(chunk))
+        return logits, models
 
     def fine_tune(self, masks: Sequence[GroupMask]) -> list[dict]:
         """Fine-tuned variables {'params', 'batch_stats'} (numpy) per mask, in order."""

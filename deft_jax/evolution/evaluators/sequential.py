@@ -32,6 +32,7 @@ class SequentialEvaluator(FinalModelCandidates):
     on_member_done = None  # callback(number of members just finished), e.g. progress
     on_member_scored = None  # callback(index in masks, fitness) as each member finishes
     can_keep_models = True  # `keep_final_models` (`FinalModelCandidates`)
+    kept: dict | None = None  # a dict: mask key -> (kept epoch, -1 = the last; val logits) of each fine-tune
 
     def __init__(self, spec: ModelSpec, variables: dict, data: SplitArrays, recipe: FitnessRecipe):
         self.spec, self.variables, self.data, self.recipe = spec, variables, data, recipe
@@ -59,10 +60,14 @@ class SequentialEvaluator(FinalModelCandidates):
         variables, losses = self.tuner.fine_tune(
             self.variables, mask, x_train, self.data.y_train, seed=self.seed, start=start, epochs=epochs,
             after_epoch=None if self.keep == "last" else
-            lambda epoch, v: kept.offer(0, val_logits(v), mask, payload=(lambda: jax.device_get(v)) if want else None))
+            lambda epoch, v: kept.offer(0, val_logits(v), mask, epoch, (lambda: jax.device_get(v)) if want else None))
         if self.keep == "last":
-            return val_logits(variables), losses, jax.device_get(variables) if want else None
-        return kept.logits[0], losses, kept.payload.get(0)
+            logits, epoch, model = val_logits(variables), -1, jax.device_get(variables) if want else None
+        else:
+            logits, epoch, model = kept.logits[0], kept.epoch[0], kept.payload.get(0)
+        if self.kept is not None:
+            self.kept[mask_key(mask)] = (epoch, logits)
+        return logits, losses, model
 
     def evaluate_logits(self, masks: Sequence[GroupMask], epochs: int | None = None) -> np.ndarray:
         return np.stack([self._fine_tune_one(m, epochs)[0] for m in masks])
@@ -92,6 +97,10 @@ def keeps_final_models(cfg: Config, evaluator) -> bool:
     every evaluation mode, in this process or in worker processes).
     Says so in a note when the config asks for it and cannot have it."""
     if not (cfg.final.reuse or cfg.final.ensemble > 1):
+        return False
+    if cfg.search.folds > 1:
+        logger.info("note: final.reuse / final.ensemble are not used with search.folds >= 2 (the search's "
+                    "models are fold models, trained on part of train+val); the final model is trained on train+val")
         return False
     if not ensemble.wanted(cfg):
         logger.info("note: final.reuse / final.ensemble need search.schedule = \"final\" (a fitness "
