@@ -24,8 +24,8 @@ Variants are the paper's DEFT with search options switched on (each a config ove
 - `deft-default-*` (`ABLATIONS`): `deft-default` with one option changed back (validation
   accuracy, a random head, one model, masks without learning rates; the selection rule is not
   among them: with two whole-budget models averaged, which one is "selected" changes nothing);
-  the summary compares the judged method with each.
-- `deft-folds`: `deft-default` with 3-fold fitness over train+val (`folds = 3`), its
+  the summary compares the judged method with each and with `deft-folds`.
+- `deft-folds` (also in `ABLATIONS`): `deft-default` with 3-fold fitness over train+val (`folds = 3`), its
   winner trained on train+val (`final.reuse` off, `final.ensemble = 1`: the search's
   models are fold models). Each fold trains 2/3 of train+val, so its search processes
   about twice deft-default's images, plus the final training.
@@ -66,17 +66,17 @@ VARIANTS: dict[str, dict] = {
     "deft-default": {k.removeprefix("search."): v for k, v in DEFAULT_DEFT.items() if k != "final.epochs"},
     # the declared DEFT with 3-fold fitness over train+val (its final model then trains on
     # train+val, so it reuses no search model): to ablate against deft-default
-    "deft-folds": {**{k.removeprefix("search."): v for k, v in DEFAULT_DEFT.items() if k != "final.epochs"},
-                   "folds": 3, "final.reuse": False, "final.ensemble": 1},
 }
-# the ablation of the declared DEFT: each changes one of its options back, judged against it
-ABLATIONS: dict[str, tuple[str, object]] = {
-    "deft-default-accuracy": ("metric", "accuracy"),        # rank masks by validation accuracy
-    "deft-default-head": ("start", "head"),                 # fine-tunes start from a random head
-    "deft-default-single": ("final.ensemble", 1),           # ship the selected model alone
-    "deft-default-mask": ("space", "mask"),                 # no per-group learning rates
+# the ablation of the declared DEFT: each changes some of its options, judged against it
+ABLATIONS: dict[str, dict] = {
+    "deft-default-accuracy": {"metric": "accuracy"},        # rank masks by validation accuracy
+    "deft-default-head": {"start": "head"},                 # fine-tunes start from a random head
+    "deft-default-single": {"final.ensemble": 1},           # ship the selected model alone
+    "deft-default-mask": {"space": "mask"},                 # no per-group learning rates
+    # 3-fold fitness over train+val, the winner trained on train+val (fold models are not shipped)
+    "deft-folds": {"folds": 3, "final.reuse": False, "final.ensemble": 1},
 }
-VARIANTS.update({name: {**VARIANTS["deft-default"], key: value} for name, (key, value) in ABLATIONS.items()})
+VARIANTS.update({name: {**VARIANTS["deft-default"], **changes} for name, changes in ABLATIONS.items()})
 
 
 def make_shared_evaluator(ctx: MethodContext) -> tuple[Evaluator, str]:
