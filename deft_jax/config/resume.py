@@ -10,11 +10,11 @@ from deft_jax.config.schema import Config
 from deft_jax.errors import UserError
 
 # `--resume --set` may change only these: they do not change the search's result (the
-# strategies give the same fitnesses; more generations continue the same DE, equal to an
+# strategies and worker processes give the same fitnesses, to float rounding; more generations continue the same DE, equal to an
 # uninterrupted run with that many) or only retrain the final model; the new values are
 # recorded in config.json when the final model is written.
-RESUME_SETTABLE = ("search.evaluation", "search.strategy", "search.generations", "final.epochs",
-                   "final.learning_rate")
+RESUME_SETTABLE = ("search.evaluation", "search.strategy", "search.workers", "search.generations",
+                   "final.epochs", "final.learning_rate")
 
 # keys added later -> their defaults (which leave the result as it was before them)
 ADDED_LATER = {"search.start": "head", "final.reuse": False, "final.ensemble": 1,
