@@ -215,3 +215,19 @@ def test_the_experiments_deft_with_folds_reports_out_of_fold_validation_and_a_fi
     assert result.val["out_of_fold"] is True and result.val["n"] == n
     assert result.extra["final_reused"] is False and result.extra["folds"]["k"] == 2
     assert result.extra["folds"]["epochs_from"] == "folds" and calls == [(n, result.extra["folds"]["epochs"])]
+
+
+def test_full_trainval_fine_tunes_every_group_on_train_and_val_for_the_final_epochs(monkeypatch):
+    calls = fine_tune_sizes(monkeypatch)
+    over = {"data.source": '{"kind": "digits", "max_per_class": 10}', "final.epochs": "2", "final.keep": '"best-val"'}
+    cfg = seed_config(load_config(None, tiny_overrides(**over)), 0)
+    spec = build_model("small_cnn", 10, "none", 16)
+    data = prepare_data(cfg, spec)
+    ctx = MethodContext(cfg=cfg, data=data, spec=spec, variables=spec.init(cfg.seed), seed=0,
+                        programs=ExperimentCache())
+    result = METHODS["full-trainval"].run(ctx)
+    n = len(data.arrays.y_train) + len(data.arrays.y_val)
+    assert calls == [(n, 2)] and result.extra["train_items"] == n and result.val == {}
+    assert result.trainable_fraction == 1.0 and result.test["n"] == len(data.y_test)
+    with pytest.raises(UserError, match="full-trainval"):
+        METHODS["full-trainval"].check_config(load_config(None, ["experiment.learning_rates=[0.01, 0.1]"]))

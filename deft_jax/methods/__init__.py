@@ -17,6 +17,7 @@ from deft_jax.methods import (
     fastai,
     full,
     full_ensemble,
+    full_trainval,
     handpicked,
     linear_probe,
     lp_ft,
@@ -36,6 +37,7 @@ METHODS: dict[str, Any] = {  # name -> an object with run(ctx) and optionally AF
     "fastai": fastai,
     "surgical": surgical,
     "full-ensemble": full_ensemble,
+    "full-trainval": full_trainval,
     **{name: deft.variant(name) for name in deft.VARIANTS},
     "random-search": random_search,
 }
