@@ -99,6 +99,9 @@ def test_the_committed_result_tables_are_what_the_committed_results_give(tmp_pat
                  "--into", str(copy)]) == 0
     assert main(["--block", "lite0", str(results / "study" / "bloodcells64_lite0_tpc25"),
                  "--into", str(copy)]) == 0
+    ablation = [str(results / "ablation" / name) for name in
+                ("bloodcells28_resnet20_tpc10", "bloodcells28_resnet20_tpc50")]
+    assert main(["--block", "ablation", *ablation, "--into", str(copy)]) == 0
     assert main(["--block", "keep", str(results / "study" / "bloodcells28_resnet20_tpc10_keep"),
                  "--into", str(copy)]) == 0
     assert main(["--across", "full,lp-ft", "--block", "nll", str(results / "study" / "schedule" / "constant"),
