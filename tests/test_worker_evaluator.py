@@ -117,3 +117,22 @@ def test_the_declared_deft_on_two_workers_ships_what_a_one_core_search_ships(tmp
     assert runs[1]["search"]["best_fitness"] == runs[2]["search"]["best_fitness"]
     assert runs[1]["final_model"]["masks"] == runs[2]["final_model"]["masks"]
     assert runs[1]["test"] == runs[2]["test"]
+
+
+def test_a_worker_message_that_refers_to_anything_outside_the_allow_list_is_refused():
+    import io
+    import os
+    import pickle
+
+    from deft_jax.evolution.evaluators import frames
+
+    stream = io.BytesIO()
+    frames.write_frame(stream, {"fitness": np.float64(0.25), "logits": np.ones((2, 3), np.float32)})
+    stream.seek(0)
+    back = frames.read_frame(stream)
+    assert back["fitness"] == 0.25 and back["logits"].shape == (2, 3)
+    evil = io.BytesIO()
+    frames.write_frame(evil, os.system)  # a global no message needs
+    evil.seek(0)
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        frames.read_frame(evil)
