@@ -117,7 +117,15 @@ class Folds:
 
     def all_train(self):
         """The `SplitArrays` that trains on all of train+val, with an empty validation split."""
-        return self._arrays(np.arange(len(self.y)), np.zeros(0, np.int64))
+        return pooled(self.data)
+
+
+def pooled(data):
+    """`data` (a `SplitArrays`) training on train+val (train items first), with an empty
+    validation split: what a final model of a k-fold search and `full-trainval` train on."""
+    x = joined(data.x_train, data.x_val)
+    return dataclasses.replace(data, x_train=x, y_train=np.concatenate([data.y_train, data.y_val]),
+                               x_val=take(x, np.zeros(0, np.int64)), y_val=data.y_val[:0], groups=None)
 
 
 def scored_items(folds: int, data) -> int:

@@ -46,7 +46,8 @@ from deft_jax.core.masks import mask_from_key
 from deft_jax.data.folds import scored_items
 from deft_jax.errors import UserError
 from deft_jax.evolution.evaluators.choice import Evaluator, make_evaluator
-from deft_jax.evolution.evaluators.sequential import SequentialEvaluator, keeps_final_models
+from deft_jax.evolution.evaluators.kept_models import keeps_final_models
+from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
 from deft_jax.evolution.folds_final import final_inputs
 from deft_jax.evolution.loop import run_search
 from deft_jax.evolution.start import probe_extra, start_variables

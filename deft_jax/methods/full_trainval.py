@@ -9,16 +9,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-import numpy as np
-
-from deft_jax.data.folds import Folds, joined
+from deft_jax.data.folds import pooled
 from deft_jax.errors import UserError
 from deft_jax.methods.common import MethodContext, MethodResult, all_groups, final_fit
 
 
 def run(ctx: MethodContext) -> MethodResult:
-    a = ctx.data.arrays
-    both = Folds(a, joined(a.x_train, a.x_val), np.concatenate([a.y_train, a.y_val]), []).all_train()
+    both = pooled(ctx.data.arrays)
     fit = copy.copy(ctx)
     fit.cfg = copy.deepcopy(ctx.cfg)
     fit.cfg.final.keep = "last"

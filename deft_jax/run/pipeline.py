@@ -16,7 +16,7 @@ from deft_jax.data.folds import scored_items
 from deft_jax.data.inputs import describe_origin, prepare_data
 from deft_jax.data.splits import save_splits
 from deft_jax.evolution.evaluators.choice import make_evaluator
-from deft_jax.evolution.evaluators.sequential import keeps_final_models
+from deft_jax.evolution.evaluators.kept_models import keeps_final_models
 from deft_jax.evolution.folds_final import final_inputs
 from deft_jax.evolution.loop import run_search
 from deft_jax.evolution.progress import SearchProgress

@@ -6,8 +6,13 @@ receives them from its worker processes. All keep the same ones (`keep_final_mod
 
 from __future__ import annotations
 
+import logging
+
 from deft_jax.config.schema import Config
+from deft_jax.core import ensemble
 from deft_jax.core.masks import full_mask_key
+
+logger = logging.getLogger(__name__)
 
 
 class FinalModelCandidates:
@@ -46,3 +51,27 @@ class FinalModelCandidates:
         ranked = sorted((k for k in self.models if k not in self.keep_always), key=lambda k: self.models[k][0])
         for key in ranked[self.keep_at_most:]:
             del self.models[key]
+
+
+def keeps_final_models(cfg: Config, evaluator) -> bool:
+    """Whether the final model is taken from the search (`final.reuse`, `final.ensemble`):
+    then `evaluator` is asked to keep the candidates (`FinalModelCandidates.keep_final_models`:
+    every evaluation mode, in this process or in worker processes).
+    Says so in a note when the config asks for it and cannot have it."""
+    if not (cfg.final.reuse or cfg.final.ensemble > 1):
+        return False
+    if cfg.search.folds > 1:
+        logger.info("note: final.reuse / final.ensemble are not used with search.folds >= 2 (the search's "
+                    "models are fold models, trained on part of train+val); the final model is trained on train+val")
+        return False
+    if not ensemble.wanted(cfg):
+        logger.info("note: final.reuse / final.ensemble need search.schedule = \"final\" (a fitness "
+                    "with the final recipe) and no experiment.learning_rates; the final model is trained as usual")
+        return False
+    if not getattr(evaluator, "can_keep_models", False):
+        logger.info(f"note: final.reuse / final.ensemble need an evaluator that keeps its models (this "
+                    f"run's, {getattr(evaluator, 'name', type(evaluator).__name__)}, does not); the "
+                    "final model is trained as usual")
+        return False
+    evaluator.keep_final_models(cfg, evaluator.spec.group_names)
+    return True

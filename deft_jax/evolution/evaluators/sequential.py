@@ -4,16 +4,14 @@ no frozen-weight gradients, but a compile for every new mask."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 
-from deft_jax.core import divergence, ensemble, training
+from deft_jax.core import divergence, training
 from deft_jax.core.best_epoch import BestEpoch
 from deft_jax.core.finetune import FineTuner
-from deft_jax.config.schema import Config
 from deft_jax.core.masks import GroupMask, mask_key
 from deft_jax.data.inputs import SplitArrays
 from deft_jax.evolution.evaluators.kept_models import FinalModelCandidates
@@ -21,8 +19,6 @@ from deft_jax.evolution.evaluators.recipe import FitnessRecipe
 from deft_jax.evolution.fitness import PrefixFeatureCache
 from deft_jax.models.base import ModelSpec
 from deft_jax.runtime.xla_options import fitness_compiler_options
-
-logger = logging.getLogger(__name__)
 
 
 class SequentialEvaluator(FinalModelCandidates):
@@ -90,26 +86,3 @@ class SequentialEvaluator(FinalModelCandidates):
     def stats(self) -> dict:
         return {"compiles": self.tuner.compiles, **(self.prefix.stats() if self.cache_prefix else {})}
 
-
-def keeps_final_models(cfg: Config, evaluator) -> bool:
-    """Whether the final model is taken from the search (`final.reuse`, `final.ensemble`):
-    then `evaluator` is asked to keep the candidates (`FinalModelCandidates.keep_final_models`:
-    every evaluation mode, in this process or in worker processes).
-    Says so in a note when the config asks for it and cannot have it."""
-    if not (cfg.final.reuse or cfg.final.ensemble > 1):
-        return False
-    if cfg.search.folds > 1:
-        logger.info("note: final.reuse / final.ensemble are not used with search.folds >= 2 (the search's "
-                    "models are fold models, trained on part of train+val); the final model is trained on train+val")
-        return False
-    if not ensemble.wanted(cfg):
-        logger.info("note: final.reuse / final.ensemble need search.schedule = \"final\" (a fitness "
-                    "with the final recipe) and no experiment.learning_rates; the final model is trained as usual")
-        return False
-    if not getattr(evaluator, "can_keep_models", False):
-        logger.info(f"note: final.reuse / final.ensemble need an evaluator that keeps its models (this "
-                    f"run's, {getattr(evaluator, 'name', type(evaluator).__name__)}, does not); the "
-                    "final model is trained as usual")
-        return False
-    evaluator.keep_final_models(cfg, evaluator.spec.group_names)
-    return True
