@@ -21,7 +21,7 @@ from deft_jax.errors import UserError
 from deft_jax.evolution.evaluators.choice import build_evaluator, make_evaluator
 from deft_jax.evolution.evaluators.folds import FoldedEvaluator
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe
-from deft_jax.evolution.folds_final import rounded_mean
+from deft_jax.evolution.final_inputs import rounded_mean
 from deft_jax.experiment.runner import seed_config
 from deft_jax.methods import METHODS, ExperimentCache, MethodContext
 from deft_jax.methods.deft import VARIANTS, variant_config

@@ -18,7 +18,7 @@ RESUME_SETTABLE = ("search.evaluation", "search.strategy", "search.workers", "se
 
 # keys added later -> their defaults (which leave the result as it was before them)
 ADDED_LATER = {"search.start": "head", "final.reuse": False, "final.ensemble": 1,
-               "finetune.step": "gated", "search.folds": 1}
+               "finetune.step": "gated", "search.folds": 1, "final.data": "train"}
 
 
 def check_resume_overrides(overrides: list[str]) -> None:

@@ -39,6 +39,7 @@ LrSchedule = Literal["constant", "cosine", "onecycle"]
 Fidelity = Literal["full", "halving"]
 Select = Literal["best", "smallest-within-1se", "full-unless-1se-better"]
 Keep = Literal["last", "best-val"]
+FinalData = Literal["train", "train+val"]
 Folds = Literal["repeated"]
 Start = Literal["head", "probe"]
 TrainStep = Literal["gated", "stages"]
@@ -155,6 +156,10 @@ class FinalConfig:
     # command saves them as one ensemble checkpoint, and the experiment's DEFT methods do the same
     reuse: bool = False
     ensemble: int = 1
+    # what the final model trains on: "train", or "train+val" for `epochs`, the last epoch
+    # kept (no validation split is left; the search still ranks masks on val; reuse and
+    # ensemble do not apply). A k-fold search (search.folds >= 2) always trains on train+val
+    data: FinalData = "train"
 
 
 DEFAULT_EXPERIMENT_METHODS = ("scratch", "linear-probe", "handpicked", "full", "auto-rgn", "deft",
@@ -289,5 +294,7 @@ def validate(cfg: Config) -> None:
     need(e.judged != "", "experiment.judged must name a method")
     need(s.folds == 1 or not e.learning_rates, "search.folds >= 2 trains the final model on train+val, so "
          "experiment.learning_rates has no validation split to pick a rate on; use one of them")
+    need(cfg.final.data == "train" or not e.learning_rates, "final.data = train+val leaves "
+         "experiment.learning_rates no validation split to pick a rate on; use one of them")
     need(len(e.methods) > 0 and all(isinstance(m, str) for m in e.methods),
          "experiment.methods must be a non-empty list of method names")

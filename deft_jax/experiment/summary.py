@@ -125,9 +125,10 @@ def search_honesty(by: dict, methods: list[str], metric: str = "accuracy") -> li
         own = VARIANTS.get(m, {}).get("metric", metric)  # a variant may set its own
         rows.append({"method": m, "metric": own,
                      "promised_val": describe([1 - r["extra"]["best_fitness"] for r in rs]),
-                     "final_val": describe([metric_from_report(own, r["val"]) if own != "nll" or
-                                            "log_loss" in r["val"] else None for r in rs]),
-                     "final_val_accuracy": describe([r["val"]["accuracy"] for r in rs]),
+                     "final_val": describe([metric_from_report(own, r["val"]) if r["val"].get("n") and
+                                            (own != "nll" or "log_loss" in r["val"]) else None for r in rs]),
+                     "final_val_accuracy": describe([r["val"]["accuracy"] if r["val"].get("n") else None  # none:
+                                                     for r in rs]),  # the final model trained on train+val
                      "test": describe([r["test"]["accuracy"] for r in rs]),
                      "fitness_epochs": describe([r["extra"].get("fitness_epochs") for r in rs])})
     return rows

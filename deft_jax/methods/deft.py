@@ -21,6 +21,11 @@ Variants are the paper's DEFT with search options switched on (each a config ove
 - `deft-default`: the DEFT `python -m deft_jax.search` runs by default
   (`deft_jax.config.presets.DEFAULT_DEFT`): `deft-keep` within 3x a full fine-tune's
   epochs, shipping the average of its two whole-budget models.
+- `deft-trainval`: `deft-default`'s eight masks (the baselines' and four random ones, with
+  per-group learning rates) each screened by one fitness epoch from the probed head and
+  ranked by validation log-loss, the full mask kept unless the best beats it by more than one
+  SE, and the winner trained on train+val (`final.data`) for `final.epochs`: every labelled
+  image in the final model, at 2x a full fine-tune's epochs (8 + 8).
 - `deft-default-*` (`ABLATIONS`): `deft-default` with one option changed back (validation
   accuracy, a random head, one model, masks without learning rates; the selection rule is not
   among them: with two whole-budget models averaged, which one is "selected" changes nothing);
@@ -48,7 +53,7 @@ from deft_jax.errors import UserError
 from deft_jax.evolution.evaluators.choice import Evaluator, make_evaluator
 from deft_jax.evolution.evaluators.kept_models import keeps_final_models
 from deft_jax.evolution.evaluators.sequential import SequentialEvaluator
-from deft_jax.evolution.folds_final import final_inputs
+from deft_jax.evolution.final_inputs import final_inputs
 from deft_jax.evolution.loop import run_search
 from deft_jax.evolution.start import probe_extra, start_variables
 from deft_jax.methods import reuse
@@ -65,9 +70,11 @@ VARIANTS: dict[str, dict] = {
                   "start": "probe", "metric": "nll"},
     # every method of an experiment trains its final.epochs: the shared budget
     "deft-default": {k.removeprefix("search."): v for k, v in DEFAULT_DEFT.items() if k != "final.epochs"},
-    # the declared DEFT with 3-fold fitness over train+val (its final model then trains on
-    # train+val, so it reuses no search model): to ablate against deft-default
 }
+# deft-default's masks screened by one-epoch fitness only (8 one-epoch runs), the winner
+# trained on train+val (final.epochs, the last epoch): 2x a full fine-tune's epochs
+VARIANTS["deft-trainval"] = {**VARIANTS["deft-default"], "schedule": "short", "fidelity": "full",
+                             "final.reuse": False, "final.ensemble": 1, "final.data": "train+val"}
 # the ablation of the declared DEFT: each changes some of its options, judged against it
 ABLATIONS: dict[str, dict] = {
     "deft-default-accuracy": {"metric": "accuracy"},        # rank masks by validation accuracy
@@ -116,8 +123,10 @@ def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
         fit.cfg, fit.data = inputs.cfg, inputs.data
         result = final_fit(fit, search.best_mask)
         result.extra["final_reused"] = False
-        if inputs.folds is not None:  # the final model saw val: its validation scores are out-of-fold
-            result.val, result.extra["folds"] = inputs.validation(scores), inputs.folds
+        if inputs.trained_on is not None:  # it saw val: out-of-fold scores (folds) or none
+            result.val, result.extra["final_trained_on"] = inputs.validation(scores), inputs.trained_on
+        if inputs.folds is not None:
+            result.extra["folds"] = inputs.folds
     result.fitness_evaluations = len(search.memo)
     result.history = search.history
     result.extra.update({"best_fitness": search.best_fitness, "evaluation": mode, **start,

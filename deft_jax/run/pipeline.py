@@ -17,7 +17,7 @@ from deft_jax.data.inputs import describe_origin, prepare_data
 from deft_jax.data.splits import save_splits
 from deft_jax.evolution.evaluators.choice import make_evaluator
 from deft_jax.evolution.evaluators.kept_models import keeps_final_models
-from deft_jax.evolution.folds_final import final_inputs
+from deft_jax.evolution.final_inputs import final_inputs
 from deft_jax.evolution.loop import run_search
 from deft_jax.evolution.progress import SearchProgress
 from deft_jax.evolution.start import probe_extra, start_variables
@@ -100,8 +100,11 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
                                  evaluator.models if reusing else None)
     divergence.check_final_model(cfg, final, run_dir)  # before any write
     trained, metrics = final.variables, final_metrics(inputs.cfg, final, inputs.data)
-    if inputs.folds is not None:  # the final model saw val: its validation scores are out-of-fold
-        metrics.update(val=inputs.validation(classification_report), folds=inputs.folds)
+    held_out = inputs.validation(classification_report)  # None: the final model's own val stands
+    if held_out is not None:  # it trained on val: out-of-fold scores (folds) or none
+        metrics.update(val=held_out, final_trained_on=inputs.trained_on)
+    if inputs.folds is not None:
+        metrics["folds"] = inputs.folds
     metrics["final_model"] = final_model_record(members)
     meta = inference_meta(cfg, spec, data.class_names, result.best_mask, spec.pretrained)
     ckpt = run_dir / rundir.CHECKPOINT

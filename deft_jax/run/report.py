@@ -44,7 +44,8 @@ def render_report(*, cfg: dict, description: str, model: str, pretrained: str | 
     source = final_model_source(metrics)
     lines += ["", "## Final model", "", *([markdown(source), ""] if source else []),
               "| split | n | accuracy | macro-F1 |", "|---|---:|---:|---:|",
-              f"| val{' (out-of-fold)' if v.get('out_of_fold') else ''} | {v['n']} | {v['accuracy']:.4f} | {v['macro_f1']:.4f} |",
+              (f"| val{' (out-of-fold)' if v.get('out_of_fold') else ''} | {v['n']} | {v['accuracy']:.4f} | {v['macro_f1']:.4f} |"
+               if v.get("n") else "| val | 0 | none held out: trained on train+val | |"),
               f"| test | {t['n']} | {t['accuracy']:.4f} | {t['macro_f1']:.4f} |", "",
               "Per-class test recall: " + ", ".join(
                   f"{markdown(c)} {r:.3f}" if r is not None else f"{markdown(c)} n/a"
@@ -55,7 +56,8 @@ def render_report(*, cfg: dict, description: str, model: str, pretrained: str | 
               for c, row in zip(class_names, t["confusion_matrix"])]
     lines += ["", "## Time", ""] + [f"- {k}: {v:.1f} s" for k, v in seconds.items()]
     seen = (f"train+val in {metrics['folds']['k']} folds, and the final model trained on all of it"
-            if metrics.get("folds") else "val only")
+            if metrics.get("folds") else "val, and the final model trained on train+val"
+            if metrics.get("final_trained_on") else "val only")
     lines += ["", f"The test split was used once, for the final model only; the search saw {seen}.", ""]
     return "\n".join(lines)
 

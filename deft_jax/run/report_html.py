@@ -111,7 +111,9 @@ def _summary(cfg, pretrained, best_fitness, metrics, split_sizes, seconds, total
         *([("final model", esc(final_model_source(metrics)))] if final_model_source(metrics) else []),
         ("final model, test", f"accuracy <b>{t['accuracy']:.4f}</b>, macro-F1 {t['macro_f1']:.4f} "
                               f"(n={t['n']})"),
-        ("final model, val" + (" (out-of-fold)" if v.get("out_of_fold") else ""), f"accuracy {v['accuracy']:.4f}, macro-F1 {v['macro_f1']:.4f} (n={v['n']})"),
+        ("final model, val" + (" (out-of-fold)" if v.get("out_of_fold") else ""),
+         f"accuracy {v['accuracy']:.4f}, macro-F1 {v['macro_f1']:.4f} (n={v['n']})" if v.get("n")
+         else "none held out: the final model trained on train+val"),
         ("time", ", ".join(f"{esc(k)} {x:.0f} s" for k, x in seconds.items())),
     ]
     return "<table class='summary'>" + "".join(f"<tr><th>{k}</th><td>{x}</td></tr>" for k, x in rows) \

@@ -17,7 +17,7 @@ so even their steps per epoch may differ); folding them into one program would n
 per-member batches and masked padding steps in the training program. A loop over folds
 costs k programs' time instead of one wider program's.
 
-For the final training (`deft_jax.evolution.folds_final`) it keeps, per mask trained with
+For the final training (`deft_jax.evolution.final_inputs`) it keeps, per mask trained with
 the whole fitness budget, each fold's kept epoch and the out-of-fold validation logits
 (`record`).
 """

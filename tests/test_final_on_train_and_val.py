@@ -1,0 +1,107 @@
+"""`final.data = "train+val"`: the final model trains on every labelled image, the search
+still ranks masks on validation, and the run says that no validation split was held out;
+`deft-trainval`, the DEFT built on it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import logged, tiny_overrides
+
+from deft_jax.cli.search import main as search_main
+from deft_jax.config.schema import load_config
+from deft_jax.core import finetune
+from deft_jax.data.inputs import prepare_data
+from deft_jax.data.splits import load_splits
+from deft_jax.errors import UserError
+from deft_jax.experiment.runner import seed_config
+from deft_jax.experiment.summary import search_honesty
+from deft_jax.methods import METHODS, ExperimentCache, MethodContext
+from deft_jax.methods.deft import VARIANTS, variant_config
+from deft_jax.models import build_model
+from deft_jax.runtime import rundir
+
+
+def final_trainings(monkeypatch) -> list[tuple[int, int]]:
+    """(items, epochs) of every static-mask fine-tune from now on."""
+    calls, original = [], finetune.FineTuner.fine_tune
+
+    def counted(self, variables, mask, x, y, *args, **kwargs):
+        calls.append((len(x), kwargs.get("epochs") or self.epochs))
+        return original(self, variables, mask, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(finetune.FineTuner, "fine_tune", counted)
+    return calls
+
+
+def test_the_search_command_trains_its_final_model_on_train_and_val_and_reports_no_held_out_validation(
+        tmp_path, monkeypatch):
+    calls = final_trainings(monkeypatch)  # vmap-1 fitness: only the final training is static
+    run = tmp_path / "run"
+    over = {"final.data": '"train+val"', "final.keep": '"best-val"', "search.generations": "0",
+            "search.evaluation": '"vmap-1"'}
+    assert search_main(["--out", str(run), "--set", *tiny_overrides(**over)]) == 0
+    splits = load_splits(run / rundir.SPLITS)
+    n = len(splits["train"]) + len(splits["val"])
+    assert calls == [(n, 2)]  # train+val, final.epochs
+    metrics = json.loads((run / rundir.METRICS).read_text())
+    assert metrics["val"]["n"] == 0 and metrics["val"]["held_out"] is False
+    assert metrics["final_trained_on"] == {"data": "train+val", "train_items": n, "epochs": 2}
+    assert metrics["final_keep"] == "last" and metrics["final_epoch_kept"] == 1  # 0-based: the last
+    assert metrics["fine_tune_epochs"] == 4 * 1 + 2  # 4 one-epoch members, then the final 2
+    report = (run / rundir.REPORT).read_text()
+    assert "none held out: trained on train+val" in report and "the final model trained on train+val" in report
+    assert "none held out" in (run / rundir.REPORT_HTML).read_text()
+
+
+def test_asking_for_reused_models_with_a_final_model_on_train_and_val_trains_it_and_says_why(tmp_path, monkeypatch):
+    calls = final_trainings(monkeypatch)
+    run = tmp_path / "run"
+    over = {"final.data": '"train+val"', "final.reuse": "true", "final.ensemble": "2", "search.generations": "0",
+            "search.schedule": '"final"', "search.evaluation": '"sequential"'}
+    with logged() as messages:
+        assert search_main(["--out", str(run), "--set", *tiny_overrides(**over)]) == 0
+    assert any("not used with final.data = train+val" in m for m in messages)
+    metrics = json.loads((run / rundir.METRICS).read_text())
+    splits = load_splits(run / rundir.SPLITS)
+    assert metrics["final_model"]["source"] == "trained"
+    assert calls[-1] == (len(splits["train"]) + len(splits["val"]), 2)
+
+
+def test_a_final_model_on_train_and_val_refuses_a_learning_rate_grid_and_unknown_data_values():
+    with pytest.raises(UserError, match="final.data = train"):
+        load_config(None, ['final.data="train+val"', "experiment.learning_rates=[0.01, 0.1]"])
+    with pytest.raises(UserError, match="final.data"):
+        load_config(None, ['final.data="everything"'])
+    assert load_config(None, []).final.data == "train"
+
+
+def test_deft_trainval_is_the_declared_deft_screened_by_one_epoch_with_its_winner_trained_on_train_and_val():
+    default, trainval = VARIANTS["deft-default"], VARIANTS["deft-trainval"]
+    changed = {k for k in set(default) | set(trainval) if default.get(k) != trainval.get(k)}
+    assert changed == {"schedule", "fidelity", "final.reuse", "final.ensemble", "final.data"}
+    cfg = variant_config(load_config(None, []), "deft-trainval")
+    assert (cfg.search.schedule, cfg.search.fidelity, cfg.final.data) == ("short", "full", "train+val")
+    assert cfg.search.select == "full-unless-1se-better" and cfg.search.start == "probe"
+
+
+def test_the_experiments_deft_trainval_trains_one_final_model_on_train_and_val_and_reports_no_validation(
+        monkeypatch):
+    calls = final_trainings(monkeypatch)
+    over = {"data.source": '{"kind": "digits", "max_per_class": 10}', "final.epochs": "2", "finetune.epochs": "1",
+            "final.keep": '"best-val"', "search.population_size": "4"}
+    cfg = seed_config(load_config(None, tiny_overrides(**over)), 0)
+    spec = build_model("small_cnn", 10, "none", 16)
+    data = prepare_data(cfg, spec)
+    ctx = MethodContext(cfg=cfg, data=data, spec=spec, variables=spec.init(cfg.seed), seed=0,
+                        programs=ExperimentCache())
+    result = METHODS["deft-trainval"].run(ctx)
+    n = len(data.arrays.y_train) + len(data.arrays.y_val)
+    assert calls[-1] == (n, 2)  # the one final training: train+val, final.epochs
+    assert all(c == (len(data.arrays.y_train), 1) for c in calls[:-1])  # the one-epoch screens
+    assert result.val["n"] == 0 and result.extra["final_trained_on"]["train_items"] == n
+    assert result.extra["final_reused"] is False
+    record = {"method": "deft-trainval", "val": result.val, "test": result.test, "extra": result.extra}
+    [row] = search_honesty({"deft-trainval": [record]}, ["deft-trainval"])
+    assert row["final_val_accuracy"]["n"] == 0 and row["test"]["n"] == 1
