@@ -12,6 +12,8 @@ from helpers import logged, tiny_overrides
 from deft_jax.cli.search import main as search_main
 from deft_jax.config.schema import load_config
 from deft_jax.core import finetune
+from deft_jax.core.ensemble import retrained_member_masks
+from deft_jax.core.masks import mask_from_key, mask_key
 from deft_jax.data.inputs import prepare_data
 from deft_jax.data.splits import load_splits
 from deft_jax.errors import UserError
@@ -20,6 +22,7 @@ from deft_jax.experiment.summary import search_honesty
 from deft_jax.methods import METHODS, ExperimentCache, MethodContext
 from deft_jax.methods.deft import VARIANTS, variant_config
 from deft_jax.models import build_model
+from deft_jax.run.predictor import Predictor
 from deft_jax.runtime import rundir
 
 
@@ -47,7 +50,7 @@ def test_the_search_command_trains_its_final_model_on_train_and_val_and_reports_
     assert calls == [(n, 2)]  # train+val, final.epochs
     metrics = json.loads((run / rundir.METRICS).read_text())
     assert metrics["val"]["n"] == 0 and metrics["val"]["held_out"] is False
-    assert metrics["final_trained_on"] == {"data": "train+val", "train_items": n, "epochs": 2}
+    assert metrics["final_trained_on"] == {"data": "train+val", "train_items": n, "epochs": 2, "models": 1}
     assert metrics["final_keep"] == "last" and metrics["final_epoch_kept"] == 1  # 0-based: the last
     assert metrics["fine_tune_epochs"] == 4 * 1 + 2  # 4 one-epoch members, then the final 2
     report = (run / rundir.REPORT).read_text()
@@ -55,18 +58,37 @@ def test_the_search_command_trains_its_final_model_on_train_and_val_and_reports_
     assert "none held out" in (run / rundir.REPORT_HTML).read_text()
 
 
-def test_asking_for_reused_models_with_a_final_model_on_train_and_val_trains_it_and_says_why(tmp_path, monkeypatch):
+def test_an_ensemble_on_train_and_val_trains_the_selected_and_the_full_mask_again_and_predict_averages_them(
+        tmp_path, monkeypatch):
     calls = final_trainings(monkeypatch)
     run = tmp_path / "run"
     over = {"final.data": '"train+val"', "final.reuse": "true", "final.ensemble": "2", "search.generations": "0",
-            "search.schedule": '"final"', "search.evaluation": '"sequential"'}
+            "search.schedule": '"final"', "search.evaluation": '"sequential"', "search.seed_baselines": "true"}
     with logged() as messages:
         assert search_main(["--out", str(run), "--set", *tiny_overrides(**over)]) == 0
-    assert any("not used with final.data = train+val" in m for m in messages)
+    assert any("not reused with final.data = train+val" in m for m in messages)
     metrics = json.loads((run / rundir.METRICS).read_text())
     splits = load_splits(run / rundir.SPLITS)
-    assert metrics["final_model"]["source"] == "trained"
-    assert calls[-1] == (len(splits["train"]) + len(splits["val"]), 2)
+    n = len(splits["train"]) + len(splits["val"])
+    assert calls[-2:] == [(n, 2), (n, 2)]  # both members trained again on train+val
+    record = metrics["final_model"]
+    assert record["source"] == "trained" and record["ensemble"] == 2
+    best = rundir.read_json(run / rundir.BEST)["mask"]
+    assert record["masks"][0] == best and all(record["masks"][1].values()) != all(best.values())
+    predictor = Predictor(run)
+    assert len(predictor.members) == 2 and predictor.ensemble_masks == record["masks"]
+    assert "ensemble of 2 models trained after the search" in (run / rundir.REPORT).read_text()
+
+
+def test_the_retrained_ensemble_holds_the_selected_mask_then_the_full_mask_then_the_best_others():
+    cfg = load_config(None, ["final.ensemble=3"])
+    names = ["a", "b", "head"]
+    full = mask_key({g: True for g in names})
+    fitness = {"001": 0.2, "011": 0.1, full: 0.5, "101": 0.3}
+    masks = retrained_member_masks(cfg, mask_from_key("011", names), fitness)
+    assert [mask_key(m) for m in masks] == ["011", full, "001"]
+    masks = retrained_member_masks(cfg, mask_from_key(full, names), fitness)  # the full mask selected
+    assert [mask_key(m) for m in masks] == [full, "011", "001"]
 
 
 def test_a_final_model_on_train_and_val_refuses_a_learning_rate_grid_and_unknown_data_values():
@@ -105,3 +127,20 @@ def test_the_experiments_deft_trainval_trains_one_final_model_on_train_and_val_a
     record = {"method": "deft-trainval", "val": result.val, "test": result.test, "extra": result.extra}
     [row] = search_honesty({"deft-trainval": [record]}, ["deft-trainval"])
     assert row["final_val_accuracy"]["n"] == 0 and row["test"]["n"] == 1
+
+
+def test_deft_trainval_pair_is_deft_trainval_with_two_models_at_three_times_full_epochs(monkeypatch):
+    assert {k: v for k, v in VARIANTS["deft-trainval-pair"].items() if k != "final.ensemble"} \
+        == {k: v for k, v in VARIANTS["deft-trainval"].items() if k != "final.ensemble"}
+    calls = final_trainings(monkeypatch)
+    over = {"data.source": '{"kind": "digits", "max_per_class": 10}', "final.epochs": "2", "finetune.epochs": "1",
+            "search.population_size": "4"}
+    cfg = seed_config(load_config(None, tiny_overrides(**over)), 0)
+    spec = build_model("small_cnn", 10, "none", 16)
+    data = prepare_data(cfg, spec)
+    ctx = MethodContext(cfg=cfg, data=data, spec=spec, variables=spec.init(cfg.seed), seed=0,
+                        programs=ExperimentCache())
+    result = METHODS["deft-trainval-pair"].run(ctx)
+    n = len(data.arrays.y_train) + len(data.arrays.y_val)
+    assert calls[-2:] == [(n, 2), (n, 2)] and len(calls) == 8 + 2  # its 8 one-epoch screens, 2 final models
+    assert len(result.extra["ensemble_members"]) == 2 and result.val["n"] == 0

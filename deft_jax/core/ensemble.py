@@ -18,9 +18,11 @@ import numpy as np
 
 from deft_jax.config.schema import Config
 from deft_jax.core import training
-from deft_jax.core.final import FinalModel
-from deft_jax.core.masks import GroupMask, mask_from_key, mask_key
+from deft_jax.core.final import FinalModel, train_final
+from deft_jax.core.finetune import FineTuner
+from deft_jax.core.masks import GroupMask, full_mask_key, mask_from_key, mask_key
 from deft_jax.core.metrics import softmax
+from deft_jax.data.inputs import PreparedData
 from deft_jax.models.base import ModelSpec
 from deft_jax.runtime.program_cache import ProgramCache
 
@@ -80,6 +82,27 @@ def final_from_members(spec: ModelSpec, chosen: Members, x_val: np.ndarray, x_te
                        cache: ProgramCache | None = None) -> FinalModel:
     """The FinalModel of models already trained: scored on val and test, no training (its
     variables are the selected mask's model; the others are in `chosen`)."""
-    return FinalModel(chosen.variables[0], ensemble_logits(spec, chosen.variables, x_val, cache),
-                      ensemble_logits(spec, chosen.variables, x_test, cache), [],
+    test = ensemble_logits(spec, chosen.variables, x_test, cache)
+    val = (ensemble_logits(spec, chosen.variables, x_val, cache) if len(x_val)  # none after train+val
+           else np.zeros((0, test.shape[-1]), test.dtype))
+    return FinalModel(chosen.variables[0], val, test, [],
                       spec.layer_groups.fraction(chosen.masks[0]), 0.0)
+
+
+def retrained_member_masks(cfg: Config, mask: GroupMask, fitness: dict[str, float]) -> list[GroupMask]:
+    """The masks an ensemble trained again after the search holds (`final.ensemble = k` with
+    `final.data = "train+val"`): the selected mask, the full mask (the simple recipe), then
+    the best others by whole-budget `fitness` (earliest on ties), k in all."""
+    names = list(mask)
+    full = full_mask_key(names, cfg.search.threshold, cfg.search.space)
+    selected = mask_key(mask)
+    others = sorted((key for key in fitness if key not in (selected, full)), key=lambda key: fitness[key])
+    keys = [selected, *([full] if full != selected else []), *others][:max(1, cfg.final.ensemble)]
+    return [dict(mask)] + [mask_from_key(key, names) for key in keys[1:]]
+
+
+def trained_members(cfg: Config, spec: ModelSpec, variables: dict, masks: list[GroupMask],
+                    data: PreparedData, tuner: FineTuner | None = None) -> Members:
+    """Each of `masks` trained from `variables` with the final recipe (or `tuner`'s) on `data`."""
+    trained = [train_final(cfg, spec, variables, m, data, tuner=tuner).variables for m in masks]
+    return Members([mask_key(m) for m in masks], [dict(m) for m in masks], trained)

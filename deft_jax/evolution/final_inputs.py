@@ -4,7 +4,8 @@ validation. The search command and the experiment's DEFT methods both take it fr
 - `final.data = "train"` (and one fold): the train split, `final.epochs`, `final.keep` as
   configured; the final model's own validation scores stand.
 - `final.data = "train+val"` (one fold): train+val (`pooled`), `final.epochs`, the last
-  epoch kept. No validation split is left, so the run reports none for the final model
+  epoch kept; with `final.ensemble = k >= 2`, k masks each trained so (the selected one,
+  the full mask, then by fitness), their probabilities averaged. No validation split is left, so the run reports none for the final model
   (`n = 0`); the search's validation fitness is what was measured.
 - A k-fold search (`search.folds = k >= 2`), whatever `final.data`: train+val
   (`Folds.all_train`), the last epoch kept.
@@ -27,6 +28,7 @@ from collections.abc import Callable
 import numpy as np
 
 from deft_jax.config.schema import Config
+from deft_jax.core.ensemble import retrained_member_masks
 from deft_jax.core.masks import GroupMask
 from deft_jax.data.folds import pooled
 from deft_jax.data.inputs import PreparedData
@@ -46,6 +48,7 @@ class FinalInputs:
     val_labels: np.ndarray | None = None
     folds: dict | None = None
     trained_on: dict | None = None
+    masks: list[GroupMask] = dataclasses.field(default_factory=list)  # >1: an ensemble, each trained
 
     def validation(self, report: Callable[[np.ndarray, np.ndarray, list], dict]) -> dict | None:
         """`report(logits, labels, class names)` of the out-of-fold logits, marked so; on
@@ -73,21 +76,28 @@ def rounded_mean(counts: list[int]) -> int:
     return max(1, int(math.floor(sum(counts) / len(counts) + 0.5)))
 
 
-def final_inputs(cfg: Config, data: PreparedData, evaluator, mask: GroupMask) -> FinalInputs:
+def final_inputs(cfg: Config, data: PreparedData, evaluator, mask: GroupMask,
+                 fitness: dict[str, float] | None = None) -> FinalInputs:
     """What the final training of `mask` uses: `cfg` and `data` as they are; with
     `final.data = "train+val"` train+val and the last epoch kept; with `search.folds >= 2`
     (`evaluator` a `FoldedEvaluator`) train+val, the folds' epoch count and the last epoch
-    kept (see the module's docstring)."""
+    kept (see the module's docstring). On train+val with `final.ensemble = k >= 2`, `masks`
+    are the k masks of `retrained_member_masks` by the search's whole-budget `fitness`."""
     if cfg.search.folds < 2:
         if cfg.final.data == "train":
-            return FinalInputs(cfg, data)
+            return FinalInputs(cfg, data, masks=[mask])
         out = copy.deepcopy(cfg)
         out.final.keep = "last"
         arrays = pooled(data.arrays)
         logger.info(f"final training on train+val ({len(arrays.y_train)} images, final.data), "
                     f"{out.final.epochs} epochs, the last epoch kept")
-        record = {"data": "train+val", "train_items": int(len(arrays.y_train)), "epochs": out.final.epochs}
-        return FinalInputs(out, dataclasses.replace(data, arrays=arrays), trained_on=record)
+        masks = retrained_member_masks(cfg, mask, fitness or {})
+        record = {"data": "train+val", "train_items": int(len(arrays.y_train)), "epochs": out.final.epochs,
+                  "models": len(masks)}
+        if len(masks) > 1:
+            logger.info(f"final model: an ensemble of {len(masks)} masks (the selected one, the full mask, "
+                        "then by fitness), each trained on train+val")
+        return FinalInputs(out, dataclasses.replace(data, arrays=arrays), trained_on=record, masks=masks)
     best, logits = evaluator.record(mask)
     counts = [epoch + 1 for epoch in best]
     chosen = epochs_from_folds(cfg)
@@ -102,4 +112,5 @@ def final_inputs(cfg: Config, data: PreparedData, evaluator, mask: GroupMask) ->
               "fold_kept_epochs": counts, "epochs": out.final.epochs,
               "epochs_from": "folds" if chosen else "final.epochs"}
     return FinalInputs(out, dataclasses.replace(data, arrays=arrays), logits, evaluator.folds.y, record,
-                       trained_on={"data": "train+val", "train_items": record["train_items"], "epochs": out.final.epochs})
+                       trained_on={"data": "train+val", "train_items": record["train_items"], "epochs": out.final.epochs,
+                                   "models": 1}, masks=[mask])

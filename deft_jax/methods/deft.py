@@ -26,6 +26,9 @@ Variants are the paper's DEFT with search options switched on (each a config ove
   ranked by validation log-loss, the full mask kept unless the best beats it by more than one
   SE, and the winner trained on train+val (`final.data`) for `final.epochs`: every labelled
   image in the final model, at 2x a full fine-tune's epochs (8 + 8).
+- `deft-trainval-pair`: the same screen; the final model averages the selected mask's and
+  the full mask's (or, when the full mask is selected, the best other's) models, each
+  trained on train+val: 3x (8 + 2 x 8).
 - `deft-default-*` (`ABLATIONS`): `deft-default` with one option changed back (validation
   accuracy, a random head, one model, masks without learning rates; the selection rule is not
   among them: with two whole-budget models averaged, which one is "selected" changes nothing);
@@ -75,6 +78,9 @@ VARIANTS: dict[str, dict] = {
 # trained on train+val (final.epochs, the last epoch): 2x a full fine-tune's epochs
 VARIANTS["deft-trainval"] = {**VARIANTS["deft-default"], "schedule": "short", "fidelity": "full",
                              "final.reuse": False, "final.ensemble": 1, "final.data": "train+val"}
+# the same screen, then the selected mask and the full mask each trained on train+val, their
+# probabilities averaged: 8 + 2 x 8 = 24 epochs, 3x
+VARIANTS["deft-trainval-pair"] = {**VARIANTS["deft-trainval"], "final.ensemble": 2}
 # the ablation of the declared DEFT: each changes some of its options, judged against it
 ABLATIONS: dict[str, dict] = {
     "deft-default-accuracy": {"metric": "accuracy"},        # rank masks by validation accuracy
@@ -118,10 +124,12 @@ def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
     names = ctx.spec.group_names
     result = reuse.result_from_fitness_models(ctx, search.best_mask, evaluator.models) if reusing else None
     if result is None:
-        inputs = final_inputs(ctx.cfg, ctx.data, evaluator, search.best_mask)  # search.folds: train+val
+        whole_budget = {k: v for k, v in search.memo.items() if k not in search.memo_epochs}
+        inputs = final_inputs(ctx.cfg, ctx.data, evaluator, search.best_mask, whole_budget)  # train+val?
         fit = copy.copy(ctx)
         fit.cfg, fit.data = inputs.cfg, inputs.data
-        result = final_fit(fit, search.best_mask)
+        result = (reuse.result_from_trained_members(fit, inputs.masks) if len(inputs.masks) > 1
+                  else final_fit(fit, search.best_mask))
         result.extra["final_reused"] = False
         if inputs.trained_on is not None:  # it saw val: out-of-fold scores (folds) or none
             result.val, result.extra["final_trained_on"] = inputs.validation(scores), inputs.trained_on

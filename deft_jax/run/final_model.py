@@ -20,9 +20,14 @@ logger = logging.getLogger(__name__)
 
 
 def final_model(cfg: Config, spec: ModelSpec, variables: dict, mask: GroupMask, data: PreparedData,
-                models: ensemble.FitnessModels | None) -> tuple[FinalModel, ensemble.Members | None]:
-    """(the final model, its members when it was taken from the search's `models`, else
-    None). `models` None: train it."""
+                models: ensemble.FitnessModels | None, retrain: list[GroupMask] | None = None
+                ) -> tuple[FinalModel, ensemble.Members | None]:
+    """(the final model, its members when it is an ensemble or was taken from the search's
+    `models`, else None). `models` None: train it; `retrain` of two or more masks: train each
+    (on `data`) and average them."""
+    if retrain is not None and len(retrain) > 1:
+        chosen = ensemble.trained_members(cfg, spec, variables, retrain, data)
+        return ensemble.final_from_members(spec, chosen, data.arrays.x_val, data.x_test), chosen
     if models is not None:
         chosen = ensemble.members_from_models(mask, models, cfg.final.ensemble)
         if chosen is not None:
@@ -39,12 +44,13 @@ def final_model(cfg: Config, spec: ModelSpec, variables: dict, mask: GroupMask, 
     return train_final(cfg, spec, variables, mask, data), None
 
 
-def final_model_record(chosen: ensemble.Members | None) -> dict:
-    """What metrics.json says of where the final model came from."""
+def final_model_record(chosen: ensemble.Members | None, retrained: bool = False) -> dict:
+    """What metrics.json says of where the final model came from: trained, or the search's
+    models, one or an ensemble (`retrained`: an ensemble trained after the search)."""
     if chosen is None:
         return {"source": "trained", "ensemble": 1}
-    return {"source": "search", "ensemble": len(chosen), "members": list(chosen.keys),
-            "masks": [dict(m) for m in chosen.masks]}
+    return {"source": "trained" if retrained else "search", "ensemble": len(chosen),
+            "members": list(chosen.keys), "masks": [dict(m) for m in chosen.masks]}
 
 
 def checkpoint_members(chosen: ensemble.Members | None) -> list[tuple[dict, dict]] | None:

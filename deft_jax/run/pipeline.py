@@ -95,9 +95,10 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     chosen = [g for g, on in result.best_mask.items() if on]
     logger.info(f"best mask (fitness {result.best_fitness:.4f}): fine-tune {', '.join(chosen)}")
 
-    inputs = final_inputs(cfg, data, evaluator, result.best_mask)  # search.folds: train+val
+    whole_budget = {k: v for k, v in result.memo.items() if k not in result.memo_epochs}
+    inputs = final_inputs(cfg, data, evaluator, result.best_mask, whole_budget)  # folds, final.data: train+val
     final, members = final_model(inputs.cfg, spec, variables, result.best_mask, inputs.data,
-                                 evaluator.models if reusing else None)
+                                 evaluator.models if reusing else None, retrain=inputs.masks)
     divergence.check_final_model(cfg, final, run_dir)  # before any write
     trained, metrics = final.variables, final_metrics(inputs.cfg, final, inputs.data)
     held_out = inputs.validation(classification_report)  # None: the final model's own val stands
@@ -105,7 +106,7 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         metrics.update(val=held_out, final_trained_on=inputs.trained_on)
     if inputs.folds is not None:
         metrics["folds"] = inputs.folds
-    metrics["final_model"] = final_model_record(members)
+    metrics["final_model"] = final_model_record(members, retrained=len(inputs.masks) > 1)
     meta = inference_meta(cfg, spec, data.class_names, result.best_mask, spec.pretrained)
     ckpt = run_dir / rundir.CHECKPOINT
     if writer:

@@ -74,9 +74,13 @@ def final_model_source(metrics: dict) -> str | None:
     """Where the final model came from when it was not trained again (plain text): the
     selected mask's model from the search, or an ensemble of k and its members' masks."""
     record = metrics.get("final_model") or {}
+    masks = record.get("masks") or []
+    if record.get("source") == "trained" and len(masks) > 1:
+        described = "; ".join(f"{i + 1}. {describe_mask(m)}" for i, m in enumerate(masks))
+        return (f"The final model is an ensemble of {len(masks)} models trained after the search (the mean "
+                f"of their softmax probabilities), the selected mask's first. Fine-tuned groups: {described}.")
     if record.get("source") != "search":
         return None
-    masks = record.get("masks") or []
     if len(masks) <= 1:
         return "The final model is the selected mask's model from the search (final.reuse: no retraining)."
     described = "; ".join(f"{i + 1}. {describe_mask(m)}" for i, m in enumerate(masks))

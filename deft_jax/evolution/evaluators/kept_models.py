@@ -61,8 +61,8 @@ def keeps_final_models(cfg: Config, evaluator) -> bool:
     if not (cfg.final.reuse or cfg.final.ensemble > 1):
         return False
     if cfg.final.data == "train+val" and cfg.search.folds == 1:
-        logger.info("note: final.reuse / final.ensemble are not used with final.data = train+val (the "
-                    "search's models trained on train only); the final model is trained on train+val")
+        logger.info("note: the search's models are not reused with final.data = train+val (they trained on "
+                    "train only); the final model (final.ensemble of them) is trained on train+val")
         return False
     if cfg.search.folds > 1:
         logger.info("note: final.reuse / final.ensemble are not used with search.folds >= 2 (the search's "
