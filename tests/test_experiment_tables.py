@@ -37,6 +37,8 @@ def test_the_goal_is_judged_on_the_fixed_variant_not_the_best_by_test_accuracy()
     declared = summary()
     declared["judged"] = "deft"  # experiment.judged, recorded in summary.json, wins over the default
     assert goal(declared)["variant"] == "deft"
+    assert goal(declared, judged="deft-lr-mf")["variant"] == "deft-lr-mf"  # a method declared later wins
+    assert goal(declared, judged="deft-keep")["variant"] == "deft"  # did not run here: the paper's deft, as always
 
 
 def test_the_goal_needs_the_best_simple_recipe_minus_a_point_the_full_verdict_and_3x_the_epochs():

@@ -25,20 +25,21 @@ GOAL_EPOCHS_X_FULL = 3.0
 JUDGED_VARIANT = "deft-lr-mf"
 
 
-def judged_variant(summary: dict) -> str | None:
-    """The summary's declared `judged` method (experiment.judged), else JUDGED_VARIANT, where
-    it ran; else the paper's `deft`."""
+def judged_variant(summary: dict, judged: str | None = None) -> str | None:
+    """`judged` (a method declared later and run in the same folder), else the summary's
+    declared `judged` method (experiment.judged), else JUDGED_VARIANT, where it ran; else the
+    paper's `deft`."""
     ran = {r["method"] for r in summary["table"]}
-    declared = summary.get("judged") or JUDGED_VARIANT
+    declared = judged or summary.get("judged") or JUDGED_VARIANT
     return next((v for v in (declared, "deft") if v in ran and v in VARIANTS), None)
 
 
-def goal(summary: dict) -> dict:
+def goal(summary: dict, judged: str | None = None) -> dict:
     """The goal on one study, for the judged method: its mean test accuracy against the best
     of SIMPLE_RECIPES (at least theirs - GOAL_MARGIN) and against random search (at least
     equal), its verdict against full (the study's paired test: both intervals of a fixed
     split, the corrected t of repeated splits), its fine-tune epochs in full fine-tunes."""
-    variant = judged_variant(summary)
+    variant = judged_variant(summary, judged)
     if variant is None:
         return {}
     mean = {r["method"]: r["test_accuracy"]["mean"] for r in summary["table"]}
@@ -54,7 +55,7 @@ def goal(summary: dict) -> dict:
             "within_epoch_budget": x_epochs is not None and x_epochs <= GOAL_EPOCHS_X_FULL + 1e-12}
 
 
-def render_goals(folders: list[Path], page_dir: Path = Path(".")) -> list[str]:
+def render_goals(folders: list[Path], page_dir: Path = Path("."), judged: str | None = None) -> list[str]:
     """One row per study: the judged method's mean test accuracy beside the best simple
     recipe's, random search's and full-ensemble's, its difference from full with both
     intervals, its epochs in full fine-tunes, and which parts of the goal it meets."""
@@ -63,7 +64,7 @@ def render_goals(folders: list[Path], page_dir: Path = Path(".")) -> list[str]:
              "|---|---:|---|---:|---|---:|---:|---|---:|---|"]
     for folder in folders:
         summary = json.loads((folder / SUMMARY_JSON).read_text())
-        g = goal(summary)
+        g = goal(summary, judged)
         if not g:
             continue
         mean = {r["method"]: r["test_accuracy"]["mean"] for r in summary["table"]}

@@ -75,7 +75,7 @@ def render(folder: Path, page_dir: Path = Path(".")) -> list[str]:
         lines += ["", f"**{variant}** ({why}) against ({test}, Holm over its table):", ""]
         for r in summary["paired"].get(variant, []):
             if r["method"] in ("full", "lp-ft", "fastai", "random-search", "linear-probe", "full-ensemble", "deft",
-                               "full-trainval", *ABLATIONS):
+                               "full-trainval", "deft-default", "deft-trainval", *ABLATIONS):
                 ci = "n/a" if r["ci95"] is None else f"[{format_value(r['ci95'][0])}, {format_value(r['ci95'][1])}]"
                 lines.append(f"- {r['method']}: {format_value(r['mean_difference'])} (95% CI {ci}, p {format_value(r['p'])}, "
                              f"Holm {format_value(r.get('p_holm'))}, Wilcoxon exact {format_value(r['p_wilcoxon'])}"
@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="one table across the folders (one recipe setting varied) for these comma-separated methods")
     parser.add_argument("--goals", action="store_true",
                         help="one table of the goal per folder (the judged method against the simple recipes)")
+    parser.add_argument("--judged", default=None, metavar="METHOD",
+                        help="with --goals: judge this method (declared later, run in the same folders) "
+                             "instead of each summary's")
     parser.add_argument("--resummarize", action="store_true",
                         help="rewrite each folder's summary from its runs.jsonl first")
     args = parser.parse_args(argv)
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.across:
         body = render_across(folders, args.across.split(","), page_dir)
     elif args.goals:
-        body = render_goals(folders, page_dir)
+        body = render_goals(folders, page_dir, args.judged)
     else:
         body = [line for f in folders for line in render(f, page_dir)]
     block = [begin, ""] + body + [end]
