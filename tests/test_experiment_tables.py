@@ -115,6 +115,12 @@ def test_the_committed_result_tables_are_what_the_committed_results_give(tmp_pat
     studies += [results / "payoff" / name for name in
                 ("osteosarcoma_resnet20", "breastmnist_resnet20", "signdigits_resnet20")]
     assert main(["--goals", "--block", "goals", *map(str, studies), "--into", str(copy)]) == 0
+    trainval = [results / "trainval" / study.name for study in studies]
+    assert main(["--goals", "--block", "trainval-goals", *map(str, trainval), "--into", str(copy)]) == 0
+    first = [str(folder) for folder in trainval if folder.name != "bloodcells64_lite0_tpc25"]
+    assert main(["--goals", "--judged", "deft-trainval", "--block", "trainval-first-goals", *first,
+                 "--into", str(copy)]) == 0
+    assert main(["--block", "trainval", *map(str, trainval), "--into", str(copy)]) == 0
     earlier = [str(results / name) for name in ("osteosarcoma_resnet20", "osteosarcoma_lite0")]
     assert main(["--block", "earlier", *earlier, "--into", str(copy)]) == 0
     assert copy.read_text() == page.read_text()

@@ -83,14 +83,14 @@ def correct_items(record: dict):
 
 
 def comparisons(by: dict, variant: str, methods: list[str], fixed: bool = False) -> list[dict]:
-    """`variant` - each baseline (and - the paper's `deft`, and - each ablation of the declared
-    DEFT, `ABLATIONS`), paired over common seeds; Holm
+    """`variant` - each baseline (and - the paper's `deft`, - the declared `deft-default`, -
+    each of its ablations, `ABLATIONS`), paired over common seeds; Holm
     over this list, for the t p-values and for the Wilcoxon ones. `fixed`: one test split
     in every seed (`fixed_split_comparison`), else repeated splits (`paired_comparison`)."""
     mine = {r["seed"]: r for r in by[variant]}
     rows = []
     for m in methods:
-        if m == variant or (m in VARIANTS and m != "deft" and m not in ABLATIONS):
+        if m == variant or (m in VARIANTS and m not in ("deft", "deft-default") and m not in ABLATIONS):
             continue
         other = {r["seed"]: r for r in by[m]}
         common = sorted(set(mine) & set(other))
