@@ -41,6 +41,14 @@ def test_configs_paper_toml_sets_every_preset_key_to_the_papers_value():
     assert {k: value_of(cfg, k) for k in PAPER_DEFT} == PAPER_DEFT
 
 
+def test_configs_trainval_pair_toml_on_the_commands_defaults_is_the_experiments_deft_trainval_pair():
+    cfg = search_config(config=REPO / "configs" / "trainval_pair.toml")
+    pair = variant_config(load_config(None, [f"final.epochs={DEFAULT_DEFT['final.epochs']}"]), "deft-trainval-pair")
+    keys = [k if "." in k else f"search.{k}" for k in VARIANTS["deft-trainval-pair"]]
+    assert {k: value_of(cfg, k) for k in keys} == {k: value_of(pair, k) for k in keys}
+    assert cfg.final.data == "train+val" and cfg.final.ensemble == 2 and cfg.final.epochs == DEFAULT_DEFT["final.epochs"]
+
+
 def test_the_search_commands_defaults_are_the_declared_deft_and_a_config_or_set_overrides_them():
     cfg = search_config()
     assert {k: value_of(cfg, k) for k in DEFAULT_DEFT} == DEFAULT_DEFT
