@@ -57,11 +57,13 @@ def test_the_search_commands_defaults_are_the_declared_deft_and_a_config_or_set_
     assert load_config().search.schedule == "short"  # the library's (and the experiment's) defaults
 
 
-def test_the_experiments_deft_default_is_the_declared_deft_at_the_experiments_own_final_epochs():
+def test_the_experiments_deft_default_is_the_declared_deft_at_the_experiments_own_epochs_and_workers():
     cfg = variant_config(load_config(None, ["final.epochs=12"]), "deft-default")
-    assert {k: value_of(cfg, k) for k in DEFAULT_DEFT if k != "final.epochs"} == \
-        {k: v for k, v in DEFAULT_DEFT.items() if k != "final.epochs"}
-    assert cfg.final.epochs == 12 and "final.epochs" not in VARIANTS["deft-default"]
+    own = ("final.epochs", "search.workers")
+    assert {k: value_of(cfg, k) for k in DEFAULT_DEFT if k not in own} == \
+        {k: v for k, v in DEFAULT_DEFT.items() if k not in own}
+    assert cfg.final.epochs == 12 and cfg.search.workers == 1
+    assert not set(own) & {k if "." in k else f"search.{k}" for k in VARIANTS["deft-default"]}
 
 
 class RankedEvaluator:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from deft_jax.config.schema import Config, FineTuneConfig
 from deft_jax.core import epoch_count
 from deft_jax.core.masks import mask_key
 from deft_jax.errors import UserError
-from deft_jax.evolution.evaluators.choice import make_evaluator
+from deft_jax.evolution.evaluators.choice import make_evaluator, pick_workers
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe
 from deft_jax.evolution.evaluators.workers import WorkerFailed, WorkerPoolEvaluator
 from deft_jax.models import build_model
@@ -90,6 +92,35 @@ def test_workers_need_a_one_member_cpu_evaluation_mode():
     cfg.search.workers, cfg.search.evaluation = 2, "vmap"
     with pytest.raises(UserError, match="search.workers = 2"):
         make_evaluator(cfg, spec, variables, data)
+
+
+def test_auto_workers_take_one_cpu_core_each_where_workers_can_run_and_stay_in_this_process_elsewhere():
+    cfg = Config()
+    cfg.search.workers, cfg.search.population_size = 0, 8
+    assert pick_workers(cfg, "vmap-1", cores=2)[0] == 2
+    assert pick_workers(cfg, "sequential", cores=4)[0] == 4
+    assert pick_workers(cfg, "sequential", cores=64)[0] == 8  # at most the population (and 8)
+    cfg.search.population_size = 3
+    assert pick_workers(cfg, "sequential", cores=16)[0] == 3
+    assert pick_workers(cfg, "sequential", cores=1)[0] == 1  # one core: this process
+    assert pick_workers(cfg, "vmap", cores=4)[0] == 1  # a mode the workers do not run
+    cfg.search.folds = 2
+    assert pick_workers(cfg, "sequential", cores=4)[0] == 1  # folds run in this process
+    cfg.search.folds, cfg.search.workers = 1, 3
+    assert pick_workers(cfg, "vmap", cores=1) == (3, "")  # asked for: as asked (make_evaluator checks it)
+
+
+def test_an_auto_worker_evaluator_on_this_machine_is_the_worker_pool_or_this_process():
+    spec, variables, data, _ = problem()
+    cfg = Config()
+    cfg.search.workers, cfg.search.evaluation = 0, "sequential"
+    evaluator, mode, reason = make_evaluator(cfg, spec, variables, data)
+    try:
+        cores = len(os.sched_getaffinity(0))
+        assert isinstance(evaluator, WorkerPoolEvaluator) == (cores >= 2)
+        assert ("worker processes" in reason) == (cores >= 2)
+    finally:
+        getattr(evaluator, "close", lambda: None)()
 
 
 @pytest.mark.slow

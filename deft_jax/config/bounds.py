@@ -22,7 +22,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "finetune.epochs": (1, 10_000),
     "search.population_size": (4, 4096),  # DE needs 4
     "search.generations": (0, 100_000),
-    "search.workers": (1, 256),
+    "search.workers": (0, 256),
     "search.folds": (1, 100),
     "final.epochs": (1, 10_000),
     "final.ensemble": (1, 100),

@@ -10,7 +10,9 @@
   beats it by more than one standard error, and the model shipped averages the two models'
   probabilities, none trained again. No DE generation fits in that budget: 7 one-epoch
   runs and two of 8 epochs are 23 epochs, 2.9x a full fine-tune's 8 (an experiment keeps
-  its own `final.epochs`, the budget every method shares).
+  its own `final.epochs`, the budget every method shares). On a multi-core CPU its members
+  are scored in worker processes, one per core (`search.workers = 0`; the experiment keeps
+  its own `search.workers`, so its numbers do not depend on the machine's cores).
 - `PAPER_DEFT`: the same keys at the paper's values, which are the dataclass defaults
   (`configs/paper.toml` holds them: `--config configs/paper.toml` runs the paper's DEFT).
 """
@@ -23,6 +25,7 @@ DEFAULT_DEFT: dict[str, object] = {
     "search.start": "probe", "search.metric": "nll", "search.population_size": 8,
     "search.generations": 0, "search.promote_fraction": 0.15,
     "search.evaluation": "sequential",  # the evaluator that keeps the models it reuses
+    "search.workers": 0,  # one worker process per CPU core (else in this process): not in the experiment
     "final.reuse": True, "final.ensemble": 2,
     "final.epochs": 8,  # 7 one-epoch runs + 2 x 8 epochs = 23 <= 3 x 8
 }
@@ -31,7 +34,7 @@ PAPER_DEFT: dict[str, object] = {
     "search.space": "mask", "search.schedule": "short", "search.fidelity": "full",
     "search.seed_baselines": False, "search.select": "best", "search.start": "head",
     "search.metric": "accuracy", "search.population_size": 8, "search.generations": 4,
-    "search.promote_fraction": 0.34, "search.evaluation": "auto",
+    "search.promote_fraction": 0.34, "search.evaluation": "auto", "search.workers": 1,
     "final.reuse": False, "final.ensemble": 1, "final.epochs": 5,
 }
 

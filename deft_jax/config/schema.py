@@ -108,7 +108,7 @@ class SearchConfig:
     evaluation: Evaluation = "auto"  # "strategy" is an alias
     # worker processes that score members, each pinned to its own CPU core and running the
     # evaluation mode above (sequential or vmap-1; `deft_jax.evolution.evaluators.workers`);
-    # 1 = members are scored in this process
+    # 1 = in this process; 0 = one per CPU core where they can run, else 1 (`pick_workers`)
     workers: int = 1
     # what a gene sets: "mask" (the paper: train or freeze) or "mask+lr" (also the group's
     # learning-rate multiplier, 10^-2..1 of the base rate on a log scale)

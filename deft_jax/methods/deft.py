@@ -71,8 +71,10 @@ VARIANTS: dict[str, dict] = {
     "deft-lr-mf": {"space": "mask+lr", **MULTI_FIDELITY},
     "deft-keep": {"space": "mask+lr", **MULTI_FIDELITY, "select": "full-unless-1se-better",
                   "start": "probe", "metric": "nll"},
-    # every method of an experiment trains its final.epochs: the shared budget
-    "deft-default": {k.removeprefix("search."): v for k, v in DEFAULT_DEFT.items() if k != "final.epochs"},
+    # every method of an experiment trains its final.epochs (the shared budget) and scores
+    # members as the experiment's config says (search.workers: its numbers stay reproducible)
+    "deft-default": {k.removeprefix("search."): v for k, v in DEFAULT_DEFT.items()
+                     if k not in ("final.epochs", "search.workers")},
 }
 # deft-default's masks screened by one-epoch fitness only (8 one-epoch runs), the winner
 # trained on train+val (final.epochs, the last epoch): 2x a full fine-tune's epochs
