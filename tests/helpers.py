@@ -83,3 +83,33 @@ def search_process(args: list[str], env: dict) -> subprocess.Popen:
     repo = Path(__file__).resolve().parents[1]
     return subprocess.Popen([sys.executable, "-m", "deft_jax.search", *args], cwd=repo, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def static_fine_tunes(monkeypatch) -> list[tuple[int, int]]:
+    """(items, epochs) of every static-mask fine-tune (`FineTuner.fine_tune`: final trainings,
+    sequential fitness) from now on."""
+    from deft_jax.core import finetune
+
+    calls, original = [], finetune.FineTuner.fine_tune
+
+    def counted(self, variables, mask, x, y, *args, **kwargs):
+        calls.append((len(x), kwargs.get("epochs") or self.epochs))
+        return original(self, variables, mask, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(finetune.FineTuner, "fine_tune", counted)
+    return calls
+
+
+def digits_method_context(**overrides):
+    """An experiment method's context, seed 0: 10 digits per class, the small CNN at 16 px,
+    `tiny_overrides` with `overrides`."""
+    from deft_jax.data.inputs import prepare_data
+    from deft_jax.experiment.runner import seed_config
+    from deft_jax.methods import ExperimentCache, MethodContext
+    from deft_jax.models import build_model
+
+    over = {"data.source": '{"kind": "digits", "max_per_class": 10}', **overrides}
+    cfg = seed_config(load_config(None, tiny_overrides(**over)), 0)
+    spec = build_model("small_cnn", 10, "none", 16)
+    return MethodContext(cfg=cfg, data=prepare_data(cfg, spec), spec=spec, variables=spec.init(cfg.seed), seed=0,
+                         programs=ExperimentCache())

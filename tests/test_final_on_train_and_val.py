@@ -7,40 +7,24 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import logged, tiny_overrides
+from helpers import digits_method_context, logged, static_fine_tunes, tiny_overrides
 
 from deft_jax.cli.search import main as search_main
 from deft_jax.config.schema import load_config
-from deft_jax.core import finetune
 from deft_jax.core.ensemble import retrained_member_masks
 from deft_jax.core.masks import mask_from_key, mask_key
-from deft_jax.data.inputs import prepare_data
 from deft_jax.data.splits import load_splits
 from deft_jax.errors import UserError
-from deft_jax.experiment.runner import seed_config
 from deft_jax.experiment.summary import search_honesty
-from deft_jax.methods import METHODS, ExperimentCache, MethodContext
+from deft_jax.methods import METHODS
 from deft_jax.methods.deft import VARIANTS, variant_config
-from deft_jax.models import build_model
 from deft_jax.run.predictor import Predictor
 from deft_jax.runtime import rundir
 
 
-def final_trainings(monkeypatch) -> list[tuple[int, int]]:
-    """(items, epochs) of every static-mask fine-tune from now on."""
-    calls, original = [], finetune.FineTuner.fine_tune
-
-    def counted(self, variables, mask, x, y, *args, **kwargs):
-        calls.append((len(x), kwargs.get("epochs") or self.epochs))
-        return original(self, variables, mask, x, y, *args, **kwargs)
-
-    monkeypatch.setattr(finetune.FineTuner, "fine_tune", counted)
-    return calls
-
-
 def test_the_search_command_trains_its_final_model_on_train_and_val_and_reports_no_held_out_validation(
         tmp_path, monkeypatch):
-    calls = final_trainings(monkeypatch)  # vmap-1 fitness: only the final training is static
+    calls = static_fine_tunes(monkeypatch)  # vmap-1 fitness: only the final training is static
     run = tmp_path / "run"
     over = {"final.data": '"train+val"', "final.keep": '"best-val"', "search.generations": "0",
             "search.evaluation": '"vmap-1"'}
@@ -60,7 +44,7 @@ def test_the_search_command_trains_its_final_model_on_train_and_val_and_reports_
 
 def test_an_ensemble_on_train_and_val_trains_the_selected_and_the_full_mask_again_and_predict_averages_them(
         tmp_path, monkeypatch):
-    calls = final_trainings(monkeypatch)
+    calls = static_fine_tunes(monkeypatch)
     run = tmp_path / "run"
     over = {"final.data": '"train+val"', "final.reuse": "true", "final.ensemble": "2", "search.generations": "0",
             "search.schedule": '"final"', "search.evaluation": '"sequential"', "search.seed_baselines": "true"}
@@ -110,14 +94,9 @@ def test_deft_trainval_is_the_declared_deft_screened_by_one_epoch_with_its_winne
 
 def test_the_experiments_deft_trainval_trains_one_final_model_on_train_and_val_and_reports_no_validation(
         monkeypatch):
-    calls = final_trainings(monkeypatch)
-    over = {"data.source": '{"kind": "digits", "max_per_class": 10}', "final.epochs": "2", "finetune.epochs": "1",
-            "final.keep": '"best-val"', "search.population_size": "4"}
-    cfg = seed_config(load_config(None, tiny_overrides(**over)), 0)
-    spec = build_model("small_cnn", 10, "none", 16)
-    data = prepare_data(cfg, spec)
-    ctx = MethodContext(cfg=cfg, data=data, spec=spec, variables=spec.init(cfg.seed), seed=0,
-                        programs=ExperimentCache())
+    calls = static_fine_tunes(monkeypatch)
+    ctx = digits_method_context(**{"final.epochs": "2", "finetune.epochs": "1", "final.keep": '"best-val"'})
+    data = ctx.data
     result = METHODS["deft-trainval"].run(ctx)
     n = len(data.arrays.y_train) + len(data.arrays.y_val)
     assert calls[-1] == (n, 2)  # the one final training: train+val, final.epochs
@@ -132,14 +111,9 @@ def test_the_experiments_deft_trainval_trains_one_final_model_on_train_and_val_a
 def test_deft_trainval_pair_is_deft_trainval_with_two_models_at_three_times_full_epochs(monkeypatch):
     assert {k: v for k, v in VARIANTS["deft-trainval-pair"].items() if k != "final.ensemble"} \
         == {k: v for k, v in VARIANTS["deft-trainval"].items() if k != "final.ensemble"}
-    calls = final_trainings(monkeypatch)
-    over = {"data.source": '{"kind": "digits", "max_per_class": 10}', "final.epochs": "2", "finetune.epochs": "1",
-            "search.population_size": "4"}
-    cfg = seed_config(load_config(None, tiny_overrides(**over)), 0)
-    spec = build_model("small_cnn", 10, "none", 16)
-    data = prepare_data(cfg, spec)
-    ctx = MethodContext(cfg=cfg, data=data, spec=spec, variables=spec.init(cfg.seed), seed=0,
-                        programs=ExperimentCache())
+    calls = static_fine_tunes(monkeypatch)
+    ctx = digits_method_context(**{"final.epochs": "2", "finetune.epochs": "1"})
+    data = ctx.data
     result = METHODS["deft-trainval-pair"].run(ctx)
     n = len(data.arrays.y_train) + len(data.arrays.y_val)
     assert calls[-2:] == [(n, 2), (n, 2)] and len(calls) == 8 + 2  # its 8 one-epoch screens, 2 final models

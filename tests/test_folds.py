@@ -7,25 +7,22 @@ import json
 
 import numpy as np
 import pytest
-from helpers import logged, small_cnn_problem, tiny_config, tiny_overrides
+from helpers import digits_method_context, logged, small_cnn_problem, static_fine_tunes, tiny_config, tiny_overrides
 
 from deft_jax.cli.search import main as search_main
 from deft_jax.config.presets import DEFAULT_DEFT
 from deft_jax.config.schema import load_config
-from deft_jax.core import finetune
 from deft_jax.core.masks import mask_from_names
 from deft_jax.data.folds import Folds, check_folds, stratified_folds
-from deft_jax.data.inputs import SplitArrays, prepare_data
+from deft_jax.data.inputs import SplitArrays
 from deft_jax.data.splits import load_splits
 from deft_jax.errors import UserError
 from deft_jax.evolution.evaluators.choice import build_evaluator, make_evaluator
 from deft_jax.evolution.evaluators.folds import FoldedEvaluator
 from deft_jax.evolution.evaluators.recipe import FitnessRecipe
 from deft_jax.evolution.final_inputs import rounded_mean
-from deft_jax.experiment.runner import seed_config
-from deft_jax.methods import METHODS, ExperimentCache, MethodContext
+from deft_jax.methods import METHODS
 from deft_jax.methods.deft import VARIANTS, variant_config
-from deft_jax.models import build_model
 from deft_jax.runtime import rundir
 
 
@@ -130,25 +127,13 @@ def test_the_out_of_fold_logits_come_in_train_then_val_order():
     assert np.array_equal(np.asarray(folds.x[folds.folds[1]]), np.asarray(folds.split(1).x_val))
 
 
-def fine_tune_sizes(monkeypatch) -> list[tuple[int, int]]:
-    """(items, epochs) of every static-mask fine-tune from now on (final trainings)."""
-    calls, original = [], finetune.FineTuner.fine_tune
-
-    def counted(self, variables, mask, x, y, *args, **kwargs):
-        calls.append((len(x), kwargs.get("epochs") or self.epochs))
-        return original(self, variables, mask, x, y, *args, **kwargs)
-
-    monkeypatch.setattr(finetune.FineTuner, "fine_tune", counted)
-    return calls
-
-
 def split_sizes(run) -> tuple[int, int]:
     splits = load_splits(run / rundir.SPLITS)
     return len(splits["train"]), len(splits["val"])
 
 
 def test_a_two_fold_search_trains_its_winner_on_train_and_val_and_reports_out_of_fold_validation(tmp_path, monkeypatch):
-    calls = fine_tune_sizes(monkeypatch)  # vmap-1 fitness: only the final training is static
+    calls = static_fine_tunes(monkeypatch)  # vmap-1 fitness: only the final training is static
     run = tmp_path / "run"
     assert search_main(["--out", str(run), "--set", *tiny_overrides(**{
         "search.folds": "2", "search.generations": "0", "search.evaluation": '"vmap-1"'})]) == 0
@@ -167,7 +152,7 @@ def test_a_two_fold_search_trains_its_winner_on_train_and_val_and_reports_out_of
 
 def test_with_best_val_and_the_final_recipe_the_folds_choose_the_winners_epochs_and_reuse_is_not_used(
         tmp_path, monkeypatch):
-    calls = fine_tune_sizes(monkeypatch)
+    calls = static_fine_tunes(monkeypatch)
     run = tmp_path / "run"
     extra = {"search.folds": "2", "search.generations": "0", "search.schedule": '"final"',
              "search.fidelity": '"halving"', "search.evaluation": '"sequential"', "final.keep": '"best-val"',
@@ -201,15 +186,11 @@ def test_the_deft_folds_variant_is_the_declared_deft_with_three_folds_and_no_reu
 
 def test_the_experiments_deft_with_folds_reports_out_of_fold_validation_and_a_final_model_on_train_and_val(
         monkeypatch):
-    calls = fine_tune_sizes(monkeypatch)  # vmap-1 fitness: only the final training is static
-    over = {"data.source": '{"kind": "digits", "max_per_class": 10}', "final.epochs": "2",
-            "finetune.epochs": "1", "final.keep": '"best-val"', "search.folds": "2", "search.generations": "0",
-            "search.schedule": '"final"', "search.evaluation": '"vmap-1"'}
-    cfg = seed_config(load_config(None, tiny_overrides(**over)), 0)
-    spec = build_model("small_cnn", 10, "none", 16)
-    data = prepare_data(cfg, spec)
-    ctx = MethodContext(cfg=cfg, data=data, spec=spec, variables=spec.init(cfg.seed), seed=0,
-                        programs=ExperimentCache())
+    calls = static_fine_tunes(monkeypatch)  # vmap-1 fitness: only the final training is static
+    ctx = digits_method_context(**{"final.epochs": "2", "finetune.epochs": "1", "final.keep": '"best-val"',
+                                   "search.folds": "2", "search.generations": "0", "search.schedule": '"final"',
+                                   "search.evaluation": '"vmap-1"'})
+    data = ctx.data
     result = METHODS["deft"].run(ctx)  # the search of every deft variant, deft-folds' included
     n = len(data.arrays.y_train) + len(data.arrays.y_val)
     assert result.val["out_of_fold"] is True and result.val["n"] == n
@@ -218,13 +199,9 @@ def test_the_experiments_deft_with_folds_reports_out_of_fold_validation_and_a_fi
 
 
 def test_full_trainval_fine_tunes_every_group_on_train_and_val_for_the_final_epochs(monkeypatch):
-    calls = fine_tune_sizes(monkeypatch)
-    over = {"data.source": '{"kind": "digits", "max_per_class": 10}', "final.epochs": "2", "final.keep": '"best-val"'}
-    cfg = seed_config(load_config(None, tiny_overrides(**over)), 0)
-    spec = build_model("small_cnn", 10, "none", 16)
-    data = prepare_data(cfg, spec)
-    ctx = MethodContext(cfg=cfg, data=data, spec=spec, variables=spec.init(cfg.seed), seed=0,
-                        programs=ExperimentCache())
+    calls = static_fine_tunes(monkeypatch)
+    ctx = digits_method_context(**{"final.epochs": "2", "final.keep": '"best-val"'})
+    data = ctx.data
     result = METHODS["full-trainval"].run(ctx)
     n = len(data.arrays.y_train) + len(data.arrays.y_val)
     assert calls == [(n, 2)] and result.extra["train_items"] == n and result.val == {}
