@@ -121,6 +121,9 @@ def test_the_committed_result_tables_are_what_the_committed_results_give(tmp_pat
     assert main(["--goals", "--judged", "deft-trainval", "--block", "trainval-first-goals", *first,
                  "--into", str(copy)]) == 0
     assert main(["--block", "trainval", *map(str, trainval), "--into", str(copy)]) == 0
+    ten = str(results / "osteosarcoma_10seeds")
+    assert main(["--goals", "--block", "osteosarcoma10-goals", ten, "--into", str(copy)]) == 0
+    assert main(["--block", "osteosarcoma10", ten, "--into", str(copy)]) == 0
     earlier = [str(results / name) for name in ("osteosarcoma_resnet20", "osteosarcoma_lite0")]
     assert main(["--block", "earlier", *earlier, "--into", str(copy)]) == 0
     assert copy.read_text() == page.read_text()
