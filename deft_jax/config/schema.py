@@ -40,6 +40,8 @@ Fidelity = Literal["full", "halving"]
 Select = Literal["best", "smallest-within-1se", "full-unless-1se-better"]
 Keep = Literal["last", "best-val"]
 FinalData = Literal["train", "train+val"]
+MemberSeeds = Literal["shared", "distinct"]
+MemberMasks = Literal["search", "full"]
 Folds = Literal["repeated"]
 Start = Literal["head", "probe"]
 TrainStep = Literal["gated", "stages"]
@@ -160,6 +162,13 @@ class FinalConfig:
     # kept (no validation split is left; the search still ranks masks on val; reuse and
     # ensemble do not apply). A k-fold search (search.folds >= 2) always trains on train+val
     data: FinalData = "train"
+    # an ensemble trained on train+val (final.data = "train+val", final.ensemble = k >= 2):
+    # member_seeds "shared" trains every member with the run's seed, "distinct" member j with
+    # seed + 1000 j (its batch order; `core.ensemble.member_seed`); member_masks "search" takes
+    # the members' masks from the search (the selected one, the full mask, then by fitness),
+    # "full" makes every member the full mask and runs no search (the ablation of the masks)
+    member_seeds: MemberSeeds = "shared"
+    member_masks: MemberMasks = "search"
 
 
 DEFAULT_EXPERIMENT_METHODS = ("scratch", "linear-probe", "handpicked", "full", "auto-rgn", "deft",
@@ -294,6 +303,9 @@ def validate(cfg: Config) -> None:
     need(e.judged != "", "experiment.judged must name a method")
     need(s.folds == 1 or not e.learning_rates, "search.folds >= 2 trains the final model on train+val, so "
          "experiment.learning_rates has no validation split to pick a rate on; use one of them")
+    need(cfg.final.member_masks == "search" or (cfg.final.data == "train+val" and cfg.final.ensemble >= 2
+                                                 and s.folds == 1),
+         "final.member_masks = full needs final.data = train+val, final.ensemble >= 2 and search.folds = 1")
     need(cfg.final.data == "train" or not e.learning_rates, "final.data = train+val leaves "
          "experiment.learning_rates no validation split to pick a rate on; use one of them")
     need(len(e.methods) > 0 and all(isinstance(m, str) for m in e.methods),

@@ -27,6 +27,13 @@ from deft_jax.models.base import ModelSpec
 from deft_jax.runtime.program_cache import ProgramCache
 
 FitnessModels = dict[str, tuple[float, dict]]  # mask key -> (fitness, kept variables)
+SEED_STRIDE = 1000  # member j of an ensemble of training seeds trains with seed + j * SEED_STRIDE
+
+
+def member_seed(cfg: Config, j: int) -> int:
+    """The training seed of member j of an ensemble trained after the search:
+    `final.member_seeds = "distinct"`: seed + j * SEED_STRIDE; "shared": the run's seed."""
+    return cfg.seed + j * SEED_STRIDE if cfg.final.member_seeds == "distinct" else cfg.seed
 
 
 def wanted(cfg: Config) -> bool:
@@ -92,9 +99,13 @@ def final_from_members(spec: ModelSpec, chosen: Members, x_val: np.ndarray, x_te
 def retrained_member_masks(cfg: Config, mask: GroupMask, fitness: dict[str, float]) -> list[GroupMask]:
     """The masks an ensemble trained again after the search holds (`final.ensemble = k` with
     `final.data = "train+val"`): the selected mask, the full mask (the simple recipe), then
-    the best others by whole-budget `fitness` (earliest on ties), k in all."""
+    the best others by `fitness` (earliest on ties), k in all; with `final.member_masks =
+    "full"`, k full masks (`mask` must then be the full mask: no search ran)."""
     names = list(mask)
     full = full_mask_key(names, cfg.search.threshold, cfg.search.space)
+    if cfg.final.member_masks == "full":
+        assert mask_key(mask) == full, "final.member_masks = full: the members' mask is the full mask"
+        return [dict(mask) for _ in range(max(1, cfg.final.ensemble))]
     selected = mask_key(mask)
     others = sorted((key for key in fitness if key not in (selected, full)), key=lambda key: fitness[key])
     keys = [selected, *([full] if full != selected else []), *others][:max(1, cfg.final.ensemble)]
@@ -103,6 +114,8 @@ def retrained_member_masks(cfg: Config, mask: GroupMask, fitness: dict[str, floa
 
 def trained_members(cfg: Config, spec: ModelSpec, variables: dict, masks: list[GroupMask],
                     data: PreparedData, tuner: FineTuner | None = None) -> Members:
-    """Each of `masks` trained from `variables` with the final recipe (or `tuner`'s) on `data`."""
-    trained = [train_final(cfg, spec, variables, m, data, tuner=tuner).variables for m in masks]
+    """Each of `masks` trained from `variables` with the final recipe (or `tuner`'s) on `data`,
+    member j with the training seed `member_seed(cfg, j)`."""
+    trained = [train_final(dataclasses.replace(cfg, seed=member_seed(cfg, j)), spec, variables, m, data,
+                           tuner=tuner).variables for j, m in enumerate(masks)]
     return Members([mask_key(m) for m in masks], [dict(m) for m in masks], trained)

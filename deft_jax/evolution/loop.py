@@ -145,9 +145,16 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
 
     Every finished member is also appended to an fsynced journal beside the state
     (`deft_jax.evolution.journal`), so a resume retrains at most the members in flight
-    (single-process runs; with several processes the generation in flight is redone)."""
+    (single-process runs; with several processes the generation in flight is redone).
+
+    With `final.member_masks = "full"` every member of the final model is the full mask, so
+    there is nothing to search: the result is the full mask with no evaluation."""
     s = cfg.search
     group_names = groups.names
+    if cfg.final.member_masks == "full":
+        full = mask_from_key(full_mask_key(group_names, s.threshold, s.space), group_names)
+        logger.info("no search: final.member_masks = full (every member of the final model is the full mask)")
+        return SearchResult(full, float("nan"), [], {}, selection={"rule": "none: final.member_masks = full"})
     genes = searchable_groups(group_names)
     de, de_params = make_differential_evolution(s, len(genes))
     options = bookkeeping_compiler_options()  # DE's programs cost microseconds to run

@@ -18,6 +18,7 @@ from deft_jax.methods import (
     full,
     full_ensemble,
     full_trainval,
+    full_trainval_ensemble,
     handpicked,
     linear_probe,
     lp_ft,
@@ -38,6 +39,7 @@ METHODS: dict[str, Any] = {  # name -> an object with run(ctx) and optionally AF
     "surgical": surgical,
     "full-ensemble": full_ensemble,
     "full-trainval": full_trainval,
+    "full-trainval-ensemble": full_trainval_ensemble,
     **{name: deft.variant(name) for name in deft.VARIANTS},
     "random-search": random_search,
 }

@@ -29,6 +29,13 @@ Variants are the paper's DEFT with search options switched on (each a config ove
 - `deft-trainval-pair`: the same screen; the final model averages the selected mask's and
   the full mask's (or, when the full mask is selected, the best other's) models, each
   trained on train+val: 3x (8 + 2 x 8).
+- `deft-trio` (declared 2026-12-06): six random genomes (masks with per-group learning
+  rates) screened by one epoch each from the probed head and ranked by validation log-loss;
+  the best, the full mask and the second best each trained on train+val from the probed head
+  with its own training seed (`final.member_seeds = "distinct"`), probabilities averaged;
+  the members' epochs fill 3x a full fine-tune's after the screen (6 + 3 x 6 = 24 of 3 x 8).
+- `deft-trio-full`: its ablation, every mask replaced by the full mask
+  (`final.member_masks = "full"`: no screen), 3 x 6 = 18 epochs.
 - `deft-default-*` (`ABLATIONS`): `deft-default` with one option changed back (validation
   accuracy, a random head, one model, masks without learning rates; the selection rule is not
   among them: with two whole-budget models averaged, which one is "selected" changes nothing);
@@ -45,6 +52,7 @@ experiment resumes inside the search (the wall time then covers the resumed part
 from __future__ import annotations
 
 import copy
+import math
 import time
 import types
 
@@ -83,6 +91,22 @@ VARIANTS["deft-trainval"] = {**VARIANTS["deft-default"], "schedule": "short", "f
 # the same screen, then the selected mask and the full mask each trained on train+val, their
 # probabilities averaged: 8 + 2 x 8 = 24 epochs, 3x
 VARIANTS["deft-trainval-pair"] = {**VARIANTS["deft-trainval"], "final.ensemble": 2}
+# deft-trio (declared 2026-12-06, before its runs): six random genomes (masks with per-group
+# learning rates) screened by one fitness epoch each from the probed head, ranked by validation
+# log-loss; the best of them, the full mask and the second best each trained on train+val
+# from the probed head with its own training seed, their probabilities averaged. The members'
+# epochs fill what the screen leaves of 3x a full fine-tune's: (3 x 8 - 6) / 3 = 6 each.
+VARIANTS["deft-trio"] = {"space": "mask+lr", "schedule": "short", "fidelity": "full",
+                         "seed_baselines": False, "select": "best", "start": "probe", "metric": "nll",
+                         "population_size": 6, "generations": 0, "evaluation": "sequential",
+                         "final.reuse": False, "final.ensemble": 3, "final.data": "train+val",
+                         "final.member_seeds": "distinct"}
+# its ablation (declared with it): the same recipe with every mask replaced by the full mask,
+# so there is nothing to screen: three full fine-tunes from the probed head on train+val
+VARIANTS["deft-trio-full"] = {**VARIANTS["deft-trio"], "final.member_masks": "full"}
+# variants whose members' final.epochs fill a budget, in full fine-tunes (the experiment's
+# final.epochs), after their screen: `member_epochs`
+BUDGET_X_FULL = {"deft-trio": 3.0, "deft-trio-full": 3.0}
 # the ablation of the declared DEFT: each changes some of its options, judged against it
 ABLATIONS: dict[str, dict] = {
     "deft-default-accuracy": {"metric": "accuracy"},        # rank masks by validation accuracy
@@ -150,13 +174,25 @@ def search_and_fit(ctx: MethodContext, name: str = "deft") -> MethodResult:
     return result
 
 
+def member_epochs(full_epochs: int, cfg: Config, budget_x_full: float) -> int:
+    """The epochs of each of `cfg`'s final.ensemble members that fit `budget_x_full` full
+    fine-tunes of `full_epochs` after the screen (population x finetune.epochs per
+    generation), rounded down, at least 1."""
+    s = cfg.search
+    screen = s.population_size * (s.generations + 1) * cfg.finetune.epochs
+    return max(1, math.floor((budget_x_full * full_epochs - screen) / cfg.final.ensemble + 1e-9))
+
+
 def variant_config(cfg: Config, name: str) -> Config:
-    """`cfg` with variant `name`'s [search] overrides, validated (a one-line UserError when
-    the experiment's config does not allow the variant)."""
+    """`cfg` with variant `name`'s [search] overrides (and, for BUDGET_X_FULL's, its members'
+    epochs), validated (a one-line UserError when the experiment's config does not allow the
+    variant)."""
     out = copy.deepcopy(cfg)
     for key, value in VARIANTS[name].items():
         section, _, field = key.rpartition(".")
         setattr(getattr(out, section or "search"), field, value)
+    if name in BUDGET_X_FULL:
+        out.final.epochs = member_epochs(cfg.final.epochs, out, BUDGET_X_FULL[name])
     try:
         validate(out)
     except UserError as err:
