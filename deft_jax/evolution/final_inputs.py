@@ -95,8 +95,11 @@ def final_inputs(cfg: Config, data: PreparedData, evaluator, mask: GroupMask,
         record = {"data": "train+val", "train_items": int(len(arrays.y_train)), "epochs": out.final.epochs,
                   "models": len(masks)}
         if len(masks) > 1:
-            logger.info(f"final model: an ensemble of {len(masks)} masks (the selected one, the full mask, "
-                        "then by fitness), each trained on train+val")
+            which = ("full masks (final.member_masks = full)" if cfg.final.member_masks == "full"
+                     else "masks (the selected one, the full mask, then by fitness)")
+            seeds = ("its own training seed" if cfg.final.member_seeds == "distinct" else "the run's seed")
+            logger.info(f"final model: an ensemble of {len(masks)} {which}, each trained on train+val "
+                        f"with {seeds}")
         return FinalInputs(out, dataclasses.replace(data, arrays=arrays), trained_on=record, masks=masks)
     best, logits = evaluator.record(mask)
     counts = [epoch + 1 for epoch in best]

@@ -14,7 +14,7 @@ import numpy as np
 
 from deft_jax.core.metrics import bits_correct, metric_from_report
 from deft_jax.experiment.stats import describe, fixed_split_comparison, holm, paired_comparison
-from deft_jax.methods.deft import ABLATIONS, VARIANTS
+from deft_jax.methods.deft import COMPARED_VARIANTS, VARIANTS
 from deft_jax.runtime import rundir
 
 SUMMARY_MD, SUMMARY_JSON = "summary.md", "summary.json"
@@ -84,13 +84,13 @@ def correct_items(record: dict):
 
 def comparisons(by: dict, variant: str, methods: list[str], fixed: bool = False) -> list[dict]:
     """`variant` - each baseline (and - the paper's `deft`, - the declared `deft-default`, -
-    each of its ablations, `ABLATIONS`), paired over common seeds; Holm
+    the other `COMPARED_VARIANTS`), paired over common seeds; Holm
     over this list, for the t p-values and for the Wilcoxon ones. `fixed`: one test split
     in every seed (`fixed_split_comparison`), else repeated splits (`paired_comparison`)."""
     mine = {r["seed"]: r for r in by[variant]}
     rows = []
     for m in methods:
-        if m == variant or (m in VARIANTS and m not in ("deft", "deft-default") and m not in ABLATIONS):
+        if m == variant or (m in VARIANTS and m not in COMPARED_VARIANTS):
             continue
         other = {r["seed"]: r for r in by[m]}
         common = sorted(set(mine) & set(other))

@@ -23,9 +23,10 @@ from pathlib import Path
 
 from deft_jax.config.schema import config_from_dict
 from deft_jax.experiment.across import render_across
-from deft_jax.experiment.goals import GOAL_EPOCHS_X_FULL, GOAL_MARGIN, JUDGED_VARIANT, goal, render_goals
+from deft_jax.experiment.goals import (GOAL_EPOCHS_X_FULL, GOAL_MARGIN, JUDGED_VARIANT, goal, render_goals,
+                                      render_same_budget_goals)
 from deft_jax.experiment.records import RUNS, read_runs
-from deft_jax.methods.deft import ABLATIONS
+from deft_jax.methods.deft import COMPARED_VARIANTS
 from deft_jax.experiment.summary import (
     SUMMARY_JSON,
     format_mean_std,
@@ -75,7 +76,7 @@ def render(folder: Path, page_dir: Path = Path(".")) -> list[str]:
         lines += ["", f"**{variant}** ({why}) against ({test}, Holm over its table):", ""]
         for r in summary["paired"].get(variant, []):
             if r["method"] in ("full", "lp-ft", "fastai", "random-search", "linear-probe", "full-ensemble", "deft",
-                               "full-trainval", "deft-default", "deft-trainval", *ABLATIONS):
+                               "full-trainval", "full-trainval-ensemble", "deft-trainval", *COMPARED_VARIANTS):
                 ci = "n/a" if r["ci95"] is None else f"[{format_value(r['ci95'][0])}, {format_value(r['ci95'][1])}]"
                 lines.append(f"- {r['method']}: {format_value(r['mean_difference'])} (95% CI {ci}, p {format_value(r['p'])}, "
                              f"Holm {format_value(r.get('p_holm'))}, Wilcoxon exact {format_value(r['p_wilcoxon'])}"
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judged", default=None, metavar="METHOD",
                         help="with --goals: judge this method (declared later, run in the same folders) "
                              "instead of each summary's")
+    parser.add_argument("--same-budget", default=None, metavar="METHOD",
+                        help="one table of the goal declared with deft-trio per folder that ran "
+                             "full-trainval-ensemble, for METHOD (against every same-budget recipe)")
     parser.add_argument("--resummarize", action="store_true",
                         help="rewrite each folder's summary from its runs.jsonl first")
     args = parser.parse_args(argv)
@@ -132,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     page_dir = args.into.parent if args.into is not None else Path(".")
     if args.across:
         body = render_across(folders, args.across.split(","), page_dir)
+    elif args.same_budget:
+        body = render_same_budget_goals(folders, args.same_budget, page_dir)
     elif args.goals:
         body = render_goals(folders, page_dir, args.judged)
     else:

@@ -117,6 +117,9 @@ ABLATIONS: dict[str, dict] = {
     "deft-folds": {"folds": 3, "final.reuse": False, "final.ensemble": 1},
 }
 VARIANTS.update({name: {**VARIANTS["deft-default"], **changes} for name, changes in ABLATIONS.items()})
+# the variants every variant's summary is also paired with (besides the baselines): the
+# paper's DEFT, the declared ones, and their ablations
+COMPARED_VARIANTS = ("deft", "deft-default", "deft-trio", "deft-trio-full", *ABLATIONS)
 
 
 def make_shared_evaluator(ctx: MethodContext) -> tuple[Evaluator, str]:
