@@ -57,7 +57,8 @@ import time
 import types
 
 from deft_jax.config.presets import DEFAULT_DEFT
-from deft_jax.config.schema import Config, validate
+from deft_jax.config.schema import Config
+from deft_jax.config.validation import validate
 from deft_jax.core.masks import mask_from_key
 from deft_jax.data.folds import scored_items
 from deft_jax.errors import UserError
