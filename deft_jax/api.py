@@ -12,8 +12,8 @@
 `search` takes the same inputs as `python -m deft_jax.search`: `data`, `model`,
 `weights`, `image_size` (the flags), `config` (a TOML/JSON file), `seed`, `set` (a list of
 `--set` strings) and config keys as keywords: a section as a table (`finetune={"epochs":
-2}`) or a dotted key (`**{"final.epochs": 3}`). Precedence: defaults (the declared DEFT,
-`deft_jax.config.presets.DEFAULT_DEFT`) < config file < flags < `set` and keywords. Like the library, it only logs (`logging.basicConfig` shows
+2}`) or a dotted key (`**{"final.epochs": 3}`). Precedence: defaults (three full fine-tunes on
+train+val, `deft_jax.config.presets.DEFAULT_RECIPE`) < config file < flags < `set` and keywords. Like the library, it only logs (`logging.basicConfig` shows
 the progress lines); a bad input raises `deft_jax.errors.UserError`.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from deft_jax.config.flags import flag_overrides, logged_default_input_size
-from deft_jax.config.presets import DEFAULT_DEFT
+from deft_jax.config.presets import DEFAULT_RECIPE
 from deft_jax.config.schema import Config, load_config
 from deft_jax.errors import UserError
 from deft_jax.runtime import rundir
@@ -82,7 +82,7 @@ def search_config(data: str | Path | None = None, model: str | None = None,
     overrides = [*flag_overrides(None if data is None else str(data), model, weights, image_size),
                  *set, *keyword_overrides(keywords)]
     return load_config(config, overrides, seed, input_size_default=logged_default_input_size(jax_backend),
-                       preset=DEFAULT_DEFT)
+                       preset=DEFAULT_RECIPE)
 
 
 def run_search(cfg: Config, out: str | Path | None = None) -> SearchResult:

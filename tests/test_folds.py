@@ -10,7 +10,7 @@ import pytest
 from helpers import digits_method_context, logged, small_cnn_problem, static_fine_tunes, tiny_config, tiny_overrides
 
 from deft_jax.cli.search import main as search_main
-from deft_jax.config.presets import DEFAULT_DEFT
+from deft_jax.config.presets import DECLARED_DEFT
 from deft_jax.config.schema import load_config
 from deft_jax.core.masks import mask_from_names
 from deft_jax.data.folds import Folds, check_folds, stratified_folds
@@ -181,7 +181,7 @@ def test_the_deft_folds_variant_is_the_declared_deft_with_three_folds_and_no_reu
     assert {k: v for k, v in VARIANTS["deft-folds"].items() if k not in changed} \
         == {k: v for k, v in VARIANTS["deft-default"].items() if k not in changed}
     assert all(getattr(cfg.search, k) == getattr(default.search, k) for k in ("schedule", "fidelity", "select", "start"))
-    assert default.search.folds == 1 and DEFAULT_DEFT["final.reuse"] is True and "search.folds" not in DEFAULT_DEFT
+    assert default.search.folds == 1 and DECLARED_DEFT["final.reuse"] is True and "search.folds" not in DECLARED_DEFT
 
 
 def test_the_experiments_deft_with_folds_reports_out_of_fold_validation_and_a_final_model_on_train_and_val(

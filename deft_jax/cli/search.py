@@ -4,7 +4,8 @@
                               [--image-size N] [--config FILE] [--out RUN_DIR] [--seed N]
                               [--resume RUN_DIR] [--set key=value ...]
 
-Precedence: the defaults (the declared DEFT, `deft_jax.config.presets.DEFAULT_DEFT`;
+Precedence: the defaults (`deft_jax.config.presets.DEFAULT_RECIPE`: three full fine-tunes on
+train+val, averaged; `--config configs/declared_deft.toml` for the declared DEFT,
 `--config configs/paper.toml` for the paper's) < `--config` < the flags (`--data`, `--model`, `--weights`,
 `--image-size`) < `--set`. A new run's config is `deft_jax.api.search_config`, its run
 `deft_jax.api.run_search`: the functions `deft_jax.search(...)` calls.
@@ -27,7 +28,7 @@ from typing import get_args
 
 from deft_jax import api
 from deft_jax.cli import arguments, logs
-from deft_jax.config.presets import DEFAULT_DEFT
+from deft_jax.config.presets import DEFAULT_RECIPE
 from deft_jax.config.resume import check_resume_overrides, check_resumed_config
 from deft_jax.config.schema import Config, Evaluation, apply_overrides, config_from_dict
 from deft_jax.errors import UserError, exit_on_user_error
@@ -46,11 +47,12 @@ KEY_NOTES = {  # what the dataclasses cannot say about a key
 
 
 def declared_defaults_note(width: int = 96) -> str:
-    """The help's lines on the keys where this command's defaults (the declared DEFT) are
+    """The help's lines on the keys where this command's defaults (DEFAULT_RECIPE) are
     not the listed ones."""
-    values = ", ".join(f"{k}={json.dumps(v)}" for k, v in DEFAULT_DEFT.items())
-    text = (f"this command starts from the declared DEFT, not the defaults above: {values} "
-            "(python -m deft_jax.experiment: the method deft-default); the paper's DEFT: "
+    values = ", ".join(f"{k}={json.dumps(v)}" for k, v in DEFAULT_RECIPE.items())
+    text = (f"this command starts from three full fine-tunes on train+val, averaged, not the defaults "
+            f"above: {values} (python -m deft_jax.experiment: the method full-trainval-ensemble); "
+            "the declared DEFT: --config configs/declared_deft.toml; the paper's DEFT: "
             "--config configs/paper.toml")
     return "\n".join(textwrap.wrap(text, width, initial_indent="  ", subsequent_indent="  ",
                                     break_on_hyphens=False)) + "\n"

@@ -115,7 +115,13 @@ def retrained_member_masks(cfg: Config, mask: GroupMask, fitness: dict[str, floa
 def trained_members(cfg: Config, spec: ModelSpec, variables: dict, masks: list[GroupMask],
                     data: PreparedData, tuner: FineTuner | None = None) -> Members:
     """Each of `masks` trained from `variables` with the final recipe (or `tuner`'s) on `data`,
-    member j with the training seed `member_seed(cfg, j)`."""
-    trained = [train_final(dataclasses.replace(cfg, seed=member_seed(cfg, j)), spec, variables, m, data,
+    member j with the training seed `member_seed(cfg, j)`; with a fresh head (`search.start =
+    "head"`) and distinct seeds, member j >= 1 starts from a head of its own seed
+    (`spec.init`), as full-ensemble's members do."""
+    def start(j: int) -> dict:
+        fresh = cfg.search.start == "head" and cfg.final.member_seeds == "distinct" and j > 0
+        return spec.init(member_seed(cfg, j)) if fresh else variables
+
+    trained = [train_final(dataclasses.replace(cfg, seed=member_seed(cfg, j)), spec, start(j), m, data,
                            tuner=tuner).variables for j, m in enumerate(masks)]
     return Members([mask_key(m) for m in masks], [dict(m) for m in masks], trained)

@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass
 class SearchResult:
     best_mask: GroupMask         # the selected mask (search.select)
-    best_fitness: float          # its fitness
+    best_fitness: float | None   # its fitness (None: no search ran, final.member_masks = full)
     history: list[dict]
     memo: dict[str, float]       # every mask evaluated -> fitness
     memo_epochs: dict[str, int] = dataclasses.field(default_factory=dict)  # lower-fidelity entries
@@ -154,7 +154,7 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
     if cfg.final.member_masks == "full":
         full = mask_from_key(full_mask_key(group_names, s.threshold, s.space), group_names)
         logger.info("no search: final.member_masks = full (every member of the final model is the full mask)")
-        return SearchResult(full, float("nan"), [], {}, selection={"rule": "none: final.member_masks = full"})
+        return SearchResult(full, None, [], {}, selection={"rule": "none: final.member_masks = full"})
     genes = searchable_groups(group_names)
     de, de_params = make_differential_evolution(s, len(genes))
     options = bookkeeping_compiler_options()  # DE's programs cost microseconds to run

@@ -18,8 +18,8 @@ Variants are the paper's DEFT with search options switched on (each a config ove
   log-loss (`metric = "nll"`), and the full mask (seeded, scored by the same final-recipe
   fitness: lp-ft) wins unless the best mask beats it by more than one standard error
   (`select = "full-unless-1se-better"`).
-- `deft-default`: the DEFT `python -m deft_jax.search` runs by default
-  (`deft_jax.config.presets.DEFAULT_DEFT`): `deft-keep` within 3x a full fine-tune's
+- `deft-default`: the declared DEFT of 2026-12-01, `python -m deft_jax.search`'s default
+  until 2026-12-06 (`deft_jax.config.presets.DECLARED_DEFT`): `deft-keep` within 3x a full fine-tune's
   epochs, shipping the average of its two whole-budget models.
 - `deft-trainval`: `deft-default`'s eight masks (the baselines' and four random ones, with
   per-group learning rates) each screened by one fitness epoch from the probed head and
@@ -56,7 +56,7 @@ import math
 import time
 import types
 
-from deft_jax.config.presets import DEFAULT_DEFT
+from deft_jax.config.presets import DECLARED_DEFT
 from deft_jax.config.schema import Config
 from deft_jax.config.validation import validate
 from deft_jax.core.masks import mask_from_key
@@ -82,7 +82,7 @@ VARIANTS: dict[str, dict] = {
                   "start": "probe", "metric": "nll"},
     # every method of an experiment trains its final.epochs (the shared budget) and scores
     # members as the experiment's config says (search.workers: its numbers stay reproducible)
-    "deft-default": {k.removeprefix("search."): v for k, v in DEFAULT_DEFT.items()
+    "deft-default": {k.removeprefix("search."): v for k, v in DECLARED_DEFT.items()
                      if k not in ("final.epochs", "search.workers")},
 }
 # deft-default's masks screened by one-epoch fitness only (8 one-epoch runs), the winner

@@ -93,7 +93,8 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
                                                   "selection": result.selection})
     t_search = time.perf_counter()
     chosen = [g for g, on in result.best_mask.items() if on]
-    logger.info(f"best mask (fitness {result.best_fitness:.4f}): fine-tune {', '.join(chosen)}")
+    if result.best_fitness is not None:
+        logger.info(f"best mask (fitness {result.best_fitness:.4f}): fine-tune {', '.join(chosen)}")
 
     whole_budget = {k: v for k, v in result.memo.items() if k not in result.memo_epochs}
     inputs = final_inputs(cfg, data, evaluator, result.best_mask, whole_budget)  # folds, final.data: train+val
