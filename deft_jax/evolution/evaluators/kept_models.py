@@ -61,6 +61,8 @@ def keeps_final_models(cfg: Config, evaluator) -> bool:
     if not (cfg.final.reuse or cfg.final.ensemble > 1):
         return False
     if cfg.final.data == "train+val" and cfg.search.folds == 1:
+        if cfg.final.member_masks == "full":  # no search ran: nothing to reuse, nothing to say
+            return False
         logger.info("note: the search's models are not reused with final.data = train+val (they trained on "
                     "train only); the final model (final.ensemble of them) is trained on train+val")
         return False
