@@ -39,7 +39,7 @@ class SearchResult:
 
     run_dir: Path
     best_mask: dict[str, bool]  # layer group -> fine-tuned
-    best_fitness: float
+    best_fitness: float | None  # None: no search ran (final.member_masks = full, the default)
     metrics: dict  # as metrics.json: "test", "val", "search", "seconds", ...
     config: Config
 
@@ -95,7 +95,8 @@ def run_search(cfg: Config, out: str | Path | None = None) -> SearchResult:
         metrics = run_pipeline(cfg, run_dir, resume=False)
     best_file = run_dir / rundir.BEST  # written by process 0 only
     best = rundir.read_json(best_file) if best_file.is_file() else {"mask": {}}
-    return SearchResult(run_dir, dict(best["mask"]), float(metrics["search"]["best_fitness"]), metrics, cfg)
+    fitness = metrics["search"]["best_fitness"]
+    return SearchResult(run_dir, dict(best["mask"]), None if fitness is None else float(fitness), metrics, cfg)
 
 
 def search(data: str | Path | None = None, model: str | None = None, weights: str | Path | None = None,

@@ -127,6 +127,13 @@ def test_a_search_with_the_declared_deft_ships_the_full_masks_model_averaged_wit
     final = metrics["final_model"]
     assert final["source"] == "search" and final["ensemble"] == 2
     assert len(final["masks"]) == 2 and len({json.dumps(m, sort_keys=True) for m in final["masks"]}) == 2
+    report = (tmp_path / "run" / rundir.REPORT).read_text()  # a screen, not a DE: its candidates
+    assert "a screen of" in report and "differential evolution" not in report and "val nll" not in report
+    rows = [r for r in report[report.index("## Candidates"):report.index("## Final model")].splitlines()
+            if r.startswith("| ") and "candidate" not in r]
+    scores = [float(c) for r in rows for c in r.split("|")[2:4] if c.strip()]
+    assert len(scores) >= 8 and all(x >= 0 for x in scores)  # log-losses: every screen and finalist score
+    assert sum("selected" in r for r in rows) == 1 and sum("finalist" in r or "selected" in r for r in rows) >= 2
 
 
 def test_each_ablation_of_the_declared_deft_changes_exactly_the_options_it_names():

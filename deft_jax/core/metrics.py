@@ -1,7 +1,9 @@
 """Classification metrics from logits: accuracy, macro-F1, log-loss, per-class recall, confusion.
 
 A validation *metric* (`search.metric`) is higher-is-better: "accuracy", "macro_f1", or
-"nll", minus the mean log-loss (cross-entropy of the softmax); fitness = 1 - metric."""
+"nll", minus the mean log-loss (cross-entropy of the softmax); fitness = 1 - metric, so with
+"nll" fitness = 1 + the val log-loss. What a person reads names the quantity in its own sign
+(`quantity_name`, `quantity_of`): a log-loss is positive and lower is better."""
 
 from __future__ import annotations
 
@@ -57,6 +59,30 @@ def metric_from_logits(name: str, logits: np.ndarray, labels: np.ndarray, num_cl
     if name == "macro_f1":
         return macro_f1(labels, predictions, num_classes)
     raise ValueError(f"unknown metric {name!r}")
+
+
+QUANTITY_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "nll": "log-loss"}
+
+
+def quantity_name(metric: str) -> str:
+    """What a report calls `search.metric`'s quantity: "accuracy", "macro-F1", "log-loss"."""
+    return QUANTITY_NAMES[metric]
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether the quantity `quantity_of` returns is better when lower (the log-loss)."""
+    return metric == "nll"
+
+
+def quantity_of(metric: str, fitness: float) -> float:
+    """The val quantity behind a fitness, in its own sign: accuracy or macro-F1 (1 - fitness),
+    or the mean log-loss (fitness - 1, never negative)."""
+    return fitness - 1.0 if metric == "nll" else 1.0 - fitness
+
+
+def fitness_formula(metric: str) -> str:
+    """'fitness = 1 - val accuracy' or 'fitness = 1 + val log-loss' (lower fitness is better)."""
+    return f"fitness = 1 {'+' if metric == 'nll' else '-'} val {quantity_name(metric)}"
 
 
 def metric_from_report(name: str, report: dict) -> float:

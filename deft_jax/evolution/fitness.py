@@ -189,6 +189,7 @@ def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
             continue
         todo[key] = mask
     promoted = short_runs = 0
+    short_fitness: dict[str, float] = {}
     if todo:
         new_keys, new_masks = list(todo), list(todo.values())
         def run(idx: list[int], epochs: int | None = None) -> list[float]:
@@ -207,6 +208,7 @@ def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
             for i, value in zip(others, run(others, halving.short_epochs) if others else []):
                 values[i] = value
             short_runs = len(others)
+            short_fitness = {new_keys[i]: float(values[i]) for i in others}  # kept: promotion overwrites
             ranked = sorted(others, key=lambda i: (values[i], i))
             best = ranked[:halving.promoted(len(others))] if others else []
             best += always
@@ -230,7 +232,7 @@ def evaluate_population(evaluator, masks: Sequence[GroupMask], memo: MemoTable,
             fitness[key] = value
     return [fitness[k] for k in keys], {"evaluated": len(todo), "memo_hits": hits,
                                          "infeasible": infeasible, "promoted": promoted,
-                                         "short_runs": short_runs}
+                                         "short_runs": short_runs, "short_fitness": short_fitness}
 
 
 def no_signal(memo: MemoTable, num_classes: int, metric: str, n_val: int = 0) -> str | None:

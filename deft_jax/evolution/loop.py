@@ -201,6 +201,7 @@ def run_search(cfg: Config, evaluator: Evaluator, groups: LayerGroups,
                "seconds": round(time.perf_counter() - t0, 3), **evaluator.stats()}
         if halving is not None:
             row["promoted"] = info["promoted"]
+            row["short_fitness"] = info["short_fitness"]  # mask key -> its short-budget fitness
             row["epochs_trained"] = (info["short_runs"] * halving.short_epochs + info["promoted"] * whole_epochs) * s.folds
         else:  # with search.folds every fold's fine-tune counts (each over that fold's training part)
             row["epochs_trained"] = info["evaluated"] * whole_epochs * s.folds

@@ -1,5 +1,7 @@
 """The figures of a run's report.html as PNG bytes: the fitness per generation, the Pareto
-front of the evaluated masks, and small thumbnails of test images.
+front of the evaluated masks, and small thumbnails of test images. Each figure's labels come
+from one function (`fitness_labels`, `pareto_labels`), which the page also uses as the
+image's alt text, so what a figure plots is named the same in both.
 
 matplotlib is optional (the "plots" extra): `figure_factory()` returns None without it and
 the page says so. Figures are drawn on `matplotlib.figure.Figure` objects (no pyplot, so the
@@ -12,18 +14,35 @@ import math
 
 import numpy as np
 
+from deft_jax.core.metrics import fitness_formula, lower_is_better, quantity_name
+
 BLUE, ORANGE, GREY = "#2b6cb0", "#dd6b20", "#718096"
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The (trainable fraction, validation accuracy) points no other point beats on both
-    (fewer parameters and at least the accuracy), by increasing fraction."""
+def pareto_front(points: list[tuple[float, float]], lower_is_better: bool = False) -> list[tuple[float, float]]:
+    """The (trainable fraction, validation score) points no other point beats on both (fewer
+    parameters and at least the score: higher, or with `lower_is_better` lower, as a
+    log-loss), by increasing fraction."""
+    sign = -1.0 if lower_is_better else 1.0
     front, best = [], -np.inf
-    for fraction, accuracy in sorted(points, key=lambda p: (p[0], -p[1])):
-        if accuracy > best:
-            front.append((fraction, accuracy))
-            best = accuracy
+    for fraction, score in sorted(points, key=lambda p: (p[0], -sign * p[1])):
+        if sign * score > best:
+            front.append((fraction, score))
+            best = sign * score
     return front
+
+
+def fitness_labels(metric: str) -> tuple[str, str, str]:
+    """(x label, y label, title) of the fitness-per-generation figure."""
+    return ("generation (0: initial population)", fitness_formula(metric),
+            "fitness per generation (lower is better)")
+
+
+def pareto_labels(metric: str) -> tuple[str, str, str]:
+    """(x label, y label, title) of the Pareto figure: the val quantity in its own sign."""
+    better = "down and left" if lower_is_better(metric) else "up and left"
+    return ("trainable fraction of the parameters", f"val {quantity_name(metric)}",
+            f"val {quantity_name(metric)} against trainable parameters ({better} is better)")
 
 
 def figure_factory():
@@ -80,18 +99,17 @@ def fitness_png(Figure, history: list[dict], memo: dict[str, float], short: dict
     ax.plot(gens, [h["best_fitness"] for h in history], "-", marker="o", ms=4, color=BLUE,
             lw=2, label="best so far", zorder=3)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    return _finished(fig, ax, "generation (0: initial population)", f"fitness = 1 - val {metric}",
-                     "search progress (lower is better)", "upper right")
+    return _finished(fig, ax, *fitness_labels(metric), "upper right")
 
 
 def pareto_png(Figure, points: list[tuple[float, float]], selected: tuple[float, float],
                metric: str) -> bytes:
-    """Every mask scored with the whole budget as (trainable fraction, val metric), the
-    Pareto front, and the selected mask (star)."""
+    """Every mask scored with the whole budget as (trainable fraction, val quantity in its own
+    sign, `core.metrics.quantity_of`), the Pareto front, and the selected mask (star)."""
     fig = Figure(figsize=(7, 3.8), dpi=100)
     ax = fig.subplots()
     ax.scatter(*zip(*points), s=16, alpha=0.5, color=GREY, label="evaluated masks")
-    front = pareto_front(points)
+    front = pareto_front(points, lower_is_better(metric))
     ax.step(*zip(*front), where="post", color=BLUE, lw=1.5, label="Pareto front")
     ax.scatter(*zip(*front), s=22, color=BLUE, zorder=3)
     ax.scatter([selected[0]], [selected[1]], marker="*", s=220, color=ORANGE, edgecolor="black",
@@ -99,8 +117,7 @@ def pareto_png(Figure, points: list[tuple[float, float]], selected: tuple[float,
     xs = [p[0] for p in points] + [selected[0]]
     if min(xs) > 0 and max(xs) / min(xs) > 30:
         ax.set_xscale("log")
-    return _finished(fig, ax, "trainable fraction of the parameters", f"val {metric} (1 - fitness)",
-                     "accuracy against trainable parameters (up and left is better)", "lower right")
+    return _finished(fig, ax, *pareto_labels(metric), "upper right" if lower_is_better(metric) else "lower right")
 
 
 def _finished(fig, ax, xlabel: str, ylabel: str, title: str, legend_at: str) -> bytes:

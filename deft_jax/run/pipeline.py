@@ -126,17 +126,13 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     if not writer:
         return metrics
     rundir.write_json(run_dir / rundir.METRICS, metrics)
-    report = render_report(cfg=cfg.to_dict(), description=dataset.description, model=spec.name,
-                           pretrained=spec.pretrained, group_sizes=sizes, best_mask=result.best_mask,
-                           best_fitness=result.best_fitness, history=result.history, metrics=metrics,
-                           class_names=data.class_names, split_sizes=n, seconds=seconds,
-                           warning=result.warning)
-    rundir.write_text_atomic(run_dir / rundir.REPORT, report)
-    page = render_html(cfg=cfg.to_dict(), description=dataset.description, model=spec.name,
-                       pretrained=spec.pretrained, group_sizes=sizes, best_mask=result.best_mask,
-                       best_fitness=result.best_fitness, history=result.history, memo=result.memo,
-                       memo_short=result.memo_epochs, metrics=metrics, class_names=data.class_names,
-                       split_sizes=n, seconds=seconds, test_images=data.x_test, test_labels=data.y_test,
+    shown = dict(cfg=cfg.to_dict(), description=dataset.description, model=spec.name,
+                 pretrained=spec.pretrained, group_sizes=sizes, best_mask=result.best_mask,
+                 best_fitness=result.best_fitness, history=result.history, memo=result.memo,
+                 memo_short=result.memo_epochs, metrics=metrics, class_names=data.class_names,
+                 split_sizes=n, seconds=seconds)
+    rundir.write_text_atomic(run_dir / rundir.REPORT, render_report(**shown, warning=result.warning))
+    page = render_html(**shown, test_images=data.x_test, test_labels=data.y_test,
                        test_logits=final.test_logits, test_ids=dataset.groups[data.splits["test"]])
     rundir.write_text_atomic(run_dir / rundir.REPORT_HTML, page)
     t = metrics["test"]

@@ -2,9 +2,11 @@
 inline as data: URIs, inline CSS, no script, nothing fetched; a Content-Security-Policy
 forbids any other source), so it opens offline from the run folder or as a mail attachment.
 
-It shows the fitness per generation, the chosen layer groups along the network, the
-search's Pareto front of the val metric against the trainable fraction over the evaluated
-masks, the test confusion matrix and the most confident test mistakes. Without matplotlib
+It shows what the search did (`search_view`: the fitness per generation of a
+differential evolution, a screen's candidates, or that no search ran), the chosen layer
+groups along the network, the Pareto front of the val quantity (in its own sign) against
+the trainable fraction over the evaluated masks, the test confusion matrix and the most
+confident test mistakes. Without matplotlib
 the two plots are replaced by a line saying so; everything else is HTML (thumbnails need
 only Pillow). All user text (class names, sample ids, the data description) is escaped."""
 
@@ -14,11 +16,12 @@ import base64
 
 import numpy as np
 
-from deft_jax.core.masks import GroupMask, lr_multiplier, mask_from_key, trains
-from deft_jax.core.metrics import softmax
+from deft_jax.core.masks import GroupMask, lr_multiplier, mask_from_key, mask_key, trains
+from deft_jax.core.metrics import fitness_formula, quantity_name, quantity_of, softmax
 from deft_jax.run import figures
 from deft_jax.run.escape import html_text as esc
-from deft_jax.run.report import final_model_source
+from deft_jax.run.report import final_model_source, what_was_seen
+from deft_jax.run.search_view import Candidate, candidates, direction, search_kind, search_line, whole_budget_epochs
 
 MAX_MISTAKES = 12
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -41,49 +44,75 @@ background:#edf2f7;color:#4a5568}.grp.on{border-color:#2b6cb0;background:#2b6cb0
 
 
 def render_html(*, cfg: dict, description: str, model: str, pretrained: str | None,
-                group_sizes: dict[str, int], best_mask: GroupMask, best_fitness: float,
+                group_sizes: dict[str, int], best_mask: GroupMask, best_fitness: float | None,
                 history: list[dict], memo: dict[str, float], memo_short: dict[str, int],
                 metrics: dict, class_names: list[str], split_sizes: dict[str, int],
                 seconds: dict[str, float], test_images, test_labels: np.ndarray,
                 test_logits: np.ndarray, test_ids=None) -> str:
-    """The page. `test_images`: the test split's uint8 images (an array, or a view with
-    `.uint8(positions)` such as `NormalizedImages`); `test_ids`: a label per test image
-    (e.g. its group id: the file path for an image folder), or None."""
+    """The page. `best_fitness` None: no search ran (`search_view`). `test_images`: the test
+    split's uint8 images (an array, or a view with `.uint8(positions)` such as
+    `NormalizedImages`); `test_ids`: a label per test image (e.g. its group id: the file path
+    for an image folder), or None."""
     metric = cfg["search"]["metric"]
+    kind = search_kind(cfg, best_fitness)
     Figure = figures.figure_factory()
     names = list(best_mask)
     total = max(sum(group_sizes.values()), 1)
+    rows = candidates(history, memo, memo_short, names, metric, mask_key(best_mask)) if kind == "screen" else []
 
     def fraction(key: str) -> float:
         mask = mask_from_key(key, names)
         return sum(group_sizes.get(g, 0) for g, v in mask.items() if trains(v)) / total
 
-    points = [(fraction(k), 1 - f) for k, f in memo.items() if k not in memo_short]
-    selected = (metrics["trainable_fraction"], 1 - best_fitness)
     body = [f"<h1>DEFT run report</h1><p class='note'>{esc(model)} on {esc(description)}</p>",
-            _summary(cfg, pretrained, best_fitness, metrics, split_sizes, seconds, total),
-            "<h2>Search progress</h2>",
-            _figure(Figure, "fitness per generation", figures.fitness_png,
-                    history, memo, memo_short, metric),
-            f"<p class='note'>{len(memo)} distinct masks evaluated over {len(history)} generations "
-            "(generation 0 is the initial population; memo hits are not retrained and not redrawn).</p>",
-            "<h2>Chosen layer groups</h2>", _strip(best_mask, group_sizes, total),
-            "<h2>Pareto front: val " + esc(metric) + " against trainable parameters</h2>",
-            _figure(Figure, "Pareto front", figures.pareto_png, points, selected, metric)
-            if points else "<p class='note'>No mask was scored with the whole budget.</p>",
-            f"<p class='note'>{len(points)} masks scored with the whole fitness budget"
-            + (f" ({len(memo_short)} more with the short budget only, left out)" if memo_short else "")
-            + f"; the star is the selected mask (search.select = {esc(str(cfg['search'].get('select')))}).</p>",
-            "<h2>Test confusion matrix</h2>", _confusion(metrics["test"], class_names),
-            "<h2>Misclassified test images</h2>",
-            _mistakes(test_images, np.asarray(test_labels), np.asarray(test_logits), test_ids, class_names),
-            "<p class='note'>The test split was used once, for the final model only; the search saw "
-            "val only. Numbers: report.md and metrics.json beside this file.</p>"]
+            _summary(cfg, kind, rows, pretrained, best_fitness, metrics, split_sizes, seconds, total)]
+    if kind == "de":
+        body += ["<h2>Search progress</h2>",
+                 _figure(Figure, ", ".join(figures.fitness_labels(metric)[1:]), figures.fitness_png,
+                         history, memo, memo_short, metric),
+                 f"<p class='note'>{len(memo)} distinct masks evaluated over {len(history)} generations "
+                 "(generation 0 is the initial population; memo hits are not retrained and not redrawn).</p>"]
+    elif kind == "screen":
+        body += ["<h2>Candidates</h2>", _candidates(cfg, rows)]
+    body += ["<h2>Chosen layer groups</h2>", _strip(best_mask, group_sizes, total)]
+    if kind != "none":
+        points = [(fraction(k), quantity_of(metric, f)) for k, f in memo.items() if k not in memo_short]
+        selected = (metrics["trainable_fraction"], quantity_of(metric, best_fitness))
+        body += [f"<h2>Pareto front: val {esc(quantity_name(metric))} against trainable parameters</h2>",
+                 _figure(Figure, ", ".join(figures.pareto_labels(metric)[1:]), figures.pareto_png,
+                         points, selected, metric)
+                 if points else "<p class='note'>No mask was scored with the whole budget.</p>",
+                 f"<p class='note'>{len(points)} masks scored with the whole fitness budget"
+                 + (f" ({len(memo_short)} more with the short budget only, left out)" if memo_short else "")
+                 + f"; the star is the selected mask (search.select = {esc(str(cfg['search'].get('select')))}).</p>"]
+    body += ["<h2>Test confusion matrix</h2>", _confusion(metrics["test"], class_names),
+             "<h2>Misclassified test images</h2>",
+             _mistakes(test_images, np.asarray(test_labels), np.asarray(test_logits), test_ids, class_names),
+             f"<p class='note'>The test split was used once, for the final model only; "
+             f"{esc(what_was_seen(metrics, kind))}. Numbers: report.md and metrics.json beside this file.</p>"]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>DEFT report: {esc(model)}, {esc(description)}</title><style>{STYLE}</style>"
             "</head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _candidates(cfg: dict, rows: list[Candidate]) -> str:
+    """The screen's table: every candidate's val quantity after the short run and, for the
+    finalists, after the whole budget; the selected one in bold."""
+    metric = cfg["search"]["metric"]
+    q = f"val {esc(quantity_name(metric))}"
+    head = (f"<tr><th>candidate (fine-tuned groups)</th><th>{q}, screen ({cfg['finetune']['epochs']} epoch(s))</th>"
+            f"<th>{q}, whole budget ({whole_budget_epochs(cfg)} epochs)</th><th>role</th></tr>")
+    def cell(x: float | None) -> str:
+        return "<td></td>" if x is None else f"<td>{x:.4f}</td>"
+
+    bold = " style='font-weight:600'"
+    cells = "".join(f"<tr{bold if r.role == 'selected' else ''}><td>{esc(r.groups)}</td>{cell(r.screen)}"
+                    f"{cell(r.whole)}<td>{r.role}</td></tr>" for r in rows)
+    return (f"<p class='note'>{len(rows)} candidates; {q}: {direction(metric)}. A blank screen score: the "
+            "candidate skipped the short run (it gets the whole budget anyway).</p>"
+            f"<table class='cm'>{head}{cells}</table>")
 
 
 def _img(png: bytes, alt: str, **attrs) -> str:
@@ -99,14 +128,16 @@ def _figure(Figure, what: str, draw, *args) -> str:
     return f"<p>{_img(draw(Figure, *args), what)}</p>"  # a bug drawing it stays a traceback
 
 
-def _summary(cfg, pretrained, best_fitness, metrics, split_sizes, seconds, total) -> str:
+def _summary(cfg, kind, rows, pretrained, best_fitness, metrics, split_sizes, seconds, total) -> str:
     s, t, v = cfg["search"], metrics["test"], metrics["val"]
+    metric = s["metric"]
     rows = [
         ("pretrained weights", esc(pretrained) if pretrained else "none (random init)"),
         ("train / val / test images", "{train} / {val} / {test}".format(**split_sizes)),
-        ("search", f"differential evolution, population {s['population_size']}, {s['generations']} "
-                   f"generations after the initial one; fitness = 1 - val {esc(s['metric'])}"),
-        ("best fitness", f"{best_fitness:.4f} (val {esc(s['metric'])} {1 - best_fitness:.4f})"),
+        ("search", esc(search_line(cfg, kind, len(rows), sum(r.whole is not None for r in rows)))),
+        *([] if kind == "none" else [
+            ("selected mask", f"val {esc(quantity_name(metric))} {quantity_of(metric, best_fitness):.4f} "
+                              f"({direction(metric)}; {esc(fitness_formula(metric))} = {best_fitness:.4f})")]),
         ("trainable parameters", f"{metrics['trainable_fraction']:.1%} of {total:,}"),
         *([("final model", esc(final_model_source(metrics)))] if final_model_source(metrics) else []),
         ("final model, test", f"accuracy <b>{t['accuracy']:.4f}</b>, macro-F1 {t['macro_f1']:.4f} "
