@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,12 +137,14 @@ def test_the_declared_deft_on_two_workers_ships_what_a_one_core_search_ships(tmp
     from tests.helpers import tiny_overrides
 
     tiny = [o for o in tiny_overrides() if o.split("=", 1)[0] not in PAPER_DEFT]
+    declared = Path(__file__).resolve().parent.parent / "configs" / "declared_deft.toml"
     pinned = ("import os, runpy, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
               "sys.argv = ['deft_jax.search'] + sys.argv[1:]; runpy.run_module('deft_jax.search', run_name='__main__')")
     runs = {}
     for n, launcher in ((1, ["-c", pinned]), (2, ["-m", "deft_jax.search"])):
         out = tmp_path / f"w{n}"
-        subprocess.run([sys.executable, *launcher, "--out", str(out), "--set", *tiny, f"search.workers={n}"],
+        subprocess.run([sys.executable, *launcher, "--out", str(out), "--config", str(declared), "--set", *tiny,
+                        f"search.workers={n}"],
                        check=True, capture_output=True)
         runs[n] = json.loads((out / rundir.METRICS).read_text())
         assert runs[n]["final_model"]["source"] == "search" and runs[n]["final_model"]["ensemble"] == 2
