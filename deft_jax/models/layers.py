@@ -76,3 +76,15 @@ class ClassifierHead(nn.Module):
         del train
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="fc")(x)
+
+
+class LinearHead(nn.Module):
+    """Fresh dense layer sized for the target classes, on features already pooled or flattened
+    (ConvNeXt after its final norm, VGG after its classifier MLP); parameters `fc`."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x: Array, train: TrainFlag) -> Array:
+        del train
+        return nn.Dense(self.num_classes, name="fc")(x)

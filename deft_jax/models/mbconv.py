@@ -19,6 +19,7 @@ from deft_jax.models.layers import GatedBatchNorm, TrainFlag
 
 PADDINGS = ("torch", "same")
 BN_MOMENTUM = 0.1
+MBCONV_BN_NAMES = ("expand_bn", "depthwise_bn", "project_bn")  # MBConv's default BN names
 
 
 def _check_padding(padding: str) -> None:
@@ -73,7 +74,7 @@ class MBConv(nn.Module):
     se_reduction: int | None = None
     padding: str = "torch"
     bn_epsilon: float = 1e-5
-    bn_names: tuple[str, str, str] = ("expand_bn", "depthwise_bn", "project_bn")
+    bn_names: tuple[str, str, str] = MBCONV_BN_NAMES
 
     @nn.compact
     def __call__(self, x, train: TrainFlag):

@@ -22,8 +22,9 @@ import jax
 
 from deft_jax.models.layers import ClassifierHead
 from deft_jax.models.mbconv import ConvBnAct, MBConv
+from deft_jax.models.mbconv_layout import MBConvKeys, mbconv_layout
 from deft_jax.models.staged_spec import Stage, staged_spec
-from deft_jax.models.weight_layout import Entry, LayoutBuilder
+from deft_jax.models.weight_layout import Entry
 
 SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
            (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -42,25 +43,15 @@ def _blocks() -> list[tuple[int, int, int, int, int]]:
 
 def torch_layout() -> list[Entry]:
     """torchvision `mobilenet_v2` state-dict keys."""
-    b = LayoutBuilder()
-    b.conv("features.0.0", ("stem", "conv"))
-    b.bn("features.0.1", ("stem", "bn"))
+    blocks = []
     for i, (_, _, _, _, expand) in enumerate(_blocks(), start=1):
-        key, stage = f"features.{i}.conv", f"block{i}"
-        j = 0
-        if expand != 1:
-            b.conv(f"{key}.0.0", (stage, "expand_conv"))
-            b.bn(f"{key}.0.1", (stage, "expand_bn"))
-            j = 1
-        b.conv(f"{key}.{j}.0", (stage, "depthwise_conv"))
-        b.bn(f"{key}.{j}.1", (stage, "depthwise_bn"))
-        b.conv(f"{key}.{j + 1}", (stage, "project_conv"))
-        b.bn(f"{key}.{j + 2}", (stage, "project_bn"))
-    n = len(_blocks()) + 1
-    b.conv(f"features.{n}.0", ("final_conv", "conv"))
-    b.bn(f"features.{n}.1", ("final_conv", "bn"))
-    b.dense("classifier.1", ("head", "fc"), head=True)
-    return b.entries
+        j = 0 if expand == 1 else 1  # index of the depthwise conv in the block's Sequential
+        blocks.append(MBConvKeys(
+            f"block{i}", f"features.{i}.conv", expand=("0.0", "0.1") if j else None,
+            depthwise=(f"{j}.0", f"{j}.1"), project=(f"{j + 1}", f"{j + 2}")))
+    n = len(blocks) + 1
+    return mbconv_layout(("features.0.0", "features.0.1"), blocks,
+                         (f"features.{n}.0", f"features.{n}.1"), "classifier.1")
 
 
 def mobilenet_v2(num_classes: int, weights: str | Path | None = None, input_size: int = 224,

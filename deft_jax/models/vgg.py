@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from deft_jax.models.convolutions import adaptive_avg_pool, torch_conv
-from deft_jax.models.layers import GatedBatchNorm, TrainFlag
+from deft_jax.models.layers import GatedBatchNorm, LinearHead, TrainFlag
 from deft_jax.models.staged_spec import Stage, staged_spec
 from deft_jax.models.weight_layout import Entry, LayoutBuilder
 
@@ -59,15 +59,6 @@ class VggFc(nn.Module):
             x = adaptive_avg_pool(x, 7, 7)
             x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
         return nn.relu(nn.Dense(self.features, name="fc")(x))
-
-
-class DenseHead(nn.Module):
-    num_classes: int
-
-    @nn.compact
-    def __call__(self, x, train: TrainFlag):
-        del train
-        return nn.Dense(self.num_classes, name="fc")(x)
 
 
 def _conv_names() -> list[tuple[int, str, bool]]:
@@ -106,7 +97,7 @@ def vgg16(num_classes: int, weights: str | Path | None = None, input_size: int =
     hidden = HIDDEN // width_divisor
     stages.append(Stage("fc6", functools.partial(VggFc, features=hidden, flatten=True), "classifier"))
     stages.append(Stage("fc7", functools.partial(VggFc, features=hidden, flatten=False), "classifier"))
-    stages.append(Stage("head", functools.partial(DenseHead, num_classes=num_classes), "head"))
+    stages.append(Stage("head", functools.partial(LinearHead, num_classes=num_classes), "head"))
     name = "vgg16_bn" if batch_norm else "vgg16"
     return staged_spec(name, stages, granularity=granularity, input_size=input_size,
                        layouts={"torchvision": torch_layout(batch_norm)}, weights=weights,
