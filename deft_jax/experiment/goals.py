@@ -95,14 +95,7 @@ def render_same_budget_goals(folders: list[Path], judged: str, page_dir: Path = 
         g = same_budget_goal(summary, judged)
         if not g or "full-trainval-ensemble" not in ran:
             continue
-        fe = g["versus_full_ensemble"]
-        if fe is None:
-            versus = "-"
-        else:
-            ci = "n/a" if fe["ci95"] is None else f"[{format_value(fe['ci95'][0])}, {format_value(fe['ci95'][1])}]"
-            boot = fe.get("ci95_bootstrap")
-            boot = f"; [{format_value(boot[0])}, {format_value(boot[1])}]" if boot else ""
-            versus = f"{format_value(fe['mean_difference'])} ({ci}{boot}): {fe['verdict']}"
+        versus = paired_cell(g["versus_full_ensemble"])
         unmet = [what for what, ok in ((f"best reference - {GOAL_MARGIN:g}", g["within_best_reference"]),
                                        (f"random search - {GOAL_MARGIN:g}", g["within_random_search"] is not False),
                                        ("<= 3x epochs", g["within_epoch_budget"])) if not ok]
@@ -115,6 +108,16 @@ def render_same_budget_goals(folders: list[Path], judged: str, page_dir: Path = 
                      f"| {'met' if not unmet else 'not met: ' + ', '.join(unmet)} |")
     return lines + ["", f"The goal also needs {judged} resolved better than full-ensemble (both intervals) on "
                     "at least one blood cell study (the verdict column), in at least 6 folders, 3 of them blood cells."]
+
+
+def paired_cell(pair: dict | None) -> str:
+    """A paired comparison as a table cell: 'difference ([t CI]; [item bootstrap CI]): verdict', or '-'."""
+    if pair is None:
+        return "-"
+    ci = "n/a" if pair["ci95"] is None else f"[{format_value(pair['ci95'][0])}, {format_value(pair['ci95'][1])}]"
+    boot = pair.get("ci95_bootstrap")
+    boot = f"; [{format_value(boot[0])}, {format_value(boot[1])}]" if boot else ""
+    return f"{format_value(pair['mean_difference'])} ({ci}{boot}): {pair['verdict']}"
 
 
 def render_goals(folders: list[Path], page_dir: Path = Path("."), judged: str | None = None) -> list[str]:
@@ -131,13 +134,7 @@ def render_goals(folders: list[Path], page_dir: Path = Path("."), judged: str | 
             continue
         mean = {r["method"]: r["test_accuracy"]["mean"] for r in summary["table"]}
         full = next((r for r in summary["paired"].get(g["variant"], []) if r["method"] == "full"), None)
-        if full is None:
-            versus = "-"
-        else:
-            ci = "n/a" if full["ci95"] is None else f"[{format_value(full['ci95'][0])}, {format_value(full['ci95'][1])}]"
-            boot = full.get("ci95_bootstrap")
-            boot = f"; [{format_value(boot[0])}, {format_value(boot[1])}]" if boot else ""
-            versus = f"{format_value(full['mean_difference'])} ({ci}{boot}): {full['verdict']}"
+        versus = paired_cell(full)
         unmet = [what for what, ok in (("best simple - 0.01", g["within_best_simple"]),
                                        ("random search", g["at_least_random_search"] is not False),
                                        ("<= 3x epochs", g["within_epoch_budget"])) if not ok]
