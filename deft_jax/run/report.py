@@ -5,7 +5,8 @@ from __future__ import annotations
 from deft_jax.core.masks import GroupMask, lr_multiplier, mask_key, trains
 from deft_jax.core.metrics import fitness_formula, quantity_name, quantity_of
 from deft_jax.run.escape import markdown
-from deft_jax.run.search_view import Candidate, candidates, direction, search_kind, search_line, whole_budget_epochs
+from deft_jax.run.search_view import (Candidate, candidates, describe_mask, direction, search_kind, search_line,
+                                      whole_budget_epochs)
 
 
 def render_report(*, cfg: dict, description: str, model: str, pretrained: str | None,
@@ -132,8 +133,3 @@ def final_model_source(metrics: dict) -> str | None:
 def no_search_ran(metrics: dict) -> bool:
     """Whether the run's metrics record a run without a search (no fitness)."""
     return "search" in metrics and metrics["search"]["best_fitness"] is None
-
-
-def describe_mask(mask: GroupMask) -> str:
-    """The groups a mask trains, with any learning-rate multiplier: 'conv3 (x0.1 lr), head'."""
-    return ", ".join(g if _trains(v) == "yes" else f"{g} {_trains(v)[4:]}" for g, v in mask.items() if trains(v))

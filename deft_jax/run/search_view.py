@@ -69,14 +69,17 @@ class Candidate:
     role: str
 
 
+def describe_mask(mask: dict) -> str:
+    """The groups a mask trains, with any learning-rate multiplier: 'conv3 (x0.1 lr), head'."""
+    return ", ".join(g if lr_multiplier(v) == 1.0 else f"{g} (x{lr_multiplier(v):.3g} lr)"
+                     for g, v in mask.items() if trains(v))
+
+
 def describe_groups(mask: dict) -> str:
-    """'every group' for the full mask, else the groups it trains with any lr multiplier:
-    'conv3 (x0.1 lr), head'."""
+    """`describe_mask`, but 'every group (full fine-tune)' for the full mask and 'none' for none."""
     if all(trains(v) and lr_multiplier(v) == 1.0 for v in mask.values()):
         return "every group (full fine-tune)"
-    parts = [g if lr_multiplier(v) == 1.0 else f"{g} (x{lr_multiplier(v):.3g} lr)"
-             for g, v in mask.items() if trains(v)]
-    return ", ".join(parts) or "none"
+    return describe_mask(mask) or "none"
 
 
 def candidates(history: list[dict], memo: dict[str, float], memo_short: dict[str, int],
