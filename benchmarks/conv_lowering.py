@@ -1,0 +1,192 @@
+"""Convolution lowering on CPU, per layer: XLA's convolution against the same arithmetic as a
+matrix product, forward and backward, at the shapes of the real models.
+
+Every (non-depthwise) convolution of a model's training forward is read from its jaxpr (so
+the shapes are the model's, not a hand-made list), deduplicated, and timed three ways as a
+train step sees it (output and the gradients for input and kernel, one jitted call):
+- `conv`: `lax.conv_general_dilated` (what `nn.Conv` runs);
+- `dot`: a 1x1 convolution as one `dot_general` over (N*H*W, Cin) x (Cin, Cout) (strided
+  1x1 convolutions slice first);
+- `im2col`: a k x k convolution as k*k strided slices concatenated on the channel axis,
+  then one `dot_general` with the kernel reshaped to (k*k*Cin, Cout).
+XLA flags change the process, so each flag set runs in its own subprocess:
+
+    python benchmarks/conv_lowering.py                     # ResNet-20 @32 and Lite0 @160
+    python benchmarks/conv_lowering.py --flags "" "--xla_cpu_use_xnnpack=true"
+
+The JSON goes to benchmarks/results/conv_lowering-DATE-MACHINE.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODELS = {"resnet20@32": ("resnet20", 32, "none"), "lite0@160": ("efficientnet_lite0", 160, "none")}
+
+
+def conv_shapes(name: str, size: int, batch: int) -> list[dict]:
+    """Distinct non-grouped convolutions of `name`'s training forward at `size` px."""
+    import jax
+    import jax.numpy as jnp
+    from deft_jax.models.registry import build_model
+
+    spec = build_model(name, 10, weights="none", input_size=size)
+    variables = spec.init(0)
+    x = jnp.zeros((batch, size, size, 3), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda v, xb: spec.net.apply(v, xb, train=True, mutable=["batch_stats"]))(
+        dict(variables), x)
+    found: dict[tuple, dict] = {}
+
+    def walk(jp):
+        for eqn in jp.eqns:
+            if eqn.primitive.name in ("pjit", "jit", "closed_call", "custom_jvp_call", "custom_vjp_call"):
+                inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
+                if inner is not None:
+                    walk(getattr(inner, "jaxpr", inner))
+            if eqn.primitive.name != "conv_general_dilated":
+                continue
+            p = eqn.params
+            if p["feature_group_count"] != 1:
+                continue
+            lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+            key = (tuple(lhs), tuple(rhs), tuple(p["window_strides"]), tuple(map(tuple, p["padding"])))
+            entry = found.setdefault(key, {"input": list(lhs), "kernel": list(rhs),
+                                           "stride": list(p["window_strides"]),
+                                           "padding": [list(q) for q in p["padding"]], "count": 0})
+            entry["count"] += 1
+
+    walk(jaxpr.jaxpr)
+    return list(found.values())
+
+
+def _im2col(x, kernel, stride, padding):
+    import jax
+    import jax.numpy as jnp
+    kh, kw, cin, cout = kernel.shape
+    x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    n, h, w, c = x.shape
+    oh, ow = (h - kh) // stride[0] + 1, (w - kw) // stride[1] + 1
+    taps = [jax.lax.slice(x, (0, i, j, 0),
+                          (n, i + stride[0] * (oh - 1) + 1, j + stride[1] * (ow - 1) + 1, c),
+                          (1, stride[0], stride[1], 1))
+            for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
+    return jax.lax.dot_general(patches, kernel.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())))
+
+
+def forms(entry: dict):
+    import jax
+    stride, padding = tuple(entry["stride"]), [tuple(p) for p in entry["padding"]]
+    kh = entry["kernel"][0]
+
+    def conv(x, k):
+        return jax.lax.conv_general_dilated(x, k, stride, padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    out = {"conv": conv}
+    if kh == 1 and all(p == (0, 0) for p in padding):
+        def dot(x, k):
+            if stride != (1, 1):
+                x = x[:, ::stride[0], ::stride[1], :]
+            return jax.lax.dot_general(x, k[0, 0], (((3,), (0,)), ((), ())))
+        out["dot"] = dot
+    else:
+        out["im2col"] = lambda x, k: _im2col(x, k, stride, padding)
+    return out
+
+
+def time_entry(entry: dict, repeats: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(entry["input"]), jnp.float32)
+    k = jnp.asarray(rng.standard_normal(entry["kernel"]) * 0.1, jnp.float32)
+    result, reference = {}, None
+    for label, fn in forms(entry).items():
+        g = jnp.asarray(rng.standard_normal(jax.eval_shape(fn, x, k).shape), jnp.float32) \
+            if reference is None else reference[1]
+
+        def step(xx, kk, fn=fn, g=g):
+            y, pull = jax.vjp(fn, xx, kk)
+            return (y,) + pull(g)
+
+        compiled = jax.jit(step).lower(x, k).compile()
+        outs = jax.block_until_ready(compiled(x, k))
+        if reference is None:
+            reference = (outs, g)
+        err = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-12))
+                  for a, b in zip(outs, reference[0]))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(x, k))
+            times.append(time.perf_counter() - t0)
+        result[label] = {"median_s": float(np.median(times)), "max_rel_err_vs_conv": err}
+    return result
+
+
+def run_child(batch: int, repeats: int) -> dict:
+    out = {}
+    for label, (name, size, _) in MODELS.items():
+        rows = []
+        for entry in conv_shapes(name, size, batch):
+            entry = dict(entry, **time_entry(entry, repeats))
+            rows.append(entry)
+        total = {form: sum(r[form]["median_s"] * r["count"] for r in rows if form in r)
+                 for form in ("conv", "dot", "im2col")}
+        best = sum(min(r[f]["median_s"] for f in ("conv", "dot", "im2col") if f in r) * r["count"]
+                   for r in rows)
+        conv_where_alt = sum(r["conv"]["median_s"] * r["count"] for r in rows)
+        out[label] = {"layers": rows, "sum_conv_s": conv_where_alt, "sum_best_s": best,
+                      "sum_by_form_s": total}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--flags", nargs="*", default=[""], help="XLA_FLAGS sets, one subprocess each")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(run_child(args.batch, args.repeats)))
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from machine import cpu_info, loadavg, machine_slug, versions  # noqa: E402
+    results = {}
+    for flags in args.flags:
+        env = dict(os.environ, XLA_FLAGS=flags, DEFT_JAX_COMPILE_CACHE="off")
+        proc = subprocess.run([sys.executable, __file__, "--child", "--batch", str(args.batch),
+                               "--repeats", str(args.repeats)], env=env, capture_output=True,
+                              text=True, check=True)
+        results[flags or "(none)"] = json.loads(proc.stdout.strip().splitlines()[-1])
+        for model, r in results[flags or "(none)"].items():
+            print(f"[{flags or 'default flags'}] {model}: conv layers {r['sum_conv_s']:.3f} s per "
+                  f"step, best form per layer {r['sum_best_s']:.3f} s")
+            for row in r["layers"]:
+                alts = ", ".join(f"{f} {row[f]['median_s'] * 1e3:.2f} ms (err {row[f]['max_rel_err_vs_conv']:.1e})"
+                                 for f in ("dot", "im2col") if f in row)
+                print(f"   in {row['input']} k {row['kernel']} s {row['stride']} x{row['count']}: "
+                      f"conv {row['conv']['median_s'] * 1e3:.2f} ms; {alts}")
+    record = {"benchmark": "conv_lowering", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "machine": cpu_info(), "versions": versions(), "loadavg": loadavg(), "batch": args.batch, "repeats": args.repeats,
+              "command": " ".join(["python", "benchmarks/conv_lowering.py"] + sys.argv[1:]),
+              "results": results}
+    path = args.out or (Path(__file__).resolve().parent / "results" /
+                        f"conv_lowering-{time.strftime('%Y-%m-%d')}-{machine_slug()}.json")
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
