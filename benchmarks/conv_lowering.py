@@ -9,10 +9,14 @@ train step sees it (output and the gradients for input and kernel, one jitted ca
   1x1 convolutions slice first);
 - `im2col`: a k x k convolution as k*k strided slices concatenated on the channel axis,
   then one `dot_general` with the kernel reshaped to (k*k*Cin, Cout).
+The shapes are read with XLA's convolution everywhere (`xla_convolutions()`): the models
+themselves run 1x1 convolutions as `dot` on CPU (`deft_jax.models.convolutions.conv_lowering`).
+`whole step` times one full-network training step (forward, backward, SGD update) of each
+model with the models' lowering against XLA's convolution everywhere.
 XLA flags change the process, so each flag set runs in its own subprocess:
 
     python benchmarks/conv_lowering.py                     # ResNet-20 @32 and Lite0 @160
-    python benchmarks/conv_lowering.py --flags "" "--xla_cpu_use_xnnpack=true"
+    python benchmarks/conv_lowering.py --flags=--xla_cpu_use_xnnpack=true   # also with these flags
 
 The JSON goes to benchmarks/results/conv_lowering-DATE-MACHINE.json.
 """
@@ -20,6 +24,7 @@ The JSON goes to benchmarks/results/conv_lowering-DATE-MACHINE.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -32,6 +37,56 @@ import numpy as np
 MODELS = {"resnet20@32": ("resnet20", 32, "none"), "lite0@160": ("efficientnet_lite0", 160, "none")}
 
 
+@contextlib.contextmanager
+def xla_convolutions():
+    """Inside: the models trace every convolution as `lax.conv_general_dilated`."""
+    from deft_jax.models import convolutions
+    saved = convolutions.conv_lowering
+    convolutions.conv_lowering = lambda: None
+    try:
+        yield
+    finally:
+        convolutions.conv_lowering = saved
+
+
+def whole_step(name: str, size: int, batch: int, repeats: int, lowered: bool) -> float:
+    """Median seconds of one jitted full-network training step (cross-entropy, gradients of
+    every parameter, SGD update) at `size` px; `lowered`: the models' CPU lowering, else XLA's
+    convolution everywhere."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from deft_jax.models.registry import build_model
+
+    spec = build_model(name, 10, weights="none", input_size=size)
+    variables = spec.init(0)
+    tx = optax.sgd(0.01, momentum=0.9)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, batch))
+
+    def step(params, stats, opt, xb, yb):
+        def loss(p):
+            logits, new = spec.net.apply({"params": p, "batch_stats": stats}, xb, train=True,
+                                         mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), new
+        (value, new), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), new["batch_stats"], opt, value
+
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    with contextlib.nullcontext() if lowered else xla_convolutions():
+        compiled = jax.jit(step).lower(params, stats, tx.init(params), x, y).compile()
+    state = (params, stats, tx.init(params))
+    jax.block_until_ready(compiled(*state, x, y))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*state, x, y))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def conv_shapes(name: str, size: int, batch: int) -> list[dict]:
     """Distinct non-grouped convolutions of `name`'s training forward at `size` px."""
     import jax
@@ -41,8 +96,9 @@ def conv_shapes(name: str, size: int, batch: int) -> list[dict]:
     spec = build_model(name, 10, weights="none", input_size=size)
     variables = spec.init(0)
     x = jnp.zeros((batch, size, size, 3), jnp.float32)
-    jaxpr = jax.make_jaxpr(lambda v, xb: spec.net.apply(v, xb, train=True, mutable=["batch_stats"]))(
-        dict(variables), x)
+    with xla_convolutions():
+        jaxpr = jax.make_jaxpr(lambda v, xb: spec.net.apply(v, xb, train=True, mutable=["batch_stats"]))(
+            dict(variables), x)
     found: dict[tuple, dict] = {}
 
     def walk(jp):
@@ -145,14 +201,17 @@ def run_child(batch: int, repeats: int) -> dict:
         best = sum(min(r[f]["median_s"] for f in ("conv", "dot", "im2col") if f in r) * r["count"]
                    for r in rows)
         conv_where_alt = sum(r["conv"]["median_s"] * r["count"] for r in rows)
+        steps = {"xla_conv_s": whole_step(name, size, batch, repeats, lowered=False),
+                 "lowered_s": whole_step(name, size, batch, repeats, lowered=True)}
         out[label] = {"layers": rows, "sum_conv_s": conv_where_alt, "sum_best_s": best,
-                      "sum_by_form_s": total}
+                      "sum_by_form_s": total, "whole_step": steps}
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--flags", nargs="*", default=[""], help="XLA_FLAGS sets, one subprocess each")
+    ap.add_argument("--flags", action="append", default=[], metavar="=XLA_FLAGS",
+                    help="also run with this XLA_FLAGS set (--flags=--xla_...; repeatable), each in its own subprocess")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -164,7 +223,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from machine import cpu_info, loadavg, machine_slug, versions  # noqa: E402
     results = {}
-    for flags in args.flags:
+    for flags in ["", *args.flags]:
         env = dict(os.environ, XLA_FLAGS=flags, DEFT_JAX_COMPILE_CACHE="off")
         proc = subprocess.run([sys.executable, __file__, "--child", "--batch", str(args.batch),
                                "--repeats", str(args.repeats)], env=env, capture_output=True,
@@ -172,7 +231,9 @@ def main() -> None:
         results[flags or "(none)"] = json.loads(proc.stdout.strip().splitlines()[-1])
         for model, r in results[flags or "(none)"].items():
             print(f"[{flags or 'default flags'}] {model}: conv layers {r['sum_conv_s']:.3f} s per "
-                  f"step, best form per layer {r['sum_best_s']:.3f} s")
+                  f"step, best form per layer {r['sum_best_s']:.3f} s; whole training step "
+                  f"{r['whole_step']['xla_conv_s']:.3f} s with XLA's convolution, "
+                  f"{r['whole_step']['lowered_s']:.3f} s lowered")
             for row in r["layers"]:
                 alts = ", ".join(f"{f} {row[f]['median_s'] * 1e3:.2f} ms (err {row[f]['max_rel_err_vs_conv']:.1e})"
                                  for f in ("dot", "im2col") if f in row)

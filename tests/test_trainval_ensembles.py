@@ -113,3 +113,48 @@ def test_the_same_budget_goal_takes_the_best_reference_and_random_search_each_le
     assert not g["within_best_reference"] and not g["within_random_search"]
     assert not g["resolved_better_than_full_ensemble"] and not g["within_epoch_budget"]
     assert same_budget_goal(summary_of(means), "deft-default") == {}
+
+
+def test_validation_folds_partition_the_validation_split_and_each_member_trains_on_everything_but_its_fold():
+    from deft_jax.data.inputs import SplitArrays
+    from deft_jax.methods.full_valfolds_ensemble import member_arrays, validation_folds
+
+    y_val = np.repeat(np.arange(4), 7)  # 7 validation images per class
+    arrays = SplitArrays(x_train=np.arange(20), y_train=np.arange(20) % 4,
+                         x_val=100 + np.arange(y_val.size), y_val=y_val, num_classes=4)
+    folds = validation_folds(arrays, 3, seed=5)
+    assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(y_val.size))
+    for f in folds:  # stratified: every class 2 or 3 times in every fold
+        assert set(np.bincount(y_val[f], minlength=4)) <= {2, 3}
+    seen = set()
+    for j, fold in enumerate(folds):
+        member = member_arrays(arrays, folds, j)
+        trained, held_out = set(member.x_train.tolist()), set(member.x_val.tolist())
+        assert trained.isdisjoint(held_out) and held_out == set((100 + fold).tolist())
+        assert set(range(20)) <= trained and len(trained) == 20 + y_val.size - fold.size
+        assert np.array_equal(member.y_train, np.concatenate([arrays.y_train, y_val[np.setdiff1d(np.arange(28), fold)]]))
+        seen |= trained
+    assert seen == set(range(20)) | set((100 + np.arange(y_val.size)).tolist())
+
+
+def test_validation_folds_need_as_many_validation_images_of_every_class_as_members():
+    from deft_jax.data.inputs import SplitArrays
+    from deft_jax.methods.full_valfolds_ensemble import validation_folds
+
+    arrays = SplitArrays(x_train=np.arange(4), y_train=np.array([0, 1, 0, 1]), x_val=np.arange(5),
+                         y_val=np.array([0, 0, 0, 1, 1]), num_classes=2)
+    with pytest.raises(UserError, match="cannot hold out 3 folds"):
+        validation_folds(arrays, 3, seed=0)
+
+
+def test_full_valfolds_ensemble_trains_k_members_each_holding_out_one_fold_and_scores_validation_out_of_fold(monkeypatch):
+    calls = static_fine_tunes(monkeypatch)
+    ctx = digits_method_context(**{"final.epochs": "2", "data.source": '{"kind": "digits", "max_per_class": 20}'})
+    n_train, n_val = len(ctx.data.arrays.y_train), len(ctx.data.arrays.y_val)
+    result = METHODS["full-valfolds-ensemble"].run(ctx)
+    sizes = result.extra["val_fold_sizes"]
+    assert sum(sizes) == n_val and len(sizes) == 3
+    assert calls == [(n_train + n_val - s, 2) for s in sizes]
+    assert result.extra["member_seeds"] == [0, 1000, 2000]
+    assert all(0 <= e < 2 for e in result.extra["member_epochs_kept"])
+    assert result.val["n"] == n_val and result.test["n"] == len(ctx.data.y_test)

@@ -1,5 +1,5 @@
-"""The experiment's summary: summary.json (per-method table, each DEFT variant paired
-against each baseline with corrected statistics, what each search promised on validation
+"""The experiment's summary: summary.json (per-method table, each DEFT variant and each of
+`PAIRED_RECIPES` paired against each baseline with corrected statistics, what each search promised on validation
 against what its final model scored, the cost of each method relative to full
 fine-tuning, the layer groups DEFT chose) and summary.md, its readable form with the plots."""
 
@@ -16,6 +16,10 @@ from deft_jax.core.metrics import bits_correct, metric_from_report
 from deft_jax.experiment.stats import describe, fixed_split_comparison, holm, paired_comparison
 from deft_jax.methods.deft import COMPARED_VARIANTS, VARIANTS
 from deft_jax.runtime import rundir
+
+# same-budget ensembles paired with every other method, as each DEFT variant is: the default
+# and the candidate declared against it
+PAIRED_RECIPES = ("full-trainval-ensemble", "full-valfolds-ensemble")
 
 SUMMARY_MD, SUMMARY_JSON = "summary.md", "summary.json"
 
@@ -43,7 +47,7 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
                       "wall_seconds": describe([r["wall_seconds"] for r in rs]),
                       "fitness_evaluations": describe([r["fitness_evaluations"] for r in rs])})
     fixed = fixed_test_split(records)
-    paired = {v: comparisons(by, v, methods, fixed) for v in methods if v in VARIANTS}
+    paired = {v: comparisons(by, v, methods, fixed) for v in methods if v in VARIANTS or v in PAIRED_RECIPES}
     groups = [g for g in meta["groups"] if g != "head"]
     chosen = {r["seed"]: set(r.get("trained_groups") or []) for r in by.get("deft", [])}
     group_counts = {g: sum(g in c for c in chosen.values()) for g in groups}

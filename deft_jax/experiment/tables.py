@@ -76,7 +76,7 @@ def render(folder: Path, page_dir: Path = Path(".")) -> list[str]:
         lines += ["", f"**{variant}** ({why}) against ({test}, Holm over its table):", ""]
         for r in summary["paired"].get(variant, []):
             if r["method"] in ("full", "lp-ft", "fastai", "random-search", "linear-probe", "full-ensemble", "deft",
-                               "full-trainval", "full-trainval-ensemble", "deft-trainval", *COMPARED_VARIANTS):
+                               "full-trainval", "full-trainval-ensemble", "full-valfolds-ensemble", "deft-trainval", *COMPARED_VARIANTS):
                 ci = "n/a" if r["ci95"] is None else f"[{format_value(r['ci95'][0])}, {format_value(r['ci95'][1])}]"
                 lines.append(f"- {r['method']}: {format_value(r['mean_difference'])} (95% CI {ci}, p {format_value(r['p'])}, "
                              f"Holm {format_value(r.get('p_holm'))}, Wilcoxon exact {format_value(r['p_wilcoxon'])}"

@@ -19,6 +19,7 @@ from deft_jax.methods import (
     full_ensemble,
     full_trainval,
     full_trainval_ensemble,
+    full_valfolds_ensemble,
     handpicked,
     linear_probe,
     lp_ft,
@@ -40,6 +41,7 @@ METHODS: dict[str, Any] = {  # name -> an object with run(ctx) and optionally AF
     "full-ensemble": full_ensemble,
     "full-trainval": full_trainval,
     "full-trainval-ensemble": full_trainval_ensemble,
+    "full-valfolds-ensemble": full_valfolds_ensemble,
     **{name: deft.variant(name) for name in deft.VARIANTS},
     "random-search": random_search,
 }
