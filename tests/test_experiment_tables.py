@@ -126,7 +126,8 @@ def test_the_committed_result_tables_are_what_the_committed_results_give(tmp_pat
     assert main(["--block", "osteosarcoma10", ten, "--into", str(copy)]) == 0
     six = [*map(str, trainval[:3]), ten, *map(str, trainval[4:])]
     for method, block in (("deft-trio", "trio-goals"), ("deft-trio-full", "trio-full-goals"),
-                          ("full-trainval-ensemble", "ftve-goals")):
+                          ("full-trainval-ensemble", "ftve-goals"),
+                          ("full-valfolds-ensemble", "valfolds-goals")):
         assert main(["--same-budget", method, "--block", block, *six, "--into", str(copy)]) == 0
     earlier = [str(results / name) for name in ("osteosarcoma_resnet20", "osteosarcoma_lite0")]
     assert main(["--block", "earlier", *earlier, "--into", str(copy)]) == 0

@@ -1,24 +1,23 @@
 """The experiment's summary: summary.json (per-method table, each DEFT variant and each of
-`PAIRED_RECIPES` paired against each baseline with corrected statistics, what each search promised on validation
-against what its final model scored, the cost of each method relative to full
-fine-tuning, the layer groups DEFT chose) and summary.md, its readable form with the plots."""
+`PAIRED_RECIPES` paired against each baseline with corrected statistics, what each search
+promised on validation against what its final model scored, the cost of each method relative
+to full fine-tuning, the layer groups DEFT chose) and summary.md, its readable form with the plots."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from deft_jax.config.schema import Config
-from deft_jax.experiment.plots import write_plots
 import numpy as np
 
+from deft_jax.config.schema import Config
 from deft_jax.core.metrics import bits_correct, metric_from_report
+from deft_jax.experiment.plots import write_plots
 from deft_jax.experiment.stats import describe, fixed_split_comparison, holm, paired_comparison
 from deft_jax.methods.deft import COMPARED_VARIANTS, VARIANTS
 from deft_jax.runtime import rundir
 
-# same-budget ensembles paired with every other method, as each DEFT variant is: the default
-# and the candidate declared against it
+# same-budget ensembles paired with every other method as each DEFT variant is (default, candidate)
 PAIRED_RECIPES = ("full-trainval-ensemble", "full-valfolds-ensemble")
 
 SUMMARY_MD, SUMMARY_JSON = "summary.md", "summary.json"
@@ -56,10 +55,9 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
         "model": meta["model"], "pretrained": meta["pretrained"], "data": meta["data"],
         "scratch_architecture": meta["scratch_architecture"], "backend": meta["backend"],
         "seeds": seeds, "methods": methods, "judged": cfg.experiment.judged, "table": table, "paired": paired,
-        "paired_metric": "test accuracy",
-        "paired_test": "fixed split" if fixed else "repeated splits", "deft_group_counts": group_counts,
-        "search_honesty": search_honesty(by, methods, cfg.search.metric), "cost": cost(by, methods, cfg.final.epochs),
-        "learning_rates_chosen": learning_rates_chosen(by, methods),
+        "paired_metric": "test accuracy", "paired_test": "fixed split" if fixed else "repeated splits",
+        "deft_group_counts": group_counts, "search_honesty": search_honesty(by, methods, cfg.search.metric),
+        "cost": cost(by, methods, cfg.final.epochs), "learning_rates_chosen": learning_rates_chosen(by, methods),
         "per_seed_test_accuracy": {m: {r["seed"]: r["test"]["accuracy"] for r in by[m]} for m in methods},
         "config": cfg.to_dict()})
     rundir.write_json(out / SUMMARY_JSON, summary)
@@ -69,11 +67,10 @@ def summarize(records: list[dict], meta: dict, cfg: Config, out: Path) -> dict:
 
 
 def fixed_test_split(records: list[dict]) -> bool:
-    """Whether every seed scored on the same test items (the dataset's own test split with
-    only train, or val, resampled per seed): then the fixed-split statistics apply, else the
-    splits overlap at random and the Nadeau-Bengio correction does. One seed counts as fixed
-    when its test split is the dataset's own (`test_from_dataset`). Records written before
-    `test_sha` existed count as repeated splits."""
+    """Whether every seed scored on the same test items (the dataset's own test split, only train
+    and val resampled per seed): then the fixed-split statistics apply, else the splits overlap at
+    random and the Nadeau-Bengio correction does. One seed counts as fixed when its test split is
+    the dataset's own (`test_from_dataset`); records without `test_sha` count as repeated splits."""
     shas = {r.get("test_sha") for r in records}
     if not records or None in shas or len(shas) != 1:
         return False
@@ -87,10 +84,9 @@ def correct_items(record: dict):
 
 
 def comparisons(by: dict, variant: str, methods: list[str], fixed: bool = False) -> list[dict]:
-    """`variant` - each baseline (and - the paper's `deft`, - the declared `deft-default`, -
-    the other `COMPARED_VARIANTS`), paired over common seeds; Holm
-    over this list, for the t p-values and for the Wilcoxon ones. `fixed`: one test split
-    in every seed (`fixed_split_comparison`), else repeated splits (`paired_comparison`)."""
+    """`variant` - each baseline and each of `COMPARED_VARIANTS`, paired over common seeds; Holm
+    over this list, for the t p-values and for the Wilcoxon ones. `fixed`: one test split in
+    every seed (`fixed_split_comparison`), else repeated splits (`paired_comparison`)."""
     mine = {r["seed"]: r for r in by[variant]}
     rows = []
     for m in methods:

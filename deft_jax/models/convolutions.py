@@ -4,7 +4,7 @@
 torchvision/timm models use PyTorch's symmetric `padding=k // 2` (`torch_conv`).
 `DepthwiseConv` runs as a fused sum of shifted slices on CPU (XLA's grouped convolution is
 several times slower there) and as a grouped convolution elsewhere; on CPU a 1x1 convolution
-runs as one matrix product (`pointwise_as_dot`: 1.4-5.7x faster per layer, forward and
+runs as one matrix product (`pointwise_as_dot`: up to 5x faster per layer, forward and
 backward, at Lite0's shapes; `benchmarks/conv_lowering.py`). Parameters are the same either
 way.
 """
