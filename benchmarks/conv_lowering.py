@@ -53,6 +53,14 @@ def whole_step(name: str, size: int, batch: int, repeats: int, lowered: bool) ->
     """Median seconds of one jitted full-network training step (cross-entropy, gradients of
     every parameter, SGD update) at `size` px; `lowered`: the models' CPU lowering, else XLA's
     convolution everywhere."""
+    return whole_step_counters(name, size, batch, repeats, lowered)["median_s"]
+
+
+def whole_step_counters(name: str, size: int, batch: int, repeats: int, lowered: bool = True) -> dict:
+    """`whole_step`'s median seconds, with what the process spent per timed step: minor page
+    faults, kernel and user CPU seconds (getrusage)."""
+    import resource
+
     import jax
     import jax.numpy as jnp
     import optax
@@ -80,11 +88,16 @@ def whole_step(name: str, size: int, batch: int, repeats: int, lowered: bool) ->
     state = (params, stats, tx.init(params))
     jax.block_until_ready(compiled(*state, x, y))
     times = []
+    before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(repeats):
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(*state, x, y))
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"median_s": float(np.median(times)),
+            "minor_faults_per_step": (after.ru_minflt - before.ru_minflt) / repeats,
+            "system_s_per_step": (after.ru_stime - before.ru_stime) / repeats,
+            "user_s_per_step": (after.ru_utime - before.ru_utime) / repeats}
 
 
 def conv_shapes(name: str, size: int, batch: int) -> list[dict]:

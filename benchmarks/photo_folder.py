@@ -11,7 +11,7 @@ command on it in a fresh process per variant (the default command first, then ea
 `--variant NAME="EXTRA ARGS"`) and records the whole process's wall seconds, what the run's
 metrics.json says of its phases, the image size it chose, its test accuracy and the other
 processes' load on the cores (`machine.OtherLoad`). Writes one JSON under
-benchmarks/results/ (photo_folder-<date>-<machine>.json).
+benchmarks/results/ (photo_folder-<date>-<machine>[-<tag>].json).
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ def main() -> int:
     parser.add_argument("--variant", action="append", default=[], metavar='NAME="ARGS"',
                         help="also time the command with these extra arguments")
     parser.add_argument("--no-default", action="store_true", help="time only the variants")
+    parser.add_argument("--tag", default="", help="appended to the JSON's name (two sweeps on one day)")
     args = parser.parse_args()
     if not args.source.is_dir():
         print(f"error: {args.source} not found (the shared data set)", file=sys.stderr)
@@ -95,12 +96,13 @@ def main() -> int:
         (v.split("=", 1)[0], shlex.split(v.split("=", 1)[1])) for v in args.variant]
     results = {"machine": machine.cpu_info(), "versions": machine.versions(), "photos": n,
                "split_per_class": split, "loadavg_before": machine.loadavg(), "runs": {}}
-    for name, extra in variants:
+    stamp = time.strftime("%Y-%m-%d")
+    tag = f"-{args.tag}" if args.tag else ""
+    path = ROOT / "benchmarks" / "results" / f"photo_folder-{stamp}-{machine.machine_slug()}{tag}.json"
+    for name, extra in variants:  # the JSON is rewritten after each run: a cut-short sweep keeps its runs
         results["runs"][name] = run_once(folder, args.work / f"run-{name}", extra)
         print(name, json.dumps(results["runs"][name]), flush=True)
-    stamp = time.strftime("%Y-%m-%d")
-    path = ROOT / "benchmarks" / "results" / f"photo_folder-{stamp}-{machine.machine_slug()}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+        path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {path}")
     return 0
 

@@ -13,7 +13,7 @@ from deft_jax.config.schema import ExperimentConfig, config_from_dict, load_conf
 from deft_jax.errors import UserError, exit_on_user_error
 from deft_jax.experiment.runner import META, run_experiment
 from deft_jax.methods import METHODS, get_method
-from deft_jax.runtime import rundir
+from deft_jax.runtime import huge_pages, rundir
 
 
 def build_parser() -> ArgumentParser:
@@ -43,6 +43,8 @@ def build_parser() -> ArgumentParser:
                                  "completed generations); continue with --resume DIR")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # the process's own command line: start it again with huge pages
+        huge_pages.restart_with_huge_pages()
     from deft_jax.runtime import compile_cache
     methods = None
     if args.methods is not None:

@@ -20,6 +20,7 @@ from deft_jax.cli import arguments, batch, logs
 from deft_jax.cli.progress import ItemProgress
 from deft_jax.errors import exit_on_user_error
 from deft_jax.run import escape
+from deft_jax.runtime import huge_pages
 
 PROGRESS_FROM = 32  # more images than this: show progress
 
@@ -37,6 +38,8 @@ def build_parser() -> arguments.ArgumentParser:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # the process's own command line: start it again with huge pages
+        huge_pages.restart_with_huge_pages()
     if args.csv:
         batch.check_writable(args.csv)
     from deft_jax.runtime import compile_cache

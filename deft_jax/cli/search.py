@@ -32,7 +32,7 @@ from deft_jax.config.presets import DEFAULT_RECIPE
 from deft_jax.config.resume import check_resume_overrides, check_resumed_config
 from deft_jax.config.schema import Config, Evaluation, apply_overrides, config_from_dict
 from deft_jax.errors import UserError, exit_on_user_error
-from deft_jax.runtime import rundir
+from deft_jax.runtime import huge_pages, rundir
 
 KEY_NOTES = {  # what the dataclasses cannot say about a key
     "data.source.kind": "or data.source=tfds:NAME",
@@ -129,6 +129,8 @@ def resumed_run_config(raw: dict, overrides: list[str]) -> Config:
                                  "continue with --resume RUN_DIR")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # the process's own command line: start it again with huge pages
+        huge_pages.restart_with_huge_pages()
     from deft_jax.runtime import distributed
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any JAX work
     with logs.printed(enabled=distributed.is_writer()):  # process 0 logs
