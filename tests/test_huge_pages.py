@@ -57,7 +57,6 @@ def test_the_restart_runs_the_same_command_once_with_the_tunable():
     assert out.stdout.splitlines() == ["start", "start", "glibc.malloc.hugetlb=1"]
 
 
-
 @pytest.mark.slow
 def test_huge_pages_change_no_number_a_training_step_computes():
     code = ("import hashlib\nimport jax, jax.numpy as jnp, numpy as np, optax\n"

@@ -3,11 +3,11 @@
 XLA:CPU gives each run of a compiled program one temporary buffer for its intermediates
 (3.8 GB for a Lite0 training step at 160 px, batch 32) from `malloc`, which glibc serves
 with a fresh `mmap` and hands back with `munmap` when the run ends: every step faults the
-whole buffer in again, 4 KiB at a time (about 930,000 page faults and 2.7 s of kernel time
-per step on 2 cores). With glibc's tunable `glibc.malloc.hugetlb=1` malloc asks for
-transparent huge pages on its mappings and the same step takes about 2,500 faults
-(`benchmarks/huge_pages.py`, docs/benchmarks.md). Small programs (ResNet-20 at 32 px)
-do not change.
+whole buffer in again, 4 KiB at a time (about 930,000 page faults and 1.7-2.1 s of kernel
+CPU per step on 2 cores). With glibc's tunable `glibc.malloc.hugetlb=1` malloc asks for
+transparent huge pages on its mappings and the same step takes about 4,000 faults and
+2.2 s instead of 2.4-2.9 s (`benchmarks/huge_pages.py`, docs/benchmarks.md). Small
+programs (ResNet-20 at 32 px) change within noise.
 
 glibc reads its tunables when a process starts, so the command-line entry points start
 themselves once more with the tunable added to `GLIBC_TUNABLES` (`restart_with_huge_pages`),
