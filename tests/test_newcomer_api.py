@@ -132,7 +132,12 @@ def test_a_size_given_anywhere_wins_and_small_data_or_cifar_models_keep_32_px(tm
 def test_the_default_input_size_rule_by_family_and_source():
     gpu = lambda: "gpu"  # noqa: E731
     assert flags.default_input_size("efficientnet_lite2", {"kind": "tfds"}, gpu)[0] == 224
-    assert flags.default_input_size("vgg16", {"kind": "npz"}, gpu) == (32, None)
+    # an ImageNet backbone upsamples an .npz file's small images like a folder's photos
+    assert flags.default_input_size("vgg16", {"kind": "npz"}, gpu)[0] == 224
+    assert flags.default_input_size("efficientnet_lite0", {"kind": "npz"})[0] == 160
+    assert flags.default_input_size("efficientnet_lite0", {"kind": "npz", "image_size": 64})[0] == 64
+    assert flags.default_input_size("efficientnet_lite0", {"kind": "digits"}, gpu) == (32, None)
+    assert flags.default_input_size("resnet20", {"kind": "npz"}, gpu) == (32, None)
     assert flags.default_input_size("small_cnn", {"kind": "folder"}, gpu) == (32, None)
     assert flags.default_input_size("no_such_model", {"kind": "folder"}, gpu) == (32, None)
 

@@ -80,7 +80,7 @@ def build_parser() -> arguments.ArgumentParser:
                         "source) or none (random init)")
     p.add_argument("--image-size", type=int, metavar="N",
                    help="model input size in px (default: the config's; else for an ImageNet "
-                        "backbone on a folder or TFDS source 160 on a CPU, 224 on a GPU/TPU; else 32)")
+                        "backbone on a folder, .npz or TFDS source 160 on a CPU, 224 on a GPU/TPU; else 32)")
     p.add_argument("--config", help="TOML/JSON config file (default: the built-in digits demo)")
     p.add_argument("--out", help="run directory to create (default: runs/<time>-<model>)")
     p.add_argument("--seed", type=int, help="random seed for the search and fine-tunes")

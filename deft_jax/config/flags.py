@@ -22,9 +22,11 @@ from deft_jax.models.registry import MODELS
 logger = logging.getLogger(__name__)
 
 # ImageNet backbones were trained at 224 px; on a CPU a search at 224 costs about twice
-# what it costs at 160 (pixels: 160^2 / 224^2 = 0.51), so CPU runs of photos default to 160.
+# what it costs at 160 (pixels: 160^2 / 224^2 = 0.51), so CPU runs default to 160. Small
+# images are upsampled to it too: Lite0 on 64 px blood cells (.npz) scored 0.845 at 64 px,
+# 0.900 at 128 and 0.934 at 160, 5 seeds each (docs/benchmarks.md, "Image size on the blood cells").
 PHOTO_FAMILIES = ("imagenet", "lite")
-PHOTO_SOURCES = ("folder", "tfds")  # digits (8 px) and MedMNIST .npz (28 px) keep 32 px
+PHOTO_SOURCES = ("folder", "tfds", "npz")  # the digits demo (8 px images) keeps 32 px
 PHOTO_INPUT_SIZE = 224
 PHOTO_INPUT_SIZE_CPU = 160
 SMALL_INPUT_SIZE = 32  # the CIFAR models (and small_cnn): 32 px, as before
@@ -68,10 +70,11 @@ def flag_overrides(data: str | None = None, model: str | None = None, weights: s
 
 def default_input_size(model: str, source: dict, backend=lambda: "cpu") -> tuple[int, str | None]:
     """(model.input_size, why) for a run that sets none: the source's own `image_size` if it
-    has one; for an ImageNet backbone (registry family imagenet or lite) on photos (a
-    folder or TFDS source) 224 px on a GPU/TPU and 160 px on a CPU (`backend()`: JAX's
-    default backend, asked only then); else 32 px, as always (the digits demo, `.npz`
-    sets of 28 px images, the CIFAR models). `why` is None for the plain 32 px default."""
+    has one; for an ImageNet backbone (registry family imagenet or lite) on images of a
+    folder, a TFDS source or an `.npz` file, whatever their own size, 224 px on a GPU/TPU and
+    160 px on a CPU (`backend()`: JAX's default backend, asked only then); else 32 px, as
+    always (the digits demo, the CIFAR models, small_cnn). `why` is None for the plain 32 px
+    default."""
     source = source if isinstance(source, dict) else {}
     if isinstance(source.get("image_size"), int) and not isinstance(source.get("image_size"), bool):
         return source["image_size"], f"data.source.image_size = {source['image_size']}"
@@ -80,8 +83,8 @@ def default_input_size(model: str, source: dict, backend=lambda: "cpu") -> tuple
         return SMALL_INPUT_SIZE, None
     device = backend()
     size = PHOTO_INPUT_SIZE_CPU if device == "cpu" else PHOTO_INPUT_SIZE
-    return size, (f"{model} is an ImageNet backbone and the data are photos; {PHOTO_INPUT_SIZE_CPU} px "
-                  f"on a CPU, {PHOTO_INPUT_SIZE} px on a GPU/TPU, this run: {device}")
+    return size, (f"{model} is an ImageNet backbone; {PHOTO_INPUT_SIZE_CPU} px on a CPU, "
+                  f"{PHOTO_INPUT_SIZE} px on a GPU/TPU, this run: {device}")
 
 
 def logged_default_input_size(backend):
