@@ -197,7 +197,7 @@ def test_weight_files_that_do_not_fit_lite0_are_refused_naming_the_file_and_tens
             efficientnet_lite0(10, resnet)
 
 
-@pytest.mark.parametrize("kernel,stride,size", [(3, 2, 15), (5, 1, 7)])
+@pytest.mark.parametrize("kernel,stride,size", [(3, 2, 15), (5, 1, 7), (5, 2, 12), (7, 1, 9)])
 def test_shifted_sum_depthwise_conv_equals_the_grouped_convolution_with_gradients(kernel, stride, size):
     x = jax.random.normal(jax.random.key(1), (2, size, size, 8))
     variables = {"params": {"kernel": jax.random.normal(jax.random.key(2), (kernel, kernel, 1, 8))}}
