@@ -73,7 +73,14 @@ def _depthwise_taps(x, k: int, stride: int, oh: int, ow: int):
             for i in range(k) for j in range(k)]
 
 
-def _shifted_forward(x, kernel, stride: int, padding):
+def shifted_sum(x, kernel, stride: int, padding):
+    """Depthwise conv as a sum of k*k strided slices times per-channel weights, with
+    autodiff's gradient (`padding`: ((top, bottom), (left, right))).
+
+    The same arithmetic as a grouped convolution, written as elementwise ops that XLA fuses.
+    On CPU it is 10-70x faster per layer than XLA's grouped convolution (forward and
+    backward) and makes a whole Lite0 train step ~4x faster, at ~1.7x the compile time.
+    """
     k = kernel.shape[0]
     x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     n, h, w, c = x.shape
@@ -86,26 +93,23 @@ def _shifted_forward(x, kernel, stride: int, padding):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _depthwise_shifted_sum(x, kernel, stride: int, padding):
-    """Depthwise conv as a sum of k*k strided slices times per-channel weights.
+def shifted_sum_variadic_grad(x, kernel, stride: int, padding):
+    """`shifted_sum` with another kernel gradient: what `DepthwiseConv` runs on CPU.
 
-    The same arithmetic as a grouped convolution, written as elementwise ops that XLA fuses.
-    On CPU it is 10-70x faster per layer than XLA's grouped convolution (forward and
-    backward) and makes a whole Lite0 train step ~4x faster, at ~1.7x the compile time.
     Its kernel gradient is one variadic reduction over the batch axis (every tap's
     product summed in one pass) and then over the pixels: autodiff's k*k separate reductions
-    of sliced products run several times slower on XLA:CPU (`benchmarks/conv_lowering.py`).
+    of sliced products run several times slower on XLA:CPU (`benchmarks/depthwise_gradient.py`).
     """
-    return _shifted_forward(x, kernel, stride, padding)
+    return shifted_sum(x, kernel, stride, padding)
 
 
 def _shifted_fwd(x, kernel, stride, padding):
-    return _shifted_forward(x, kernel, stride, padding), (x, kernel)
+    return shifted_sum(x, kernel, stride, padding), (x, kernel)
 
 
 def _shifted_bwd(stride, padding, residuals, dy):
     x, kernel = residuals
-    _, pull_x = jax.vjp(lambda xx: _shifted_forward(xx, kernel, stride, padding), x)
+    _, pull_x = jax.vjp(lambda xx: shifted_sum(xx, kernel, stride, padding), x)
     (dx,) = pull_x(dy)
     k = kernel.shape[0]
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
@@ -121,14 +125,14 @@ def _shifted_bwd(stride, padding, residuals, dy):
     return dx, dkernel
 
 
-_depthwise_shifted_sum.defvjp(_shifted_fwd, _shifted_bwd)
+shifted_sum_variadic_grad.defvjp(_shifted_fwd, _shifted_bwd)
 
 
 class DepthwiseConv(nn.Module):
     """Depthwise conv (bias optional) with static TF-SAME or PyTorch symmetric padding;
     parameters as `nn.Conv` with `feature_group_count=channels` (kernel (k, k, 1, C)).
 
-    impl: "grouped" (lax grouped convolution), "shifted" (`_depthwise_shifted_sum`) or
+    impl: "grouped" (lax grouped convolution), "shifted" (`shifted_sum_variadic_grad`) or
     "auto": shifted on CPU, where XLA's grouped convolution is very slow, grouped elsewhere.
     """
 
@@ -152,7 +156,7 @@ class DepthwiseConv(nn.Module):
         if impl == "auto":
             impl = "shifted" if jax.default_backend() == "cpu" else "grouped"
         if impl == "shifted":
-            y = _depthwise_shifted_sum(x, kernel, s, tuple(tuple(p) for p in padding))
+            y = shifted_sum_variadic_grad(x, kernel, s, tuple(tuple(p) for p in padding))
         elif impl == "grouped":
             y = jax.lax.conv_general_dilated(
                 x, kernel, (s, s), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
