@@ -234,7 +234,7 @@ def main() -> None:
         print(json.dumps(run_child(args.batch, args.repeats)))
         return
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from machine import cpu_info, loadavg, machine_slug, versions  # noqa: E402
+    from machine import write_result  # noqa: E402
     results = {}
     for flags in ["", *args.flags]:
         env = dict(os.environ, XLA_FLAGS=flags, DEFT_JAX_COMPILE_CACHE="off")
@@ -252,15 +252,8 @@ def main() -> None:
                                  for f in ("dot", "im2col") if f in row)
                 print(f"   in {row['input']} k {row['kernel']} s {row['stride']} x{row['count']}: "
                       f"conv {row['conv']['median_s'] * 1e3:.2f} ms; {alts}")
-    record = {"benchmark": "conv_lowering", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": cpu_info(), "versions": versions(), "loadavg": loadavg(), "batch": args.batch, "repeats": args.repeats,
-              "command": " ".join(["python", "benchmarks/conv_lowering.py"] + sys.argv[1:]),
-              "results": results}
-    path = args.out or (Path(__file__).resolve().parent / "results" /
-                        f"conv_lowering-{time.strftime('%Y-%m-%d')}-{machine_slug()}.json")
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {path}")
-
+    write_result("conv_lowering", {"batch": args.batch, "repeats": args.repeats, "results": results},
+                 args.out)
 
 if __name__ == "__main__":
     main()

@@ -122,7 +122,7 @@ def main() -> None:
         use_form(args.child_step)
         print(json.dumps(whole_step_counters(args.model, args.size, args.batch, args.repeats)))
         return
-    from machine import cpu_info, loadavg, machine_slug, versions  # noqa: E402
+    from machine import write_result  # noqa: E402
 
     layers = [dict(e, **time_layer(e, args.repeats)) for e in depthwise_shapes(args.model, args.size, args.batch)]
     for row in layers:
@@ -142,16 +142,9 @@ def main() -> None:
             steps[form].append(json.loads(proc.stdout.strip().splitlines()[-1])["median_s"])
     print("whole training step (median per process): "
           + "; ".join(f"{f} " + ", ".join(f"{t:.3f}" for t in steps[f]) + " s" for f in FORMS))
-    record = {"benchmark": "depthwise_gradient", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": cpu_info(), "versions": versions(), "loadavg": loadavg(),
-              "model": args.model, "size": args.size, "batch": args.batch, "repeats": args.repeats,
-              "command": " ".join(["python", "benchmarks/depthwise_gradient.py"] + sys.argv[1:]),
-              "layers": layers, "sum_layers_s": sums, "whole_step_median_s": steps}
-    path = args.out or (Path(__file__).resolve().parent / "results" /
-                        f"depthwise_gradient-{time.strftime('%Y-%m-%d')}-{machine_slug()}.json")
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {path}")
-
+    write_result("depthwise_gradient", {"model": args.model, "size": args.size, "batch": args.batch,
+                                        "repeats": args.repeats, "layers": layers, "sum_layers_s": sums,
+                                        "whole_step_median_s": steps}, args.out)
 
 if __name__ == "__main__":
     main()

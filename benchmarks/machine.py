@@ -106,6 +106,22 @@ def versions() -> dict:
     return out
 
 
+def write_result(benchmark: str, fields: dict, out: Path | None = None) -> Path:
+    """Write `fields` under the record every CPU benchmark starts with (name, date, machine,
+    versions, load, the command that ran) to `out`, or to
+    benchmarks/results/<benchmark>-<date>-<machine>.json; returns the path."""
+    import json
+    import sys
+    record = {"benchmark": benchmark, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "machine": cpu_info(), "versions": versions(), "loadavg": loadavg(),
+              "command": " ".join(["python", f"benchmarks/{benchmark}.py"] + sys.argv[1:]), **fields}
+    path = out or (Path(__file__).resolve().parent / "results" /
+                   f"{benchmark}-{time.strftime('%Y-%m-%d')}-{machine_slug()}.json")
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
 def loadavg() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
