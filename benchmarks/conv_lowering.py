@@ -56,9 +56,13 @@ def whole_step(name: str, size: int, batch: int, repeats: int, lowered: bool) ->
     return whole_step_counters(name, size, batch, repeats, lowered)["median_s"]
 
 
-def whole_step_counters(name: str, size: int, batch: int, repeats: int, lowered: bool = True) -> dict:
+def whole_step_counters(name: str, size: int, batch: int, repeats: int, lowered: bool = True,
+                        compute_dtype: str = "float32", batch_norm_train: bool = True) -> dict:
     """`whole_step`'s median seconds, with what the process spent per timed step: minor page
-    faults, kernel and user CPU seconds (getrusage)."""
+    faults, kernel and user CPU seconds (getrusage); and the first call's loss and sum of the
+    updated parameters (to compare two forms of one step). `compute_dtype`: the forward's
+    (float32 master weights); `batch_norm_train=False`: BatchNorm normalises with its running
+    statistics (another recipe)."""
     import resource
 
     import jax
@@ -66,27 +70,31 @@ def whole_step_counters(name: str, size: int, batch: int, repeats: int, lowered:
     import optax
     from deft_jax.models.registry import build_model
 
+    from deft_jax.core.training import COMPUTE_DTYPES
+
     spec = build_model(name, 10, weights="none", input_size=size)
     variables = spec.init(0)
     tx = optax.sgd(0.01, momentum=0.9)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, batch))
+    dtype = COMPUTE_DTYPES[compute_dtype]
 
     def step(params, stats, opt, xb, yb):
         def loss(p):
-            logits, new = spec.net.apply({"params": p, "batch_stats": stats}, xb, train=True,
-                                         mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), new
+            cast = jax.tree.map(lambda a: a.astype(dtype), p)
+            logits, new = spec.net.apply({"params": cast, "batch_stats": stats}, xb.astype(dtype),
+                                         train=batch_norm_train, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), yb).mean(), new
         (value, new), grads = jax.value_and_grad(loss, has_aux=True)(params)
         updates, opt = tx.update(grads, opt, params)
-        return optax.apply_updates(params, updates), new["batch_stats"], opt, value
+        return optax.apply_updates(params, updates), new.get("batch_stats", stats), opt, value
 
     params, stats = variables["params"], variables.get("batch_stats", {})
     with contextlib.nullcontext() if lowered else xla_convolutions():
         compiled = jax.jit(step).lower(params, stats, tx.init(params), x, y).compile()
     state = (params, stats, tx.init(params))
-    jax.block_until_ready(compiled(*state, x, y))
+    first = jax.block_until_ready(compiled(*state, x, y))
     times = []
     before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(repeats):
@@ -94,7 +102,8 @@ def whole_step_counters(name: str, size: int, batch: int, repeats: int, lowered:
         jax.block_until_ready(compiled(*state, x, y))
         times.append(time.perf_counter() - t0)
     after = resource.getrusage(resource.RUSAGE_SELF)
-    return {"median_s": float(np.median(times)),
+    return {"median_s": float(np.median(times)), "first_loss": float(first[-1]),
+            "first_param_update_sum": float(sum(jnp.sum(a) for a in jax.tree.leaves(first[0]))),
             "minor_faults_per_step": (after.ru_minflt - before.ru_minflt) / repeats,
             "system_s_per_step": (after.ru_stime - before.ru_stime) / repeats,
             "user_s_per_step": (after.ru_utime - before.ru_utime) / repeats}

@@ -1,6 +1,7 @@
 """What else could make a CPU training step of Lite0 faster: four variants of one whole
-full-network step (forward, backward, SGD update; batch 32) against the float32 step the
-commands run, each in fresh processes, alternating (A B C ... A B C ...).
+full-network step (forward, backward, SGD update; batch 32;
+`conv_lowering.whole_step_counters`) against the float32 step the commands run, each in fresh
+processes, alternating (A B C ... A B C ...).
 
 - `float32`: the step as trained (the reference arm).
 - `bfloat16`: the same step in bf16 compute (float32 master weights and BatchNorm
@@ -29,10 +30,7 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 VARIANTS = ("float32", "bfloat16", "batch-norm-closed-form", "batch-norm-inference", "two-single-thread")
 SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -93,45 +91,15 @@ def closed_form_batch_norm():
 
 
 def child_step(variant: str, size: int, batch: int, repeats: int) -> dict:
-    """Median seconds of the variant's compiled step, and its loss on the first call."""
-    import jax
-    import jax.numpy as jnp
-    import optax
+    """The variant's `conv_lowering.whole_step_counters` (median seconds, first loss)."""
+    from conv_lowering import whole_step_counters
     from deft_jax.models import mbconv
-    from deft_jax.models.registry import build_model
 
     if variant == "batch-norm-closed-form":
         mbconv.GatedBatchNorm = closed_form_batch_norm()
-    dtype = jnp.bfloat16 if variant == "bfloat16" else jnp.float32
-    train = variant != "batch-norm-inference"
-    spec = build_model("efficientnet_lite0", 10, weights="none", input_size=size)
-    variables = spec.init(0)
-    tx = optax.sgd(0.01, momentum=0.9)
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32)
-    y = jnp.asarray(rng.integers(0, 10, batch))
-
-    def step(params, stats, opt, xb, yb):
-        def loss(p):
-            cast = jax.tree.map(lambda a: a.astype(dtype), p)
-            logits, new = spec.net.apply({"params": cast, "batch_stats": stats}, xb.astype(dtype),
-                                         train=train, mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), yb).mean(), new
-        (value, new), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        updates, opt = tx.update(grads, opt, params)
-        return optax.apply_updates(params, updates), new.get("batch_stats", stats), opt, value
-
-    params, stats = variables["params"], variables["batch_stats"]
-    state = (params, stats, tx.init(params))
-    compiled = jax.jit(step).lower(*state, x, y).compile()
-    first = jax.block_until_ready(compiled(*state, x, y))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*state, x, y))
-        times.append(time.perf_counter() - t0)
-    return {"median_s": float(np.median(times)), "first_loss": float(first[-1]),
-            "first_param_update_sum": float(sum(jnp.sum(a) for a in jax.tree.leaves(first[0])))}
+    return whole_step_counters("efficientnet_lite0", size, batch, repeats,
+                               compute_dtype="bfloat16" if variant == "bfloat16" else "float32",
+                               batch_norm_train=variant != "batch-norm-inference")
 
 
 def run_child(variant: str, args, env: dict, core: int | None = None) -> subprocess.Popen:
@@ -158,10 +126,10 @@ def main() -> None:
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     if args.child:
         print(json.dumps(child_step(args.child, args.size, args.batch, args.repeats)))
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from machine import write_result  # noqa: E402
 
     env = dict(os.environ, DEFT_JAX_COMPILE_CACHE="off", GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
