@@ -68,9 +68,8 @@ def whole_step_counters(name: str, size: int, batch: int, repeats: int, lowered:
     import jax
     import jax.numpy as jnp
     import optax
-    from deft_jax.models.registry import build_model
-
     from deft_jax.core.training import COMPUTE_DTYPES
+    from deft_jax.models.registry import build_model
 
     spec = build_model(name, 10, weights="none", input_size=size)
     variables = spec.init(0)
@@ -263,6 +262,7 @@ def main() -> None:
                       f"conv {row['conv']['median_s'] * 1e3:.2f} ms; {alts}")
     write_result("conv_lowering", {"batch": args.batch, "repeats": args.repeats, "results": results},
                  args.out)
+
 
 if __name__ == "__main__":
     main()

@@ -146,5 +146,6 @@ def main() -> None:
                                         "repeats": args.repeats, "layers": layers, "sum_layers_s": sums,
                                         "whole_step_median_s": steps}, args.out)
 
+
 if __name__ == "__main__":
     main()
